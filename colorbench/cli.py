@@ -1,0 +1,119 @@
+"""Command line: parses arguments, calls the package's functions, prints. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from importlib.metadata import entry_points
+
+from rich.table import Table
+
+from colorbench.errors import ColorbenchError, ConfigError
+from colorbench.ui import console, stdout
+
+PLUGIN_GROUP = "colorbench.plugins"
+
+
+def load_plugins(modules: list[str]) -> None:
+    """Import installed `colorbench.plugins` entry points and each `--plugin` module (they register components)."""
+    for ep in entry_points(group=PLUGIN_GROUP):
+        ep.load()
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ConfigError(f"cannot import plugin module {name!r}: {err}; check the name and that it is on PYTHONPATH") from None
+
+
+def registries() -> dict[str, object]:
+    from colorbench.backbones import BACKBONES
+    from colorbench.data import SOURCES
+    from colorbench.losses import LOSSES
+    from colorbench.splitters import SPLITTERS
+
+    return {"backbones": BACKBONES, "losses": LOSSES, "splitters": SPLITTERS, "data sources": SOURCES}
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    for title, registry in registries().items():
+        table = Table(title=title, title_justify="left", show_edge=False)
+        for column in ("name", "options (defaults)", "description"):
+            table.add_column(column)
+        for row in registry.describe():
+            table.add_row(*row)
+        stdout.print(table, "")
+    return 0
+
+
+def fmt(metrics: dict[str, float], key: str) -> str:
+    mean, std = metrics.get(f"test_{key}_mean"), metrics.get(f"test_{key}_std")
+    if mean is None:
+        return "-"
+    return f"{mean:.3f} ± {std:.3f}" if std else f"{mean:.3f}"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from colorbench import runner, tracking
+    from colorbench.config import load_experiment
+
+    exp = load_experiment(args.grid)
+    if args.dry_run:
+        planned = runner.plan(exp)
+        for cell, n in planned:
+            print(f"{cell.id}  backbone={cell.backbone.label()}  loss={cell.loss.label()}  splitter={cell.splitter.label()}  folds={n}")
+        print(f"{len(planned)} cells, {sum(n for _, n in planned)} fold trainings of {exp.train.epochs} epochs each (dry run: nothing trained)")
+        return 0
+    outcomes, gray = runner.run_grid(exp, args.tracking_uri)
+    table = Table(title=f"{exp.experiment}: test metrics, mean ± std over folds", show_edge=False)
+    for column in ("cell", "backbone", "loss", "splitter", *runner.SUMMARY_METRICS):
+        table.add_column(column)
+    for o in outcomes:
+        status = " (failed)" if o.failure else " (skipped: done)" if o.skipped else ""
+        table.add_row(o.cell.id + status, o.cell.backbone.label(), o.cell.loss.label(), o.cell.splitter.label(), *(fmt(o.metrics, m) for m in runner.SUMMARY_METRICS))
+    table.add_row("gray baseline", "-", "ab = 0", "-", *(fmt({f"test_{k}_mean": v for k, v in gray.items()}, m) for m in runner.SUMMARY_METRICS))
+    stdout.print(table)
+    for o in outcomes:
+        if o.failure:
+            console.print(f"[red]failed[/] {o.cell.id}: {o.failure}")
+    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    console.print(f"Compare runs in the browser: mlflow ui --backend-store-uri {uri}")
+    return 1 if any(o.failure for o in outcomes) else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import MODULE to register extra components")
+    parser = argparse.ArgumentParser(prog="colorbench", description="Compare how image-colorization models should be trained.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", parents=[common], help="train every combination of a grid file and log it to MLflow")
+    run.add_argument("grid", help="grid YAML file, e.g. configs/grid.yaml")
+    run.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    run.add_argument("--dry-run", action="store_true", help="print the cells and fold count, train nothing")
+    run.set_defaults(func=cmd_run)
+    lst = sub.add_parser("list", parents=[common], help="every registered backbone, loss, splitter and data source with its options")
+    lst.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        load_plugins(args.plugin)
+        return args.func(args)
+    except ColorbenchError as err:
+        console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        console.print(
+            "[yellow]interrupted:[/] the run in progress was closed as KILLED; run the same command again to resume with the unfinished cells",
+            soft_wrap=True,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Grid files: YAML -> validated `Experiment` -> list of resolved `Cell`s with stable ids."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from colorbench.errors import ConfigError
+
+STRICT = ConfigDict(extra="forbid")
+
+
+class Component(BaseModel):
+    """A registry entry and its options: YAML `name` or `{name: ..., option: value}`."""
+
+    model_config = STRICT
+    name: str
+    options: dict[str, Any] = {}
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _from_yaml(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"name": value}
+        if isinstance(value, dict) and "options" not in value:
+            if "name" not in value:
+                raise ValueError("a component mapping needs a 'name' key, e.g. {name: kfold, k: 5}")
+            rest = {k: v for k, v in value.items() if k != "name"}
+            return {"name": value["name"], "options": rest}
+        return value
+
+    def label(self) -> str:
+        """Short human label: name plus non-default options as given."""
+        if not self.options:
+            return self.name
+        return self.name + "(" + ",".join(f"{k}={v}" for k, v in self.options.items()) + ")"
+
+
+class DataConfig(BaseModel):
+    """`source` names a registered image source; every other key is an option of it."""
+
+    model_config = STRICT
+    source: str = "builtin"
+    options: dict[str, Any] = {}
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _from_yaml(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"source": value}
+        if isinstance(value, dict) and "options" not in value:
+            return {"source": value.get("source", "builtin"), "options": {k: v for k, v in value.items() if k != "source"}}
+        return value
+
+
+class TrainConfig(BaseModel):
+    """Optimisation settings shared by every cell."""
+
+    model_config = STRICT
+    epochs: int = Field(10, gt=0)
+    batch_size: int = Field(32, gt=0)
+    lr: float = Field(3.0e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    patience: int | None = Field(None, gt=0)
+    seed: int = 0
+    device: str = "auto"
+
+
+class GridAxes(BaseModel):
+    """The lists whose cartesian product is the grid."""
+
+    model_config = STRICT
+    backbone: list[Component] = Field(default_factory=lambda: [Component(name="resnet18-6")], min_length=1)
+    loss: list[Component] = Field(default_factory=lambda: [Component(name="mse")], min_length=1)
+    splitter: list[Component] = Field(default_factory=lambda: [Component(name="holdout")], min_length=1)
+
+
+class Experiment(BaseModel):
+    """A whole grid file."""
+
+    model_config = STRICT
+    experiment: str = Field(min_length=1)
+    data: DataConfig = DataConfig()
+    test_data: DataConfig | None = None
+    seed: int = 0
+    test_fraction: float = Field(0.15, gt=0, lt=1)
+    train: TrainConfig = TrainConfig()
+    grid: GridAxes = GridAxes()
+
+
+class Cell(BaseModel):
+    """One resolved combination: everything that determines its results, defaults filled in."""
+
+    model_config = STRICT
+    data: DataConfig
+    test_data: DataConfig | None
+    seed: int
+    test_fraction: float
+    train: TrainConfig
+    backbone: Component
+    loss: Component
+    splitter: Component
+
+    @property
+    def id(self) -> str:
+        """Stable id: a hash of the resolved config (same config, same id, across runs and machines)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+    def flat_params(self) -> dict[str, str]:
+        """Flattened `a.b.c -> value` params for MLflow."""
+        out: dict[str, str] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for key, sub in value.items():
+                    walk(f"{prefix}.{key}" if prefix else key, sub)
+            else:
+                out[prefix] = str(value)
+
+        dumped = self.model_dump(mode="json")
+        for axis in ("backbone", "loss", "splitter"):
+            dumped[axis] = {"name": dumped[axis]["name"], **dumped[axis]["options"]}
+        for section in ("data", "test_data"):
+            if dumped[section] is not None:
+                dumped[section] = {"source": dumped[section]["source"], **dumped[section]["options"]}
+        walk("", dumped)
+        return out
+
+
+def _format_error(where: str, err: pydantic.ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(x) for x in first["loc"]) or "top level"
+    return f"{where}: {loc}: {first['msg']}"
+
+
+def parse_experiment(raw: Any, where: str = "grid") -> Experiment:
+    """Validate a loaded mapping into an Experiment and resolve every component's options."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping with 'experiment', 'data', 'train', 'grid' keys")
+    try:
+        exp = Experiment.model_validate(raw)
+    except pydantic.ValidationError as err:
+        raise ConfigError(_format_error(where, err)) from None
+    return resolve(exp, where)
+
+
+def resolve(exp: Experiment, where: str = "grid") -> Experiment:
+    """Fill in registry defaults and reject unknown names/options, prefixed by `where`."""
+    from colorbench.backbones import BACKBONES
+    from colorbench.data import SOURCES
+    from colorbench.losses import LOSSES
+    from colorbench.splitters import SPLITTERS
+
+    def fill(registry: Any, comp: Component, section: str) -> Component:
+        try:
+            return Component(name=comp.name, options=registry.validate(comp.name, comp.options))
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {section}: {err}") from None
+
+    def fill_data(data: DataConfig, section: str) -> DataConfig:
+        filled = fill(SOURCES, Component(name=data.source, options=data.options), section)
+        return DataConfig(source=filled.name, options=filled.options)
+
+    grid = GridAxes(
+        backbone=[fill(BACKBONES, c, "grid.backbone") for c in exp.grid.backbone],
+        loss=[fill(LOSSES, c, "grid.loss") for c in exp.grid.loss],
+        splitter=[fill(SPLITTERS, c, "grid.splitter") for c in exp.grid.splitter],
+    )
+    test_data = fill_data(exp.test_data, "test_data") if exp.test_data else None
+    return exp.model_copy(update={"data": fill_data(exp.data, "data"), "test_data": test_data, "grid": grid})
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Read and validate a grid file; every problem is a one-line ConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read grid file {path}: {err.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}:{line}: YAML syntax error: {problem}") from None
+    return parse_experiment(raw, str(path))
+
+
+def expand(exp: Experiment) -> list[Cell]:
+    """The cartesian product of the grid axes, as resolved cells (duplicates removed, order kept)."""
+    cells: dict[str, Cell] = {}
+    for backbone, loss, splitter in itertools.product(exp.grid.backbone, exp.grid.loss, exp.grid.splitter):
+        cell = Cell(
+            data=exp.data,
+            test_data=exp.test_data,
+            seed=exp.seed,
+            test_fraction=exp.test_fraction,
+            train=exp.train,
+            backbone=backbone,
+            loss=loss,
+            splitter=splitter,
+        )
+        cells.setdefault(cell.id, cell)
+    return list(cells.values())

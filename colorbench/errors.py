@@ -1,0 +1,17 @@
+"""The project's own exceptions: each carries a one-line message naming the problem and the fix."""
+
+
+class ColorbenchError(Exception):
+    """Base class of every error colorbench reports to the user as one line."""
+
+
+class ConfigError(ColorbenchError):
+    """A grid/search file, an option or a registry name is wrong."""
+
+
+class DataError(ColorbenchError):
+    """Images could not be found or read."""
+
+
+class DivergedError(ColorbenchError):
+    """Training produced a non-finite loss."""

@@ -1,0 +1,88 @@
+"""A small name -> factory registry with option validation, listing and "did you mean"."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Generic, TypeVar
+
+import pydantic
+
+from colorbench.errors import ConfigError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Maps names to factories (classes or functions) whose keyword arguments are the options."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Callable[..., T]] = {}
+
+    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator: register `factory` under `name`."""
+
+        def add(factory: Callable[..., T]) -> Callable[..., T]:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._entries[name] = factory
+            return factory
+
+        return add
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._entries))
+
+    def get(self, name: str) -> Callable[..., T]:
+        """The factory registered as `name`; a ConfigError naming the known ones otherwise."""
+        if name not in self._entries:
+            close = difflib.get_close_matches(name, self._entries, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            known = ", ".join(self)
+            raise ConfigError(f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {known}.")
+        return self._entries[name]
+
+    def options(self, name: str) -> dict[str, inspect.Parameter]:
+        """The keyword options of entry `name`, in declaration order."""
+        params = inspect.signature(self.get(name), eval_str=True).parameters
+        return {p.name: p for p in params.values() if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD}
+
+    def validate(self, name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Check `options` against entry `name`'s signature and return them with defaults filled in."""
+        params = self.options(name)
+        unknown = sorted(set(options) - set(params))
+        if unknown:
+            known = ", ".join(params) or "none"
+            raise ConfigError(f"{self.kind} {name!r} has no option {unknown[0]!r}; its options: {known}.")
+        fields = {
+            p.name: (p.annotation if p.annotation is not p.empty else Any, ... if p.default is p.empty else p.default)
+            for p in params.values()
+        }
+        model = pydantic.create_model(f"{self.kind}_{name}", __config__=pydantic.ConfigDict(extra="forbid"), **fields)
+        try:
+            return model(**options).model_dump()
+        except pydantic.ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(x) for x in first["loc"])
+            raise ConfigError(f"{self.kind} {name!r}, option {where!r}: {first['msg']}.") from None
+
+    def build(self, name: str, options: Mapping[str, Any] | None = None) -> T:
+        """Validate `options` and call the factory."""
+        return self.get(name)(**self.validate(name, options or {}))
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(name, options with defaults, first docstring line) for each entry, for `colorbench list`."""
+        rows = []
+        for name in self:
+            opts = []
+            for p in self.options(name).values():
+                default = "required" if p.default is p.empty else repr(p.default)
+                opts.append(f"{p.name}={default}")
+            doc = (inspect.getdoc(self._entries[name]) or "").splitlines()
+            rows.append((name, ", ".join(opts) or "-", doc[0] if doc else ""))
+        return rows

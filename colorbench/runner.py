@@ -1,0 +1,237 @@
+"""`colorbench run`: train every cell of a grid, fold by fold, and log it all to MLflow."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from rich.progress import Progress, TaskID
+
+from colorbench import tracking
+from colorbench.backbones import ColorizationNet, build_model
+from colorbench.color import lab_to_rgb
+from colorbench.config import Cell, Experiment, expand
+from colorbench.data import SOURCES, ImageSet, lab_batch
+from colorbench.errors import DivergedError
+from colorbench.losses import LOSSES, Objective
+from colorbench.metrics import ColorizationMetrics
+from colorbench.plots import image_grid, loss_curves
+from colorbench.splitters import SPLITTERS, Fold, carve_test
+from colorbench.train import FoldResult, evaluate, fit, resolve_device
+from colorbench.ui import console, progress
+
+PANEL_IMAGES = 6
+SUMMARY_METRICS = ("psnr", "ssim", "auc", "auc_rebalanced", "colorfulness_ratio")
+
+
+@dataclass
+class PreparedData:
+    """The training pool and the fixed test set, shared by every cell of an experiment."""
+
+    pool: ImageSet
+    test: ImageSet
+    fingerprint: str
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def prepare_data(exp: Experiment | Cell) -> PreparedData:
+    """Decode the data once and carve out the test set (or load `test_data`) identically for every cell."""
+    data = SOURCES.build(exp.data.source, exp.data.options)
+    skipped = list(data.skipped)
+    if exp.test_data is not None:
+        pool, test = data, SOURCES.build(exp.test_data.source, exp.test_data.options)
+        skipped += test.skipped
+    else:
+        pool_idx, test_idx = carve_test(data, exp.test_fraction, exp.seed)
+        pool, test = data.subset(pool_idx), data.subset(test_idx)
+    fingerprint = hashlib.sha1((pool.fingerprint() + test.fingerprint()).encode()).hexdigest()[:16]
+    return PreparedData(pool, test, fingerprint, skipped)
+
+
+@torch.no_grad()
+def predict_rgb(model: ColorizationNet, objective: Objective, images: torch.Tensor) -> np.ndarray:
+    """uint8 (N,H,W,3) -> colorized float RGB (N,H,W,3) in [0,1], from the images' own L."""
+    model.eval()
+    L, _ = lab_batch(images.to(next(model.parameters()).device))
+    ab = objective.decode(model(L))
+    return lab_to_rgb(torch.cat([L, ab], dim=1)).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def gray_baseline(test: ImageSet) -> dict[str, float]:
+    """Metrics of predicting ab = 0 (a plain gray image): the bar every model must clear."""
+    meter = ColorizationMetrics()
+    for start in range(0, len(test), 64):
+        L, ab = lab_batch(torch.from_numpy(test.images[start : start + 64]))
+        meter.update(L, torch.zeros_like(ab), ab)
+    return meter.compute()
+
+
+@dataclass
+class CellOutcome:
+    """How one cell ended: its parent run, fold-mean/std test metrics, or the failure."""
+
+    cell: Cell
+    run_id: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    failure: str | None = None
+    skipped: bool = False
+
+
+def write_fold_artifacts(
+    folder: Path,
+    cell: Cell,
+    fold: Fold,
+    result: FoldResult,
+    per_image: list[dict[str, float]],
+    model: ColorizationNet,
+    objective: Objective,
+    test: ImageSet,
+) -> None:
+    """Loss curve, test panel, checkpoint, resolved config and per-image test metrics of one fold."""
+    loss_curves(result.history, folder / "loss_curve.png", result.best_epoch)
+    shown = test.images[:PANEL_IMAGES]
+    predicted = predict_rgb(model, objective, torch.from_numpy(shown))
+    gray = [np.repeat(lab_batch(torch.from_numpy(im[None]))[0][0, 0, :, :, None].numpy() / 100.0, 3, axis=2) for im in shown]
+    rows = [[g, p, t] for g, p, t in zip(gray, predicted, shown, strict=True)]
+    image_grid(rows, ["gray input", "predicted", "truth"], folder / "test_panel.png", [Path(n).name[:18] for n in test.names[:PANEL_IMAGES]])
+    checkpoint = {
+        "state_dict": result.best_state,
+        "backbone": cell.backbone.model_dump(),
+        "loss": cell.loss.model_dump(),
+        "image_size": int(test.images.shape[1]),
+        "cell_id": cell.id,
+        "fold": fold.index,
+    }
+    torch.save(checkpoint, folder / "checkpoint.pt")
+    (folder / "config.yaml").write_text(yaml.safe_dump(cell.model_dump(mode="json"), sort_keys=False))
+    with open(folder / "test_per_image.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["image", *per_image[0]])
+        writer.writeheader()
+        for name, row in zip(test.names, per_image, strict=True):
+            writer.writerow({"image": name, **row})
+
+
+def train_fold(cell: Cell, fold: Fold, data: PreparedData, device: torch.device, bar: Progress, epoch_task: TaskID) -> dict[str, float]:
+    """Train one fold inside its (active) MLflow child run; return its test metrics."""
+    torch.manual_seed(cell.train.seed)
+    objective = LOSSES.build(cell.loss.name, cell.loss.options)
+    model = build_model(cell.backbone.name, cell.backbone.options, objective.out_channels).to(device)
+    train_images = torch.from_numpy(data.pool.images[fold.train])
+    val_images = torch.from_numpy(data.pool.images[fold.val])
+    mlflow.log_params({"fold": fold.index, "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(data.test)})
+    bar.reset(epoch_task, total=cell.train.epochs, status="")
+
+    def on_epoch(record: dict[str, float]) -> None:
+        mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]))
+        bar.update(epoch_task, advance=1, status=f"train {record['train_loss']:.4f} val {record['val_loss']:.4f}")
+
+    result = fit(model, objective, train_images, val_images, cell.train, on_epoch)
+    test_metrics, per_image = evaluate(model, objective, torch.from_numpy(data.test.images), cell.train.batch_size, all_variants=True)
+    summary = {f"test_{k}": v for k, v in test_metrics.items()}
+    summary.update(best_epoch=result.best_epoch, best_val_loss=min(r["val_loss"] for r in result.history), train_seconds=result.seconds)
+    mlflow.log_metrics(summary)
+    with tracking.artifact_dir() as folder:
+        write_fold_artifacts(folder, cell, fold, result, per_image, model, objective, data.test)
+    return summary
+
+
+def run_cell(
+    cell: Cell, folds: list[Fold], data: PreparedData, device: torch.device, bar: Progress, tasks: dict[str, TaskID]
+) -> CellOutcome:
+    """One parent run with one child run per fold; fold means and stds on the parent."""
+    params = cell.flat_params()
+    label = f"{cell.backbone.label()} | {cell.loss.label()} | {cell.splitter.label()}"
+    tags = tracking.cell_tags(cell, data.fingerprint)
+    outcome = CellOutcome(cell)
+    try:
+        with tracking.run(label, {**tags, tracking.TAG_ROLE: "cell"}, params) as parent_id:
+            outcome.run_id = parent_id
+            results = []
+            bar.reset(tasks["fold"], total=len(folds), status=label)
+            for fold in folds:
+                fold_tags = {**tags, tracking.TAG_ROLE: "fold", tracking.TAG_FOLD: str(fold.index)}
+                with tracking.run(f"{label} | fold {fold.index}", fold_tags, params, nested=True):
+                    results.append(train_fold(cell, fold, data, device, bar, tasks["epoch"]))
+                bar.advance(tasks["fold"])
+                console.print(
+                    f"  [dim]{cell.id}[/] {label} fold {fold.index + 1}/{len(folds)}: test psnr {results[-1]['test_psnr']:.2f}, "
+                    f"colorfulness ratio {results[-1]['test_colorfulness_ratio']:.2f} (best epoch {results[-1]['best_epoch']}, "
+                    f"{results[-1]['train_seconds']:.0f} s)"
+                )
+            for key in results[0]:
+                values = np.array([r[key] for r in results], dtype=float)
+                outcome.metrics[f"{key}_mean"] = float(values.mean())
+                outcome.metrics[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            mlflow.log_metrics(outcome.metrics)
+            mlflow.log_metric("n_folds", len(results))
+    except DivergedError as err:
+        outcome.failure = str(err)
+        console.print(f"  [red]cell {cell.id} failed[/]: {err}")
+    return outcome
+
+
+def plan(exp: Experiment) -> list[tuple[Cell, int]]:
+    """Each cell with its number of fold trainings, without touching data."""
+    return [(cell, SPLITTERS.build(cell.splitter.name, cell.splitter.options).n_splits()) for cell in expand(exp)]
+
+
+def run_grid(exp: Experiment, tracking_uri: str | None = None) -> tuple[list[CellOutcome], dict[str, float]]:
+    """Train every unfinished cell of `exp`; return each cell's outcome and the gray baseline's test metrics."""
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    experiment_id = tracking.open_experiment(uri, exp.experiment)
+    cells = expand(exp)
+    finished = tracking.cell_runs(experiment_id, "FINISHED")
+    done = dict(zip(finished.get(f"tags.{tracking.TAG_CELL}", []), finished.get("run_id", []), strict=False))
+    todo = [c for c in cells if c.id not in done]
+    if done:
+        console.print(f"Skipping {len(cells) - len(todo)} finished cell(s) already in experiment {exp.experiment!r}.")
+    device = resolve_device(exp.train.device)
+    data = prepare_data(exp)
+    report_skipped(data.skipped)
+    console.print(f"Data: {len(data.pool)} training-pool images, {len(data.test)} test images ({exp.data.source}); device {device}.")
+    splits = {}
+    for cell in todo:  # fail on impossible splits or unavailable weights before any training
+        splits[cell.id] = SPLITTERS.build(cell.splitter.name, cell.splitter.options).split(data.pool, exp.seed)
+        build_model(cell.backbone.name, cell.backbone.options, LOSSES.build(cell.loss.name, cell.loss.options).out_channels)
+    outcomes = {c.id: CellOutcome(c, run_id=done[c.id], skipped=True) for c in cells if c.id in done}
+    with progress() as bar:
+        tasks = {
+            "grid": bar.add_task("cells", total=len(todo), status=""),
+            "fold": bar.add_task("folds", total=1, status=""),
+            "epoch": bar.add_task("epochs", total=exp.train.epochs, status=""),
+        }
+        for cell in todo:
+            stale = tracking.close_stale_runs(experiment_id, cell.id)
+            if stale:
+                console.print(f"  closed {stale} interrupted run(s) of cell {cell.id} as KILLED; retraining it")
+            outcomes[cell.id] = run_cell(cell, splits[cell.id], data, device, bar, tasks)
+            bar.advance(tasks["grid"])
+    fill_metrics(experiment_id, outcomes)
+    return [outcomes[c.id] for c in cells], gray_baseline(data.test)
+
+
+def fill_metrics(experiment_id: str, outcomes: dict[str, CellOutcome]) -> None:
+    """Read skipped cells' fold means/stds back from their finished parent runs."""
+    finished = tracking.cell_runs(experiment_id, "FINISHED")
+    for _, row in finished.iterrows():
+        outcome = outcomes.get(row.get(f"tags.{tracking.TAG_CELL}"))
+        if outcome is not None and outcome.skipped and row["run_id"] == outcome.run_id:
+            outcome.metrics = {k[len("metrics.") :]: v for k, v in row.items() if k.startswith("metrics.") and pd.notna(v)}
+
+
+def report_skipped(skipped: list[tuple[str, str]]) -> None:
+    """Name (up to 10) and count the files that could not be used."""
+    if not skipped:
+        return
+    console.print(f"[yellow]Skipped {len(skipped)} file(s):[/]")
+    for name, reason in skipped[:10]:
+        console.print(f"  {name}: {reason}")
+    if len(skipped) > 10:
+        console.print(f"  ... and {len(skipped) - 10} more")

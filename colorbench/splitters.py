@@ -1,0 +1,104 @@
+"""Validation schemes (registry `SPLITTERS`) over scikit-learn's grouped splitters; crops of one photo stay together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import PurePath
+from typing import Annotated
+
+import numpy as np
+from pydantic import Field
+from sklearn.model_selection import GroupKFold, GroupShuffleSplit
+
+from colorbench.data import ImageSet
+from colorbench.errors import ConfigError
+from colorbench.registry import Registry
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One train/validation split, as indices into the training pool."""
+
+    index: int
+    train: np.ndarray
+    val: np.ndarray
+
+
+class Splitter:
+    """`n_splits()` folds over a pool of images; `split(pool, seed)` returns them."""
+
+    def n_splits(self) -> int:
+        raise NotImplementedError
+
+    def split(self, pool: ImageSet, seed: int) -> list[Fold]:
+        raise NotImplementedError
+
+
+SPLITTERS: Registry[Splitter] = Registry("splitter")
+
+
+def count_photos(data: ImageSet) -> int:
+    return len(np.unique(data.groups))
+
+
+def carve_test(data: ImageSet, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pool, test) indices: a fraction of the photos (all their crops) held out once per experiment."""
+    if count_photos(data) < 3:
+        raise ConfigError(f"only {count_photos(data)} usable photos: need at least 3 to carve out train, validation and test sets")
+    pool, test = next(GroupShuffleSplit(n_splits=1, test_size=test_fraction, random_state=seed).split(data.images, groups=data.groups))
+    return np.sort(pool), np.sort(test)
+
+
+@SPLITTERS.register("holdout")
+class HoldOut(Splitter):
+    """One random train/validation split of the photos."""
+
+    def __init__(self, val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2) -> None:
+        self.val_fraction = val_fraction
+
+    def n_splits(self) -> int:
+        return 1
+
+    def split(self, pool: ImageSet, seed: int) -> list[Fold]:
+        if count_photos(pool) < 2:
+            raise ConfigError("holdout needs at least 2 photos in the training pool; add images or lower test_fraction")
+        splitter = GroupShuffleSplit(n_splits=1, test_size=self.val_fraction, random_state=seed)
+        train, val = next(splitter.split(pool.images, groups=pool.groups))
+        return [Fold(0, np.sort(train), np.sort(val))]
+
+
+@SPLITTERS.register("kfold")
+class KFold(Splitter):
+    """k folds of the photos, shuffled with the data seed; each photo validates once."""
+
+    def __init__(self, k: Annotated[int, Field(ge=2)] = 5) -> None:
+        self.k = k
+
+    def n_splits(self) -> int:
+        return self.k
+
+    def split(self, pool: ImageSet, seed: int) -> list[Fold]:
+        photos = count_photos(pool)
+        if photos < self.k:
+            raise ConfigError(f"kfold k={self.k} needs at least {self.k} photos in the training pool, found {photos}; lower k")
+        splitter = GroupKFold(n_splits=self.k, shuffle=True, random_state=seed)
+        return [Fold(i, np.sort(tr), np.sort(va)) for i, (tr, va) in enumerate(splitter.split(pool.images, groups=pool.groups))]
+
+
+@SPLITTERS.register("folders")
+class Folders(Splitter):
+    """Predefined split by top-level subfolder (the seed's train/ and val/ layout)."""
+
+    def __init__(self, train: str = "train", val: str = "val") -> None:
+        self.train, self.val = train, val
+
+    def n_splits(self) -> int:
+        return 1
+
+    def split(self, pool: ImageSet, seed: int) -> list[Fold]:
+        tops = np.array([PurePath(name).parts[0] for name in pool.names])
+        train, val = np.flatnonzero(tops == self.train), np.flatnonzero(tops == self.val)
+        if not len(train) or not len(val):
+            found = ", ".join(sorted(set(tops))[:5]) or "none"
+            raise ConfigError(f"folders splitter needs images under '{self.train}/' and '{self.val}/' of the data path; found folders: {found}")
+        return [Fold(0, train, val)]

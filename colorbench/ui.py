@@ -1,0 +1,42 @@
+"""Terminal output: one shared rich console, progress bars that vanish when done."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+T = TypeVar("T")
+
+console = Console(stderr=True, soft_wrap=True)  # progress and messages
+stdout = Console(width=None if sys.stdout.isatty() else 160)  # results: tables
+
+
+def progress() -> Progress:
+    """A transient multi-task progress display on stderr."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def track(items: Sequence[T] | Iterable[T], description: str) -> Iterator[T]:
+    """Iterate with a progress bar (shown only for more than a few items)."""
+    items = list(items)
+    if len(items) < 20:
+        yield from items
+        return
+    with progress() as bar:
+        task = bar.add_task(description, total=len(items), status="")
+        for item in items:
+            yield item
+            bar.advance(task)

@@ -1,0 +1,32 @@
+"""Shared fixtures: tiny real grids on the bundled photos, temporary MLflow stores."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+TINY_GRID = {
+    "experiment": "tiny",
+    "data": {"source": "builtin", "image_size": 32, "crops_per_photo": 3},
+    "train": {"epochs": 2, "batch_size": 8, "lr": 1.0e-3, "seed": 0},
+    "test_fraction": 0.25,
+    "grid": {"backbone": ["resnet18-6"], "loss": ["mse"], "splitter": [{"name": "holdout", "val_fraction": 0.3}, {"name": "kfold", "k": 2}]},
+}
+
+
+@pytest.fixture
+def tiny_grid() -> dict:
+    """A fresh copy of a grid small enough to train in seconds on a CPU."""
+    return copy.deepcopy(TINY_GRID)
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A temporary SQLite MLflow store; the working directory moves to tmp_path so nothing lands in the repo."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
