@@ -27,17 +27,10 @@ def load_plugins(modules: list[str]) -> None:
             raise ConfigError(f"cannot import plugin module {name!r}: {err}; check the name and that it is on PYTHONPATH") from None
 
 
-def registries() -> dict[str, object]:
-    from colorbench.backbones import BACKBONES
-    from colorbench.data import SOURCES
-    from colorbench.losses import LOSSES
-    from colorbench.splitters import SPLITTERS
-
-    return {"backbones": BACKBONES, "losses": LOSSES, "splitters": SPLITTERS, "data sources": SOURCES}
-
-
 def cmd_list(args: argparse.Namespace) -> int:
-    for title, registry in registries().items():
+    from colorbench.components import REGISTRIES
+
+    for title, registry in REGISTRIES.items():
         table = Table(title=title, title_justify="left", show_edge=False)
         for column in ("name", "options (defaults)", "description"):
             table.add_column(column)

@@ -154,10 +154,7 @@ def parse_experiment(raw: Any, where: str = "grid") -> Experiment:
 
 def resolve(exp: Experiment, where: str = "grid") -> Experiment:
     """Fill in registry defaults and reject unknown names/options, prefixed by `where`."""
-    from colorbench.backbones import BACKBONES
-    from colorbench.data import SOURCES
-    from colorbench.losses import LOSSES
-    from colorbench.splitters import SPLITTERS
+    from colorbench.components import BACKBONES, LOSSES, SOURCES, SPLITTERS
 
     def fill(registry: Any, comp: Component, section: str) -> Component:
         try:

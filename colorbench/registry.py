@@ -48,20 +48,20 @@ class Registry(Generic[T]):
         return self._entries[name]
 
     def options(self, name: str) -> dict[str, inspect.Parameter]:
-        """The keyword options of entry `name`, in declaration order."""
-        params = inspect.signature(self.get(name), eval_str=True).parameters
-        return {p.name: p for p in params.values() if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD}
+        """The keyword options of entry `name` by their YAML names (a trailing '_' dropped: `lambda_` is `lambda`)."""
+        params = inspect.signature(self.get(name), eval_str=True).parameters.values()
+        return {p.name.removesuffix("_"): p for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
 
     def validate(self, name: str, options: Mapping[str, Any]) -> dict[str, Any]:
-        """Check `options` against entry `name`'s signature and return them with defaults filled in."""
+        """Check `options` against entry `name`'s signature and return them, by YAML name, with defaults filled in."""
         params = self.options(name)
         unknown = sorted(set(options) - set(params))
         if unknown:
             known = ", ".join(params) or "none"
             raise ConfigError(f"{self.kind} {name!r} has no option {unknown[0]!r}; its options: {known}.")
         fields = {
-            p.name: (p.annotation if p.annotation is not p.empty else Any, ... if p.default is p.empty else p.default)
-            for p in params.values()
+            key: (p.annotation if p.annotation is not p.empty else Any, ... if p.default is p.empty else p.default)
+            for key, p in params.items()
         }
         model = pydantic.create_model(f"{self.kind}_{name}", __config__=pydantic.ConfigDict(extra="forbid"), **fields)
         try:
@@ -73,16 +73,17 @@ class Registry(Generic[T]):
 
     def build(self, name: str, options: Mapping[str, Any] | None = None) -> T:
         """Validate `options` and call the factory."""
-        return self.get(name)(**self.validate(name, options or {}))
+        params = self.options(name)
+        return self.get(name)(**{params[key].name: value for key, value in self.validate(name, options or {}).items()})
 
     def describe(self) -> list[tuple[str, str, str]]:
         """(name, options with defaults, first docstring line) for each entry, for `colorbench list`."""
         rows = []
         for name in self:
             opts = []
-            for p in self.options(name).values():
+            for key, p in self.options(name).items():
                 default = "required" if p.default is p.empty else repr(p.default)
-                opts.append(f"{p.name}={default}")
+                opts.append(f"{key}={default}")
             doc = (inspect.getdoc(self._entries[name]) or "").splitlines()
             rows.append((name, ", ".join(opts) or "-", doc[0] if doc else ""))
         return rows

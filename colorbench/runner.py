@@ -17,17 +17,18 @@ from rich.progress import Progress, TaskID
 from colorbench import tracking
 from colorbench.backbones import ColorizationNet, build_model
 from colorbench.color import lab_to_rgb
+from colorbench.components import LOSSES
 from colorbench.config import Cell, Experiment, expand
 from colorbench.data import SOURCES, ImageSet, lab_batch
 from colorbench.errors import DivergedError
-from colorbench.losses import LOSSES, Objective
+from colorbench.losses import Objective
 from colorbench.metrics import ColorizationMetrics
 from colorbench.plots import image_grid, loss_curves
 from colorbench.splitters import SPLITTERS, Fold, carve_test
 from colorbench.train import FoldResult, evaluate, fit, resolve_device
 from colorbench.ui import console, progress
 
-PANEL_IMAGES = 6
+SAMPLE_IMAGES = 6  # test images shown in panels and kept as test_samples.npz
 SUMMARY_METRICS = ("psnr", "ssim", "auc", "auc_rebalanced", "colorfulness_ratio")
 
 
@@ -64,6 +65,12 @@ def predict_rgb(model: ColorizationNet, objective: Objective, images: torch.Tens
     return lab_to_rgb(torch.cat([L, ab], dim=1)).permute(0, 2, 3, 1).cpu().numpy()
 
 
+def gray_rgb(images: np.ndarray) -> np.ndarray:
+    """uint8 (N,H,W,3) -> their lightness alone as gray uint8 RGB (what the model sees)."""
+    L, _ = lab_batch(torch.from_numpy(images))
+    return lab_to_rgb(torch.cat([L, torch.zeros_like(L).repeat(1, 2, 1, 1)], dim=1)).mul(255).round().byte().permute(0, 2, 3, 1).numpy()
+
+
 def gray_baseline(test: ImageSet) -> dict[str, float]:
     """Metrics of predicting ab = 0 (a plain gray image): the bar every model must clear."""
     meter = ColorizationMetrics()
@@ -94,13 +101,14 @@ def write_fold_artifacts(
     objective: Objective,
     test: ImageSet,
 ) -> None:
-    """Loss curve, test panel, checkpoint, resolved config and per-image test metrics of one fold."""
+    """Loss curve, test panel and samples, checkpoint, resolved config and per-image test metrics of one fold."""
     loss_curves(result.history, folder / "loss_curve.png", result.best_epoch)
-    shown = test.images[:PANEL_IMAGES]
-    predicted = predict_rgb(model, objective, torch.from_numpy(shown))
-    gray = [np.repeat(lab_batch(torch.from_numpy(im[None]))[0][0, 0, :, :, None].numpy() / 100.0, 3, axis=2) for im in shown]
-    rows = [[g, p, t] for g, p, t in zip(gray, predicted, shown, strict=True)]
-    image_grid(rows, ["gray input", "predicted", "truth"], folder / "test_panel.png", [Path(n).name[:18] for n in test.names[:PANEL_IMAGES]])
+    truth = test.images[:SAMPLE_IMAGES]
+    predicted = (predict_rgb(model, objective, torch.from_numpy(truth)) * 255).round().astype(np.uint8)
+    names = [Path(n).name for n in test.names[:SAMPLE_IMAGES]]
+    np.savez_compressed(folder / "test_samples.npz", truth=truth, predicted=predicted, names=np.array(names))
+    gray = gray_rgb(truth)
+    image_grid([list(row) for row in zip(gray, predicted, truth, strict=True)], ["gray input", "predicted", "truth"], folder / "test_panel.png", names)
     checkpoint = {
         "state_dict": result.best_state,
         "backbone": cell.backbone.model_dump(),

@@ -130,7 +130,8 @@ def write_grid(tmp_path: Path, grid: dict) -> Path:
     return path
 
 
-def test_cli_dry_run_trains_nothing(tiny_grid: dict, tracking_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_dry_run_trains_nothing(tiny_grid: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
     assert cli.main(["run", str(write_grid(tmp_path, tiny_grid)), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert out.count("backbone=resnet18-6") == 2
