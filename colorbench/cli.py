@@ -75,6 +75,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if any(o.failure for o in outcomes) else 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from colorbench.report import build_report, terminal_rows
+
+    report = build_report(args.experiment, args.out, args.metric, args.baseline, args.tracking_uri)
+    header, rows = terminal_rows(report)
+    title = f"{report.experiment}: ranked on test {report.metric}, mean ± std over folds"
+    caption = "* baseline; p (t, folds): paired t-test over shared folds; p (W, images): Wilcoxon signed-rank over test images"
+    table = Table(title=title, caption=caption, show_edge=False)
+    for column in header:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    stdout.print(table)
+    for label, reason in report.failed:
+        console.print(f"[red]failed[/] {label}: {reason}")
+    console.print(f"Wrote the table, figures and summary.md to {report.out_dir}/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import MODULE to register extra components")
@@ -85,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     run.add_argument("--dry-run", action="store_true", help="print the cells and fold count, train nothing")
     run.set_defaults(func=cmd_run)
+    rep = sub.add_parser("report", parents=[common], help="rank an experiment's cells, test the differences, write tables and plots")
+    rep.add_argument("--experiment", required=True, help="MLflow experiment name (the grid's `experiment`)")
+    rep.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    rep.add_argument("--out", help="output folder (default: results/EXPERIMENT)")
+    rep.add_argument("--metric", default="psnr", help="test metric to rank and test on (default: psnr)")
+    rep.add_argument("--baseline", help="cell id or unique prefix to test against (default: the top-ranked cell)")
+    rep.set_defaults(func=cmd_report)
     lst = sub.add_parser("list", parents=[common], help="every registered backbone, loss, splitter and data source with its options")
     lst.set_defaults(func=cmd_list)
     return parser
@@ -92,8 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    import mlflow  # noqa: F401 - configures its loggers on import; quiet them afterwards
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         load_plugins(args.plugin)
         return args.func(args)

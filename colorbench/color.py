@@ -86,7 +86,7 @@ def _gamut_patterns(grid: float) -> torch.Tensor:
     n = 2 * span + 1
     seen = torch.zeros(n * n * 12, dtype=torch.bool)
     levels = _srgb_to_linear(torch.arange(256, dtype=torch.float32) / 255)
-    for red in levels.split(32):
+    for red in levels.split(16):
         _, a, b = _lab_from_linear(red[:, None, None], levels[:, None], levels)
         ua, ub = a / grid, b / grid
         ca, cb = ua.round(), ub.round()
@@ -178,7 +178,7 @@ def _knn(ab: torch.Tensor, centres: torch.Tensor, k: int) -> tuple[torch.Tensor,
     if not 1 <= k <= centres.shape[0]:
         raise ValueError(f"k must be in [1, {centres.shape[0]}] (the number of centres), got {k}")
     centres = centres.to(ab)
-    lattice = _lattice(centres)
+    lattice = _lattice(centres) if k <= (2 * _WINDOW + 1) ** 2 else None
     parts = [
         _brute_knn(p, centres, k) if lattice is None else _window_knn(p, centres, k, lattice)
         for p in ab.movedim(1, -1).reshape(-1, 2).split(_CHUNK)

@@ -151,9 +151,15 @@ def train_fold(cell: Cell, fold: Fold, data: PreparedData, device: torch.device,
 
 
 def run_cell(
-    cell: Cell, folds: list[Fold], data: PreparedData, device: torch.device, bar: Progress, tasks: dict[str, TaskID]
+    cell: Cell,
+    folds: list[Fold],
+    data: PreparedData,
+    gray: dict[str, float],
+    device: torch.device,
+    bar: Progress,
+    tasks: dict[str, TaskID],
 ) -> CellOutcome:
-    """One parent run with one child run per fold; fold means and stds on the parent."""
+    """One parent run with one child run per fold; fold means and stds, and the gray baseline (`gray_test_*`), on the parent."""
     params = cell.flat_params()
     label = f"{cell.backbone.label()} | {cell.loss.label()} | {cell.splitter.label()}"
     tags = tracking.cell_tags(cell, data.fingerprint)
@@ -177,8 +183,7 @@ def run_cell(
                 values = np.array([r[key] for r in results], dtype=float)
                 outcome.metrics[f"{key}_mean"] = float(values.mean())
                 outcome.metrics[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-            mlflow.log_metrics(outcome.metrics)
-            mlflow.log_metric("n_folds", len(results))
+            mlflow.log_metrics({**outcome.metrics, **{f"gray_test_{k}": v for k, v in gray.items()}, "n_folds": len(results)})
     except DivergedError as err:
         outcome.failure = str(err)
         console.print(f"  [red]cell {cell.id} failed[/]: {err}")
@@ -209,6 +214,7 @@ def run_grid(exp: Experiment, tracking_uri: str | None = None) -> tuple[list[Cel
         splits[cell.id] = SPLITTERS.build(cell.splitter.name, cell.splitter.options).split(data.pool, exp.seed)
         build_model(cell.backbone.name, cell.backbone.options, LOSSES.build(cell.loss.name, cell.loss.options).out_channels)
     outcomes = {c.id: CellOutcome(c, run_id=done[c.id], skipped=True) for c in cells if c.id in done}
+    gray = gray_baseline(data.test)
     with progress() as bar:
         tasks = {
             "grid": bar.add_task("cells", total=len(todo), status=""),
@@ -219,10 +225,10 @@ def run_grid(exp: Experiment, tracking_uri: str | None = None) -> tuple[list[Cel
             stale = tracking.close_stale_runs(experiment_id, cell.id)
             if stale:
                 console.print(f"  closed {stale} interrupted run(s) of cell {cell.id} as KILLED; retraining it")
-            outcomes[cell.id] = run_cell(cell, splits[cell.id], data, device, bar, tasks)
+            outcomes[cell.id] = run_cell(cell, splits[cell.id], data, gray, device, bar, tasks)
             bar.advance(tasks["grid"])
     fill_metrics(experiment_id, outcomes)
-    return [outcomes[c.id] for c in cells], gray_baseline(data.test)
+    return [outcomes[c.id] for c in cells], gray
 
 
 def fill_metrics(experiment_id: str, outcomes: dict[str, CellOutcome]) -> None:

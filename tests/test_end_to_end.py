@@ -11,9 +11,11 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from colorbench import cli
+from colorbench.checkpoints import load_run
 from colorbench.config import parse_experiment
 from colorbench.losses import LOSSES, MSE
-from colorbench.runner import run_grid
+from colorbench.runner import prepare_data, run_grid
+from colorbench.train import evaluate
 
 INTERRUPTS = {"left": 0}
 
@@ -74,6 +76,19 @@ def test_grid_logs_parent_and_fold_runs(tiny_grid: dict, tracking_uri: str) -> N
     checkpoint = torch.load(mlflow.artifacts.download_artifacts(run_id=child_id, artifact_path="checkpoint.pt"), weights_only=False)
     assert checkpoint["backbone"]["name"] == "resnet18-6" and "state_dict" in checkpoint
     assert 0 < gray["colorfulness_ratio"] < 0.01  # ab = 0 has no colour
+    assert parents["metrics.gray_test_psnr"].tolist() == pytest.approx([gray["psnr"]] * 2)
+
+
+def test_logged_checkpoint_reproduces_the_logged_test_metrics(tiny_grid: dict, tracking_uri: str) -> None:
+    tiny_grid["grid"]["splitter"] = [{"name": "kfold", "k": 2}]
+    exp = parse_experiment(tiny_grid)
+    outcome = run_grid(exp, tracking_uri)[0][0]
+    trained = load_run(outcome.run_id)  # a cell run loads its best fold
+    best = runs(tracking_uri).query("`tags.colorbench.role` == 'fold'")["metrics.test_psnr"].max()
+    test = prepare_data(outcome.cell).test
+    metrics, _ = evaluate(trained.model, trained.objective, torch.from_numpy(test.images), batch_size=8)
+    assert metrics["psnr"] == pytest.approx(best, abs=1e-4)
+    assert trained.image_size == 32
 
 
 def test_rerun_skips_finished_cells(tiny_grid: dict, tracking_uri: str) -> None:

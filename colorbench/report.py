@@ -1,0 +1,496 @@
+"""`colorbench report`: one experiment's cells as a ranked table with significance tests, figures and a summary."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from unittest import mock
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import mlflow
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import MaxNLocator
+from mlflow.tracking import MlflowClient
+from scipy import stats
+
+from colorbench import tracking
+from colorbench.components import BACKBONES, LOSSES
+from colorbench.errors import ConfigError
+from colorbench.plots import image_grid
+from colorbench.registry import Registry
+from colorbench.runner import gray_rgb
+
+ALPHA = 0.05
+GRAY = "gray baseline"
+METRIC_ORDER = ("loss", "ab_rmse", "psnr", "ssim", "auc", "auc_rebalanced", "colorfulness_pred", "colorfulness_true", "colorfulness_ratio")
+LOWER_IS_BETTER = {"loss", "ab_rmse"}
+CLOSER_TO_ONE = {"colorfulness_ratio"}
+SPLIT_PARAMS = ("params.seed", "params.test_fraction", "params.data.", "params.test_data", "params.splitter.")  # decide the folds
+TERMINAL_METRICS = ("psnr", "auc_rebalanced", "colorfulness_ratio")
+FIGURES = {"bar.png": "bar chart", "folds.png": "per-fold spread", "val_loss.png": "validation loss", "samples.png": "test samples"}
+SPLIT_COLUMN = re.compile(r"split(\d+)_test_(.+)")  # scikit-learn style per-fold column: fold index, metric
+P_TTEST, P_WILCOXON = "p_ttest_folds", "p_wilcoxon_images"
+
+
+@dataclass
+class Report:
+    """A built report: the table (rank order, gray baseline last) and where it was written."""
+
+    experiment: str
+    metric: str
+    baseline: str
+    table: pd.DataFrame
+    out_dir: Path
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (cell label, failure)
+    n_images: int = 0
+
+
+@dataclass
+class Runs:
+    """An experiment's finished cell runs (one per cell) and their finished fold runs."""
+
+    cells: pd.DataFrame
+    folds: pd.DataFrame
+    failed: list[tuple[str, str]]
+
+    def folds_of(self, cell: pd.Series) -> pd.DataFrame:
+        """The fold runs of one cell run, by fold index."""
+        children = self.folds[self.folds["tags.mlflow.parentRunId"] == cell["run_id"]]
+        return children.assign(fold=children[f"tags.{tracking.TAG_FOLD}"].astype(int)).sort_values("fold")
+
+
+def open_store(tracking_uri: str | None) -> None:
+    """Point MLflow at the store (a missing SQLite file is an error, not a new empty store)."""
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    db = tracking.sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise ConfigError(f"no MLflow store at {db}; run `colorbench run` first or pass --tracking-uri")
+    mlflow.set_tracking_uri(uri)
+
+
+def experiment_id(name: str) -> str:
+    """The id of experiment `name`; a ConfigError listing the existing experiments otherwise."""
+    found = mlflow.get_experiment_by_name(name)
+    if found is None or found.lifecycle_stage == "deleted":
+        existing = ", ".join(sorted(e.name for e in mlflow.search_experiments())) or "none"
+        raise ConfigError(f"no MLflow experiment {name!r} in {mlflow.get_tracking_uri()}; existing experiments: {existing}")
+    return found.experiment_id
+
+
+def load_runs(name: str) -> Runs:
+    """Finished cell runs (latest per cell), their finished folds, and cells that only failed."""
+    df = mlflow.search_runs([experiment_id(name)], max_results=50000)  # newest first
+    if df.empty:
+        raise ConfigError(f"experiment {name!r} has no runs; run `colorbench run` on its grid first")
+    role, cell_id = df[f"tags.{tracking.TAG_ROLE}"], df[f"tags.{tracking.TAG_CELL}"]
+    finished = df["status"] == "FINISHED"
+    cells = df[finished & (role == "cell")].drop_duplicates(cell_id.name)
+    if cells.empty:
+        raise ConfigError(f"experiment {name!r} has no finished cells (all failed or were interrupted); run `colorbench run` again")
+    folds = df[finished & (role == "fold") & df["tags.mlflow.parentRunId"].isin(cells["run_id"])]
+    failed_runs = df[(df["status"] == "FAILED") & (role == "cell") & ~cell_id.isin(cells[cell_id.name])].drop_duplicates(cell_id.name)
+    failure = failed_runs.get(f"tags.{tracking.TAG_FAILURE}", pd.Series("", index=failed_runs.index)).fillna("")
+    failed = [(" | ".join(components(row)), reason) for (_, row), reason in zip(failed_runs.iterrows(), failure, strict=True)]
+    return Runs(cells.reset_index(drop=True), folds, failed)
+
+
+def component_label(row: pd.Series, axis: str, registry: Registry | None) -> str:
+    """`name(opt=value,...)` from a run's params; with a registry, only options that differ from its defaults."""
+    prefix = f"params.{axis}."
+    name = row[prefix + "name"]
+    options = {k[len(prefix) :]: v for k, v in row.items() if k.startswith(prefix) and k != prefix + "name" and pd.notna(v)}
+    if registry is not None and name in registry:
+        defaults = {k: str(p.default) for k, p in registry.options(name).items() if p.default is not p.empty}
+        options = {k: v for k, v in options.items() if defaults.get(k) != v}
+    return name + (f"({','.join(f'{k}={v}' for k, v in options.items())})" if options else "")
+
+
+def components(row: pd.Series) -> tuple[str, str, str]:
+    """(backbone, loss, splitter) labels; the splitter keeps all its options (k, val_fraction)."""
+    return component_label(row, "backbone", BACKBONES), component_label(row, "loss", LOSSES), component_label(row, "splitter", None)
+
+
+def metric_names(cells: pd.DataFrame) -> list[str]:
+    """Test metrics logged as `test_<m>_mean` on the cell runs, in a fixed order, variants last."""
+    found = {m.group(1) for c in cells.columns if (m := re.fullmatch(r"metrics\.test_(.+)_mean", c)) and cells[c].notna().any()}
+    return [m for m in METRIC_ORDER if m in found] + sorted(found - set(METRIC_ORDER))
+
+
+def badness(metric: str, values: pd.Series) -> pd.Series:
+    """Lower is better: the value for loss and ab_rmse, distance from 1 for colourfulness ratio, minus it otherwise."""
+    if metric in LOWER_IS_BETTER:
+        return values
+    if metric in CLOSER_TO_ONE:
+        return (values - 1).abs()
+    return -values
+
+
+def resolve_baseline(cell_ids: pd.Series, ranks: pd.Series, baseline: str | None) -> str:
+    """The baseline cell id: a unique prefix of one, or the top-ranked cell."""
+    if baseline is None:
+        return cell_ids[ranks.idxmin()]
+    matches = [c for c in cell_ids if c.startswith(baseline)]
+    if len(matches) != 1:
+        problem = "matches no cell" if not matches else f"is ambiguous ({', '.join(matches)})"
+        raise ConfigError(f"--baseline {baseline!r} {problem}; cells: {', '.join(cell_ids)}")
+    return matches[0]
+
+
+def split_key(cell: pd.Series) -> tuple[tuple[str, str], ...]:
+    """What decides a cell's fold splits: cells with equal keys were trained on identical folds."""
+    return tuple(sorted((k, str(v)) for k, v in cell.items() if k.startswith(SPLIT_PARAMS) and pd.notna(v)))
+
+
+def download(run_id: str, path: str, dst: Path) -> Path:
+    """One artifact of a run into `dst`, without MLflow's progress bar."""
+    with mock.patch.dict(os.environ, {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst)))
+
+
+def per_image(folds: pd.DataFrame, metric: str, tmp: Path) -> tuple[list[str], np.ndarray] | None:
+    """Test image names and the per-image `metric` averaged over folds; None when it is not logged per image."""
+    frames = [pd.read_csv(download(run_id, "test_per_image.csv", tmp / run_id)) for run_id in folds["run_id"]]
+    if metric not in frames[0].columns:
+        return None
+    return frames[0]["image"].tolist(), np.mean([f[metric].to_numpy(float) for f in frames], axis=0)
+
+
+def ttest_p(cell: pd.DataFrame, base: pd.DataFrame, metric: str) -> float:
+    """Paired t-test over folds (same fold index = same split) of the cell's and the baseline's test metric."""
+    return float(stats.ttest_rel(cell[f"metrics.test_{metric}"], base[f"metrics.test_{metric}"]).pvalue)
+
+
+def wilcoxon_p(cell: tuple[list[str], np.ndarray] | None, base: tuple[list[str], np.ndarray] | None) -> float:
+    """Wilcoxon signed-rank test over the shared test images; NaN without per-image values, other images or no difference."""
+    if cell is None or base is None or cell[0] != base[0] or np.array_equal(cell[1], base[1]):
+        return float("nan")
+    return float(stats.wilcoxon(cell[1], base[1]).pvalue)
+
+
+def significance(runs: Runs, baseline: str, metric: str) -> tuple[pd.DataFrame, int]:
+    """Per cell: the fold t-test p (same folds, k >= 2) and the per-image Wilcoxon p against the baseline; test-set size."""
+    by_id = runs.cells.set_index(f"tags.{tracking.TAG_CELL}", drop=False)
+    base_cell, base_folds = by_id.loc[baseline], runs.folds_of(by_id.loc[baseline])
+    with tempfile.TemporaryDirectory(prefix="colorbench-report-") as tmp:
+        images = {cid: per_image(runs.folds_of(cell), metric, Path(tmp)) for cid, cell in by_id.iterrows()}
+    rows = {}
+    for cid, cell in by_id.iterrows():
+        folds = runs.folds_of(cell)
+        paired = cid != baseline and len(folds) >= 2 and len(folds) == len(base_folds) and split_key(cell) == split_key(base_cell)
+        t = ttest_p(folds, base_folds, metric) if paired else float("nan")
+        rows[cid] = {P_TTEST: t, P_WILCOXON: float("nan") if cid == baseline else wilcoxon_p(images[cid], images[baseline])}
+    n_images = len(images[baseline][0]) if images[baseline] else 0
+    return pd.DataFrame.from_dict(rows, orient="index"), n_images
+
+
+def fold_columns(runs: Runs, cell: pd.Series, metrics: list[str]) -> dict[str, float]:
+    """scikit-learn style `split<i>_test_<m>` values of one cell."""
+    folds = runs.folds_of(cell)
+    return {f"split{f}_test_{m}": v for m in metrics for f, v in zip(folds["fold"], folds[f"metrics.test_{m}"], strict=True)}
+
+
+def cell_row(runs: Runs, cell: pd.Series, metrics: list[str]) -> dict[str, object]:
+    """One table row: components, fold means and stds, best epoch, training time, per-fold values."""
+    backbone, loss, splitter = components(cell)
+    row: dict[str, object] = {"cell": cell[f"tags.{tracking.TAG_CELL}"], "backbone": backbone, "loss": loss, "splitter": splitter}
+    row["n_folds"] = cell["metrics.n_folds"]
+    for key in [f"test_{m}" for m in metrics] + ["best_epoch", "train_seconds"]:
+        row[f"{key}_mean"], row[f"{key}_std"] = cell.get(f"metrics.{key}_mean"), cell.get(f"metrics.{key}_std")
+    return row | fold_columns(runs, cell, metrics)
+
+
+def gray_row(cells: pd.DataFrame, metrics: list[str]) -> dict[str, object]:
+    """The plain-gray prediction (ab = 0) on the same test set, as logged on the cell runs."""
+    row: dict[str, object] = {"cell": GRAY, "backbone": "-", "loss": "ab = 0", "splitter": "-"}
+    return row | {f"test_{m}_mean": cells[f"metrics.gray_test_{m}"].iloc[0] for m in metrics if f"metrics.gray_test_{m}" in cells}
+
+
+def build_table(runs: Runs, metric: str, baseline: str | None) -> tuple[pd.DataFrame, str, int]:
+    """Cells in rank order with p-values, then the gray baseline row; also the baseline id and test-set size."""
+    metrics = metric_names(runs.cells)
+    if metric not in metrics:
+        raise ConfigError(f"metric {metric!r} is not logged in this experiment; choose one of: {', '.join(metrics)}")
+    table = pd.DataFrame([cell_row(runs, cell, metrics) for _, cell in runs.cells.iterrows()])
+    table.insert(4, "rank", badness(metric, table[f"test_{metric}_mean"]).rank(method="min").astype("Int64"))
+    base = resolve_baseline(table["cell"], table["rank"], baseline)
+    pvalues, n_images = significance(runs, base, metric)
+    table.insert(5, P_TTEST, table["cell"].map(pvalues[P_TTEST]))
+    table.insert(6, P_WILCOXON, table["cell"].map(pvalues[P_WILCOXON]))
+    table.insert(5, "baseline", table["cell"] == base)
+    table = table.sort_values(["rank", "cell"], na_position="last")
+    splits = {c: m for c in table.columns if (m := SPLIT_COLUMN.fullmatch(c))}
+    ordered = sorted(splits, key=lambda c: (metrics.index(splits[c].group(2)), int(splits[c].group(1))))
+    table = table[[c for c in table.columns if c not in splits] + ordered]
+    table = pd.concat([table, pd.DataFrame([gray_row(runs.cells, metrics)])], ignore_index=True)
+    return table.astype({"n_folds": "Int64", "rank": "Int64"}), base, n_images
+
+
+def split_columns(table: pd.DataFrame, metric: str) -> list[str]:
+    """The per-fold columns of one metric, by fold index."""
+    return [c for c in table.columns if (m := SPLIT_COLUMN.fullmatch(c)) and m.group(2) == metric]
+
+
+def mean_std(row: pd.Series, key: str) -> str:
+    """`mean ± std` (std only over several folds), `-` when missing."""
+    mean, std = row.get(f"{key}_mean"), row.get(f"{key}_std")
+    if mean is None or pd.isna(mean):
+        return "-"
+    return f"{mean:.3f} ± {std:.3f}" if pd.notna(row.get("n_folds")) and row["n_folds"] > 1 else f"{mean:.3f}"
+
+
+def fmt_p(p: float) -> str:
+    """A p-value for people: `-` when not computed."""
+    if pd.isna(p):
+        return "-"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def fmt_value(value: object) -> str:
+    """A table cell: floats to 3 decimals, missing as empty."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return ""
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def markdown_table(report: Report) -> str:
+    """table.md: every test metric as mean ± std, rank, p-values, the chosen metric per fold."""
+    metrics = [c[len("test_") : -len("_mean")] for c in report.table.columns if re.fullmatch(r"test_.+_mean", c)]
+    splits = split_columns(report.table, report.metric)
+    header = ["cell", "backbone", "loss", "splitter", "rank", "p (t, folds)", "p (W, images)", *metrics, "best epoch", "train s", *splits]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in report.table.iterrows():
+        values = [cell_name(report, row), row["backbone"], row["loss"], row["splitter"], fmt_value(row.get("rank"))]
+        values += [fmt_p(row.get(P_TTEST)), fmt_p(row.get(P_WILCOXON)), *(mean_std(row, f"test_{m}") for m in metrics)]
+        values += [mean_std(row, "best_epoch"), mean_std(row, "train_seconds"), *(fmt_value(row.get(c)) for c in splits)]
+        lines.append("| " + " | ".join(values) + " |")
+    ranking = f"Ranked on test {report.metric} ({direction(report.metric)}); mean ± std over folds; * = baseline. "
+    return "\n".join(lines) + "\n\n" + ranking + tests_note(report) + failed_note(report)
+
+
+def cell_name(report: Report, row: pd.Series) -> str:
+    """The cell id, starred when it is the baseline."""
+    return row["cell"] + (" *" if row["cell"] == report.baseline else "")
+
+
+def tests_note(report: Report) -> str:
+    """Which tests the p-value columns hold."""
+    if report.n_images:
+        images = f"over the {report.n_images} test images' per-image {report.metric}, averaged over each cell's folds"
+    else:
+        images = f"over test images: not available, {report.metric} is not logged per image"
+    return (
+        f"p-values against the baseline cell {report.baseline}: p (t, folds) = paired t-test over folds (scipy.stats.ttest_rel), "
+        "only for cells trained on the same folds (same splitter and data seed, k >= 2); "
+        f"p (W, images) = Wilcoxon signed-rank test (scipy.stats.wilcoxon) {images}. `-`: not applicable.\n"
+    )
+
+
+def failed_note(report: Report) -> str:
+    """The cells that failed, one line each."""
+    return "".join(f"\nFailed: {label}: {reason}" for label, reason in report.failed) + ("\n" if report.failed else "")
+
+
+def direction(metric: str) -> str:
+    """How to read a metric in words."""
+    if metric in LOWER_IS_BETTER:
+        return "lower is better"
+    return "closer to 1 is better" if metric in CLOSER_TO_ONE else "higher is better"
+
+
+def label(row: pd.Series, sep: str = " | ") -> str:
+    """A cell's components joined by `sep`."""
+    return sep.join((row["backbone"], row["loss"], row["splitter"]))
+
+
+def plot_bar(cells: pd.DataFrame, gray: pd.Series, metric: str, path: Path) -> None:
+    """bar.png: the metric per cell with std error bars and the gray baseline dashed."""
+    fig, ax = plt.subplots(figsize=(max(5, 2.2 * len(cells)), 4.5))
+    x = np.arange(len(cells))
+    ax.bar(x, cells[f"test_{metric}_mean"], yerr=cells[f"test_{metric}_std"].fillna(0), capsize=4, color="tab:blue")
+    add_gray_line(ax, gray, metric)
+    finish(fig, ax, cells, f"test {metric}, mean ± std over folds ({direction(metric)})", path)
+
+
+def plot_folds(cells: pd.DataFrame, gray: pd.Series, metric: str, path: Path) -> None:
+    """folds.png: every fold's value per cell (k-fold spread vs one hold-out value) and the fold mean."""
+    fig, ax = plt.subplots(figsize=(max(5, 2.2 * len(cells)), 4.5))
+    for i, (_, row) in enumerate(cells.iterrows()):
+        vals = row[split_columns(cells, metric)].dropna().to_numpy(float)
+        ax.scatter(np.full(len(vals), i) + np.linspace(-0.12, 0.12, len(vals)) * (len(vals) > 1), vals, color="tab:blue", zorder=3)
+        ax.hlines(np.mean(vals), i - 0.25, i + 0.25, color="black", label="fold mean" if i == 0 else None)
+    add_gray_line(ax, gray, metric)
+    finish(fig, ax, cells, f"test {metric} of each fold (dots) and their mean (line)", path)
+
+
+def add_gray_line(ax: plt.Axes, gray: pd.Series, metric: str) -> None:
+    """The gray baseline as a dashed horizontal line, when it has this metric."""
+    value = gray.get(f"test_{metric}_mean")
+    if value is not None and pd.notna(value):
+        ax.axhline(value, color="gray", linestyle="--", label=GRAY)
+
+
+def finish(fig: plt.Figure, ax: plt.Axes, cells: pd.DataFrame, title: str, path: Path) -> None:
+    """Cell labels on x, title, legend, save, close."""
+    ax.set_xticks(np.arange(len(cells)), [label(row, "\n") for _, row in cells.iterrows()], fontsize=8)
+    ax.set_title(title)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_val_loss(runs: Runs, path: Path) -> None:
+    """val_loss.png: each cell's validation loss per epoch, mean over its folds, log scale."""
+    client = MlflowClient()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for _, cell in runs.cells.iterrows():
+        history = pd.DataFrame(
+            [(m.step, m.value) for run_id in runs.folds_of(cell)["run_id"] for m in client.get_metric_history(run_id, "val_loss")],
+            columns=["epoch", "val_loss"],
+        )
+        curve = history.groupby("epoch")["val_loss"].mean()
+        ax.plot(curve.index, curve.to_numpy(), marker=".", label=" | ".join(components(cell)))
+    ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation loss, mean over folds (log)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_samples(runs: Runs, cells: pd.DataFrame, path: Path) -> None:
+    """samples.png: rows = test images; columns = gray input, each cell (first fold), truth."""
+    by_id = runs.cells.set_index(f"tags.{tracking.TAG_CELL}")
+    with tempfile.TemporaryDirectory(prefix="colorbench-report-") as tmp:
+        samples = []
+        for cid in cells["cell"]:
+            run_id = runs.folds_of(by_id.loc[cid])["run_id"].iloc[0]
+            with np.load(download(run_id, "test_samples.npz", Path(tmp) / run_id)) as npz:
+                samples.append({k: npz[k] for k in ("truth", "predicted", "names")})
+    truth = samples[0]["truth"]
+    rows = [[g, *(s["predicted"][i] for s in samples), t] for i, (g, t) in enumerate(zip(gray_rgb(truth), truth, strict=True))]
+    titles = ["gray input", *(label(row, "\n") for _, row in cells.iterrows()), "truth"]
+    image_grid(rows, titles, path, [str(n) for n in samples[0]["names"]])
+
+
+def rank_lines(report: Report) -> list[str]:
+    """The ranking, best first."""
+    cells = report.table[report.table["cell"] != GRAY]
+    return [
+        f"{fmt_value(row['rank'])}. `{row['cell']}` {label(row)}: {mean_std(row, f'test_{report.metric}')}" for _, row in cells.iterrows()
+    ]
+
+
+def significance_lines(report: Report) -> list[str]:
+    """For each non-baseline cell: better/worse than the baseline, and whether each test finds it significant."""
+    table = report.table.set_index("cell")
+    base = table.loc[report.baseline, f"test_{report.metric}_mean"]
+    lines = []
+    for cid, row in table.drop(index=[report.baseline, GRAY]).iterrows():
+        value = row[f"test_{report.metric}_mean"]
+        score, base_score = badness(report.metric, pd.Series([value, base]))
+        verdict = "worse" if score > base_score else "better" if score < base_score else "equal"
+        verdicts = [
+            f"{name} p = {fmt_p(row[col])} ({'significant' if row[col] < ALPHA else 'not significant'})"
+            for name, col in (("paired t-test over folds", P_TTEST), ("Wilcoxon over images", P_WILCOXON))
+            if pd.notna(row[col])
+        ]
+        tests = "; ".join(verdicts) or "no test applies (other folds and no per-image values)"
+        lines.append(f"- `{cid}` {label(row)}: {report.metric} {value:.3f} vs {base:.3f}, {verdict}; {tests}.")
+    return lines
+
+
+def colourfulness_words(ratio: float) -> str:
+    """What a colourfulness ratio (prediction / truth) means."""
+    if ratio < 0.5:
+        return "far less colourful than the truth (desaturated, the typical look of MSE-style averaging)"
+    if ratio < 0.8:
+        return "less colourful than the truth"
+    return "about as colourful as the truth" if ratio <= 1.25 else "more colourful than the truth"
+
+
+def gray_lines(report: Report) -> list[str]:
+    """Each cell against the plain-gray prediction in PSNR and colourfulness ratio."""
+    table = report.table.set_index("cell")
+    gray_psnr, gray_ratio = table.loc[GRAY].get("test_psnr_mean"), table.loc[GRAY].get("test_colorfulness_ratio_mean")
+    if gray_psnr is None or gray_ratio is None or pd.isna(gray_psnr):
+        return ["- the gray baseline was not logged in this experiment."]
+    lines = []
+    for cid, row in table.drop(index=GRAY).iterrows():
+        psnr, ratio = row["test_psnr_mean"], row["test_colorfulness_ratio_mean"]
+        lines.append(
+            f"- `{cid}` {label(row)}: PSNR {psnr:.2f} dB ({psnr - gray_psnr:+.2f} dB vs gray {gray_psnr:.2f}); "
+            f"colourfulness ratio {ratio:.2f} (gray {gray_ratio:.2f}): {colourfulness_words(ratio)}."
+        )
+    return lines
+
+
+def command(report: Report) -> str:
+    """The command line that reproduces this report."""
+    args = ["colorbench", "report", "--experiment", report.experiment, "--tracking-uri", mlflow.get_tracking_uri()]
+    args += ["--out", str(report.out_dir), "--metric", report.metric, "--baseline", report.baseline]
+    return shlex.join(args)
+
+
+def summary(report: Report) -> str:
+    """summary.md: ranking, significance, comparison with gray, figures, command."""
+    parts = [
+        f"# {report.experiment}: report on test {report.metric}\n",
+        f"## Ranking on test {report.metric} ({direction(report.metric)}; mean ± std over folds)\n",
+        *rank_lines(report),
+        f"\n## Differences from the baseline `{report.baseline}` (significant at p < {ALPHA})\n",
+        *significance_lines(report),
+        "\n" + tests_note(report),
+        "## Against a plain gray image (ab = 0)\n",
+        *gray_lines(report),
+        "\nThe full table, with every metric and each fold: [table.md](table.md), [table.csv](table.csv).",
+        failed_note(report),
+        "## Figures\n",
+        *(f"![{title}]({name})\n" for name, title in FIGURES.items()),
+        f"Produced by:\n\n```\n{command(report)}\n```\n",
+    ]
+    return "\n".join(parts)
+
+
+def terminal_rows(report: Report) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the compact terminal table."""
+    metrics = [report.metric, *(m for m in TERMINAL_METRICS if m != report.metric)]
+    header = ["cell", "backbone", "loss", "splitter", *metrics, "p (t, folds)", "p (W, images)", "rank"]
+    rows = []
+    for _, row in report.table.iterrows():
+        names = [cell_name(report, row), row["backbone"], row["loss"], row["splitter"]]
+        tests = [fmt_p(row.get(P_TTEST)), fmt_p(row.get(P_WILCOXON)), fmt_value(row.get("rank"))]
+        rows.append(names + [mean_std(row, f"test_{m}") for m in metrics] + tests)
+    return header, rows
+
+
+def build_report(
+    experiment: str, out_dir: str | Path | None = None, metric: str = "psnr", baseline: str | None = None, tracking_uri: str | None = None
+) -> Report:
+    """Read an experiment's runs and write table.csv, table.md, the figures and summary.md into `out_dir`."""
+    open_store(tracking_uri)
+    runs = load_runs(experiment)
+    table, base, n_images = build_table(runs, metric, baseline)
+    out = Path(out_dir) if out_dir is not None else Path("results") / experiment
+    out.mkdir(parents=True, exist_ok=True)
+    report = Report(experiment, metric, base, table, out, runs.failed, n_images)
+    table.to_csv(out / "table.csv", index=False)
+    (out / "table.md").write_text(markdown_table(report))
+    cells, gray = table[table["cell"] != GRAY], table[table["cell"] == GRAY].iloc[0]
+    plot_bar(cells, gray, metric, out / "bar.png")
+    plot_folds(cells, gray, metric, out / "folds.png")
+    plot_val_loss(runs, out / "val_loss.png")
+    plot_samples(runs, cells, out / "samples.png")
+    (out / "summary.md").write_text(summary(report))
+    return report

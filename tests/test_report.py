@@ -1,0 +1,189 @@
+"""`colorbench report` on a real tiny grid: table, fold statistics, significance tests, figures, summary, CLI."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import TINY_GRID
+from PIL import Image
+from scipy import stats
+
+from colorbench import cli
+from colorbench.config import parse_experiment
+from colorbench.errors import ConfigError
+from colorbench.losses import LOSSES, MSE
+from colorbench.report import FIGURES, GRAY, Report, badness, build_report
+from colorbench.runner import run_grid
+
+EXPERIMENT = "tiny-report"
+
+
+@LOSSES.register("test-report-nan")
+class NanLoss(MSE):
+    """A loss that diverges at once, so its cell fails."""
+
+    def __call__(self, pred, target_ab, weights=None):
+        return super().__call__(pred, target_ab, weights) * float("nan")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory, empty_store: Path) -> str:
+    """One real grid (2 backbones x holdout/kfold k=2, 2 epochs at 32 px) plus one failing cell, in a module-wide store."""
+    folder = tmp_path_factory.mktemp("report-store")
+    shutil.copy(empty_store, folder / "mlflow.db")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    grid = copy.deepcopy(TINY_GRID) | {"experiment": EXPERIMENT}
+    grid["grid"]["backbone"] = ["resnet18-6", "resnet18-7"]
+    failing = copy.deepcopy(grid)
+    failing["grid"] = {"backbone": ["resnet18-6"], "loss": ["test-report-nan"], "splitter": [{"name": "holdout", "val_fraction": 0.3}]}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        outcomes, _ = run_grid(parse_experiment(grid), uri)
+        assert [o.failure for o in outcomes] == [None] * 4
+        run_grid(parse_experiment(failing), uri)
+    return uri
+
+
+def runs(uri: str) -> pd.DataFrame:
+    mlflow.set_tracking_uri(uri)
+    df = mlflow.search_runs(experiment_names=[EXPERIMENT], max_results=1000)
+    return df[df["status"] == "FINISHED"]
+
+
+def cell_id(uri: str, backbone: str, splitter: str) -> str:
+    df = runs(uri)
+    match = df[(df["params.backbone.name"] == backbone) & (df["params.splitter.name"] == splitter) & (df["tags.colorbench.role"] == "cell")]
+    return match["tags.colorbench.cell_id"].item()
+
+
+def child_folds(uri: str, cell: str) -> pd.DataFrame:
+    df = runs(uri)
+    folds = df[(df["tags.colorbench.cell_id"] == cell) & (df["tags.colorbench.role"] == "fold")]
+    return folds.assign(fold=folds["tags.colorbench.fold"].astype(int)).sort_values("fold")
+
+
+@pytest.fixture(scope="module")
+def report(store: str, tmp_path_factory: pytest.TempPathFactory) -> Report:
+    """The report against the resnet18-6 k-fold cell, named by a prefix of its id, so a fold t-test applies."""
+    baseline = cell_id(store, "resnet18-6", "kfold")[:6]
+    return build_report(EXPERIMENT, tmp_path_factory.mktemp("results"), baseline=baseline, tracking_uri=store)
+
+
+def test_table_has_a_row_per_cell_plus_gray_and_fold_columns(report: Report, store: str) -> None:
+    table = report.table
+    assert len(table) == 5 and table["cell"].iloc[-1] == GRAY
+    cells = table.iloc[:4]
+    assert set(cells["cell"]) == {cell_id(store, b, s) for b in ("resnet18-6", "resnet18-7") for s in ("holdout", "kfold")}
+    assert list(cells["rank"]) == [1, 2, 3, 4]
+    assert list(cells["test_psnr_mean"]) == sorted(cells["test_psnr_mean"], reverse=True)
+    assert {"backbone", "loss", "splitter", "test_psnr_std", "best_epoch_mean", "train_seconds_mean", "p_ttest_folds"} <= set(table)
+    kfold, holdout = cells[cells["splitter"] == "kfold(k=2)"], cells[cells["splitter"] == "holdout(val_fraction=0.3)"]
+    assert len(kfold) == len(holdout) == 2
+    assert kfold[["split0_test_psnr", "split1_test_psnr"]].notna().all().all()
+    assert holdout["split0_test_psnr"].notna().all() and holdout["split1_test_psnr"].isna().all()
+    assert set(cells["loss"]) == {"mse"} and set(cells["backbone"]) == {"resnet18-6", "resnet18-7"}  # default weights hidden
+    assert table.iloc[-1]["test_psnr_mean"] == pytest.approx(runs(store)["metrics.gray_test_psnr"].dropna().iloc[0])
+    written = pd.read_csv(report.out_dir / "table.csv")
+    assert list(written.columns) == list(table.columns) and list(written["cell"]) == list(table["cell"])
+    markdown = (report.out_dir / "table.md").read_text()
+    assert all(c in markdown for c in table["cell"]) and "split1_test_psnr" in markdown and "Wilcoxon" in markdown
+
+
+def test_means_stds_and_fold_columns_match_the_fold_runs(report: Report, store: str) -> None:
+    for _, row in report.table.iloc[:4].iterrows():
+        folds = child_folds(store, row["cell"])
+        assert row["n_folds"] == len(folds) == (2 if row["splitter"].startswith("kfold") else 1)
+        for metric in ("psnr", "ab_rmse", "colorfulness_ratio", "auc_rebalanced"):
+            values = folds[f"metrics.test_{metric}"].to_numpy()
+            assert row[f"test_{metric}_mean"] == pytest.approx(values.mean())
+            assert row[f"test_{metric}_std"] == pytest.approx(values.std(ddof=1) if len(values) > 1 else 0.0)
+            for fold, value in zip(folds["fold"], values, strict=True):
+                assert row[f"split{fold}_test_{metric}"] == pytest.approx(value)
+
+
+def per_image_mean(uri: str, cell: str, tmp_path: Path) -> np.ndarray:
+    paths = [
+        mlflow.artifacts.download_artifacts(run_id=r, artifact_path="test_per_image.csv", dst_path=str(tmp_path / r))
+        for r in child_folds(uri, cell)["run_id"]
+    ]
+    return np.mean([pd.read_csv(p)["psnr"].to_numpy() for p in paths], axis=0)
+
+
+def test_p_values_match_scipy_on_the_same_numbers(report: Report, store: str, tmp_path: Path) -> None:
+    base = cell_id(store, "resnet18-6", "kfold")
+    assert report.baseline == base
+    table = report.table.set_index("cell")
+    assert np.isnan(table.loc[base, "p_ttest_folds"]) and np.isnan(table.loc[base, "p_wilcoxon_images"])
+    other_kfold = cell_id(store, "resnet18-7", "kfold")
+    expected_t = stats.ttest_rel(child_folds(store, other_kfold)["metrics.test_psnr"], child_folds(store, base)["metrics.test_psnr"]).pvalue
+    assert table.loc[other_kfold, "p_ttest_folds"] == pytest.approx(expected_t)
+    for backbone in ("resnet18-6", "resnet18-7"):  # hold-out: other folds, one fold: no t-test
+        assert np.isnan(table.loc[cell_id(store, backbone, "holdout"), "p_ttest_folds"])
+    base_images = per_image_mean(store, base, tmp_path)
+    for cell in table.index.drop([base, GRAY]):
+        expected_w = stats.wilcoxon(per_image_mean(store, cell, tmp_path), base_images).pvalue
+        assert table.loc[cell, "p_wilcoxon_images"] == pytest.approx(expected_w)
+    assert report.n_images == len(base_images) > 1
+
+
+def test_failed_cell_is_listed_not_ranked(report: Report) -> None:
+    assert len(report.failed) == 1 and report.failed[0][0].startswith("resnet18-6 | test-report-nan")
+    assert "test-report-nan" not in set(report.table["loss"])
+    assert "Failed: resnet18-6 | test-report-nan" in (report.out_dir / "table.md").read_text()
+
+
+def test_every_figure_is_a_valid_png(report: Report) -> None:
+    for name in FIGURES:
+        path = report.out_dir / name
+        assert path.stat().st_size > 0
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.width > 100 and image.height > 100
+
+
+def test_summary_ranks_tests_compares_with_gray_and_embeds_figures(report: Report) -> None:
+    text = (report.out_dir / "summary.md").read_text()
+    ranked = list(report.table["cell"].iloc[:4])
+    assert "Ranking on test psnr" in text
+    positions = [text.index(f"{rank}. `{cell}`") for rank, cell in enumerate(ranked, 1)]
+    assert positions == sorted(positions)
+    assert "paired t-test over folds p =" in text and "Wilcoxon over images p =" in text
+    assert "vs gray" in text and "colourfulness ratio" in text
+    for name in FIGURES:
+        assert f"]({name})" in text
+    assert f"colorbench report --experiment {EXPERIMENT}" in text
+
+
+def test_cli_prints_the_table_with_the_top_cell_as_default_baseline(store: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    assert cli.main(["report", "--experiment", EXPERIMENT, "--tracking-uri", store, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    table = pd.read_csv(out / "table.csv")
+    top = table.loc[table["rank"] == 1, "cell"].item()
+    assert table.loc[table["baseline"].astype(str) == "True", "cell"].item() == top
+    assert f"{top} *" in printed and GRAY in printed and "auc_rebalanced" in printed and "p (W, images)" in printed
+    assert all(cell in printed for cell in table["cell"])
+
+
+def test_missing_experiment_lists_the_existing_ones(store: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=f"no MLflow experiment 'nope' .*existing experiments: .*{EXPERIMENT}"):
+        build_report("nope", tmp_path, tracking_uri=store)
+    assert not any(tmp_path.iterdir())
+
+
+def test_unknown_metric_names_the_logged_ones(store: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="metric 'psnrr' is not logged .*psnr, ssim"):
+        build_report(EXPERIMENT, tmp_path, metric="psnrr", tracking_uri=store)
+
+
+def test_rank_direction_per_metric() -> None:
+    values = pd.Series([0.5, 1.1, 2.0])
+    assert list(badness("psnr", values).rank()) == [3, 2, 1]  # higher is better
+    assert list(badness("ab_rmse", values).rank()) == [1, 2, 3]  # lower is better
+    assert list(badness("colorfulness_ratio", values).rank()) == [2, 1, 3]  # closer to 1 is better
