@@ -5,7 +5,8 @@ from __future__ import annotations
 from colorbench.backbones import BACKBONES
 from colorbench.data import SOURCES
 from colorbench.losses import LOSSES
+from colorbench.masks import MASKS
 from colorbench.registry import Registry
 from colorbench.splitters import SPLITTERS
 
-REGISTRIES: dict[str, Registry] = {"backbones": BACKBONES, "losses": LOSSES, "splitters": SPLITTERS, "data sources": SOURCES}
+REGISTRIES: dict[str, Registry] = {"backbones": BACKBONES, "losses": LOSSES, "masks": MASKS, "splitters": SPLITTERS, "data sources": SOURCES}

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-import torch
+from typing import Annotated
 
+import torch
+from pydantic import Field
+
+from colorbench.color import ab_gamut_bins, annealed_mean, nearest_bins, soft_encode
+from colorbench.data import lab_batch
+from colorbench.errors import ConfigError
 from colorbench.registry import Registry
 
 AB_SCALE = 110.0  # regression target = ab / AB_SCALE
@@ -55,3 +61,112 @@ class MSE(Objective):
 
     def decode(self, pred: torch.Tensor, variant: str = "default") -> torch.Tensor:
         return pred.float() * AB_SCALE
+
+
+PRIOR_SIGMA = 5.0  # ab units: Gaussian smoothing of the empirical bin prior before rebalancing
+PRIOR_CHUNK = 64  # images per step when histogramming the training fold
+
+Temperature = Annotated[float, Field(ge=0)]
+Sigma = Annotated[float, Field(gt=0)]
+Neighbours = Annotated[int, Field(ge=1)]
+GridSize = Annotated[float, Field(gt=0)]
+Stride = Annotated[int, Field(ge=1)]
+
+
+@LOSSES.register("ce")
+class CrossEntropy(Objective):
+    """Cross-entropy over quantised ab bins with soft-encoded targets (Zhang et al. 2016), no class rebalancing.
+
+    The head predicts one logit per bin; `decode` is the annealed mean at `temperature` ("mode": T -> 0, "mean": T = 1).
+    `loss_stride` s scores only every s-th row and column (Zhang et al. use 4); decoding stays at full resolution.
+    """
+
+    variants = ("default", "mode", "mean")
+
+    def __init__(
+        self,
+        temperature: Temperature = 0.38,
+        sigma: Sigma = 5.0,
+        neighbours: Neighbours = 5,
+        grid: GridSize = 10.0,
+        rim: bool = False,
+        loss_stride: Stride = 1,
+    ) -> None:
+        self.centres = ab_gamut_bins(grid, rim)
+        self.out_channels = len(self.centres)
+        if neighbours > self.out_channels:
+            raise ConfigError(f"neighbours must be at most the number of bins ({self.out_channels}), got {neighbours}")
+        self.temperature, self.sigma, self.neighbours, self.loss_stride = temperature, sigma, neighbours, loss_stride
+
+    def _centres_on(self, device: torch.device) -> torch.Tensor:
+        if self.centres.device != device:
+            self.centres = self.centres.to(device)
+        return self.centres
+
+    def class_weights(self, nearest: torch.Tensor) -> torch.Tensor | None:
+        """Per-pixel class weights from each pixel's nearest bin (B,1,H,W); None = unweighted."""
+        return None
+
+    def __call__(self, pred: torch.Tensor, target_ab: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        s = self.loss_stride
+        pred, target_ab = pred[..., ::s, ::s], target_ab[..., ::s, ::s]
+        idx, soft = soft_encode(target_ab.float(), self._centres_on(pred.device), self.neighbours, self.sigma)
+        logp = torch.log_softmax(pred.float(), dim=1).gather(1, idx)
+        per_pixel = -(soft * logp).sum(1, keepdim=True)
+        rebalance = self.class_weights(idx[:, :1])  # soft_encode sorts nearest first
+        if rebalance is not None:
+            per_pixel = per_pixel * rebalance
+        return weighted_mean(per_pixel, None if weights is None else weights[..., ::s, ::s])
+
+    def decode(self, pred: torch.Tensor, variant: str = "default") -> torch.Tensor:
+        temperatures = {"default": self.temperature, "mode": 0.0, "mean": 1.0}
+        if variant not in temperatures:
+            raise ValueError(f"unknown decoding {variant!r}; known: {', '.join(temperatures)}")
+        with torch.autocast(pred.device.type, enabled=False):
+            return annealed_mean(pred.float(), self._centres_on(pred.device), temperatures[variant])
+
+
+@LOSSES.register("ce-rebalanced")
+class RebalancedCrossEntropy(CrossEntropy):
+    """Cross-entropy over ab bins with class rebalancing: pixels weighted by 1 / ((1 - lambda) * prior + lambda / Q).
+
+    The prior is the training fold's bin histogram, smoothed with a Gaussian (sigma 5 in ab); weights are
+    normalised so that their prior-weighted mean is 1, and each pixel takes the weight of its nearest bin.
+    """
+
+    def __init__(
+        self,
+        lambda_: Annotated[float, Field(gt=0, le=1)] = 0.5,
+        temperature: Temperature = 0.38,
+        sigma: Sigma = 5.0,
+        neighbours: Neighbours = 5,
+        grid: GridSize = 10.0,
+        rim: bool = False,
+        loss_stride: Stride = 1,
+    ) -> None:
+        super().__init__(temperature, sigma, neighbours, grid, rim, loss_stride)
+        self.lambda_ = lambda_
+        self.prior: torch.Tensor | None = None  # (Q,) smoothed bin prior, sums to 1
+        self.bin_weights: torch.Tensor | None = None  # (Q,) rebalancing weight per bin
+
+    @torch.no_grad()
+    def prepare(self, train_rgb: torch.Tensor) -> None:
+        """Estimate the smoothed bin prior and the bin weights from the training fold's uint8 images (N,H,W,3)."""
+        if len(train_rgb) == 0:
+            raise ValueError("ce-rebalanced needs at least one training image to estimate the ab prior")
+        centres = self._centres_on(train_rgb.device)
+        counts = torch.zeros(self.out_channels, dtype=torch.long, device=train_rgb.device)
+        for chunk in train_rgb.split(PRIOR_CHUNK):
+            counts += torch.bincount(nearest_bins(lab_batch(chunk)[1], centres).flatten(), minlength=self.out_channels)
+        kernel = torch.exp(-torch.cdist(centres, centres).square() / (2 * PRIOR_SIGMA**2))
+        prior = (kernel / kernel.sum(1, keepdim=True)) @ (counts.float() / counts.sum())
+        self.prior = prior / prior.sum()
+        weights = 1 / ((1 - self.lambda_) * self.prior + self.lambda_ / self.out_channels)
+        self.bin_weights = weights / (self.prior * weights).sum()
+
+    def class_weights(self, nearest: torch.Tensor) -> torch.Tensor:
+        if self.bin_weights is None:
+            raise RuntimeError("ce-rebalanced has no ab prior yet: call prepare(train_rgb) with the training fold first")
+        if self.bin_weights.device != nearest.device:
+            self.bin_weights = self.bin_weights.to(nearest.device)
+        return self.bin_weights[nearest]
