@@ -76,14 +76,17 @@ def resnet18_8(weights: Weights = "none") -> Encoder:
 
 
 def decoder(channels: int, stride: int, out_channels: int) -> nn.Sequential:
-    """Conv-BN-ReLU-upsample stages (halving width, at least 32) back to full resolution, then a 3x3 head."""
+    """Conv-BN-ReLU-upsample stages (halving width, at least 32) back to full resolution, then a 3x3 conv and a 1x1 head.
+
+    The head is 1x1 (as Zhang et al.'s class logits) so that a several-hundred-bin head stays cheap at full resolution.
+    """
     layers: list[nn.Module] = []
     while stride > 1:
         width = max(channels // 2, 32)
         layers += [nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
         layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
         channels, stride = width, stride // 2
-    layers.append(nn.Conv2d(channels, out_channels, 3, padding=1))
+    layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(channels, out_channels, 1)]
     return nn.Sequential(*layers)
 
 

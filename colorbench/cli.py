@@ -55,7 +55,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         planned = runner.plan(exp)
         for cell, n in planned:
-            print(f"{cell.id}  backbone={cell.backbone.label()}  loss={cell.loss.label()}  splitter={cell.splitter.label()}  folds={n}")
+            backbone, loss, splitter = cell.labels()
+            print(f"{cell.id}  backbone={backbone}  loss={loss}  splitter={splitter}  folds={n}")
         print(f"{len(planned)} cells, {sum(n for _, n in planned)} fold trainings of {exp.train.epochs} epochs each (dry run: nothing trained)")
         return 0
     outcomes, gray = runner.run_grid(exp, args.tracking_uri)
@@ -64,7 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         table.add_column(column)
     for o in outcomes:
         status = " (failed)" if o.failure else " (skipped: done)" if o.skipped else ""
-        table.add_row(o.cell.id + status, o.cell.backbone.label(), o.cell.loss.label(), o.cell.splitter.label(), *(fmt(o.metrics, m) for m in runner.SUMMARY_METRICS))
+        table.add_row(o.cell.id + status, *o.cell.labels(), *(fmt(o.metrics, m) for m in runner.SUMMARY_METRICS))
     table.add_row("gray baseline", "-", "ab = 0", "-", *(fmt({f"test_{k}_mean": v for k, v in gray.items()}, m) for m in runner.SUMMARY_METRICS))
     stdout.print(table)
     for o in outcomes:

@@ -36,12 +36,6 @@ class Component(BaseModel):
             return {"name": value["name"], "options": rest}
         return value
 
-    def label(self) -> str:
-        """Short human label: name plus non-default options as given."""
-        if not self.options:
-            return self.name
-        return self.name + "(" + ",".join(f"{k}={v}" for k, v in self.options.items()) + ")"
-
 
 class DataConfig(BaseModel):
     """`source` names a registered image source; every other key is an option of it."""
@@ -107,6 +101,16 @@ class Cell(BaseModel):
     backbone: Component
     loss: Component
     splitter: Component
+
+    def labels(self) -> tuple[str, str, str]:
+        """(backbone, loss, splitter) as `name(non-default options)`."""
+        from colorbench.components import BACKBONES, LOSSES, SPLITTERS
+
+        return (
+            BACKBONES.label(self.backbone.name, self.backbone.options),
+            LOSSES.label(self.loss.name, self.loss.options),
+            SPLITTERS.label(self.splitter.name, self.splitter.options, every=True),
+        )
 
     @property
     def id(self) -> str:

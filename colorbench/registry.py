@@ -44,7 +44,7 @@ class Registry(Generic[T]):
             close = difflib.get_close_matches(name, self._entries, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             known = ", ".join(self)
-            raise ConfigError(f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {known}.")
+            raise ConfigError(f"unknown {self.kind} {name!r}.{hint} Known {self.kind} names: {known}.")
         return self._entries[name]
 
     def options(self, name: str) -> dict[str, inspect.Parameter]:
@@ -75,6 +75,17 @@ class Registry(Generic[T]):
         """Validate `options` and call the factory."""
         params = self.options(name)
         return self.get(name)(**{params[key].name: value for key, value in self.validate(name, options or {}).items()})
+
+    def label(self, name: str, options: Mapping[str, Any], every: bool = False) -> str:
+        """`name(opt=value,...)` with every option, or only those that differ from the entry's defaults.
+
+        Nested option mappings (e.g. a mask's options) count as default when they equal what validation fills in.
+        """
+        params = self.options(name)
+        filled = self.validate(name, {k: v for k, v in options.items() if not isinstance(v, dict) and k in params})
+        reference = {k: filled[k] if isinstance(v, dict) else params[k].default for k, v in options.items() if k in params}
+        changed = {k: v for k, v in options.items() if every or k not in reference or str(reference[k]) != str(v)}
+        return name + (f"({','.join(f'{k}={v}' for k, v in changed.items())})" if changed else "")
 
     def describe(self) -> list[tuple[str, str, str]]:
         """(name, options with defaults, first docstring line) for each entry, for `colorbench list`."""

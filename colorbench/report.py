@@ -8,7 +8,6 @@ import shlex
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from unittest import mock
 
 import matplotlib
 
@@ -17,12 +16,13 @@ import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 import pandas as pd
+import yaml
 from matplotlib.ticker import MaxNLocator
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
 from colorbench import tracking
-from colorbench.components import BACKBONES, LOSSES
+from colorbench.components import BACKBONES, LOSSES, SPLITTERS
 from colorbench.errors import ConfigError
 from colorbench.plots import image_grid
 from colorbench.registry import Registry
@@ -102,20 +102,23 @@ def load_runs(name: str) -> Runs:
     return Runs(cells.reset_index(drop=True), folds, failed)
 
 
-def component_label(row: pd.Series, axis: str, registry: Registry | None) -> str:
-    """`name(opt=value,...)` from a run's params; with a registry, only options that differ from its defaults."""
+def component_label(row: pd.Series, axis: str, registry: Registry, every: bool = False) -> str:
+    """`name(options)` of a run's component, rebuilt from its flattened `params.<axis>.*` (see `Registry.label`)."""
     prefix = f"params.{axis}."
-    name = row[prefix + "name"]
-    options = {k[len(prefix) :]: v for k, v in row.items() if k.startswith(prefix) and k != prefix + "name" and pd.notna(v)}
-    if registry is not None and name in registry:
-        defaults = {k: str(p.default) for k, p in registry.options(name).items() if p.default is not p.empty}
-        options = {k: v for k, v in options.items() if defaults.get(k) != v}
-    return name + (f"({','.join(f'{k}={v}' for k, v in options.items())})" if options else "")
+    options: dict = {}
+    for key, value in row.items():
+        if key.startswith(prefix) and key != prefix + "name" and pd.notna(value):
+            *path, leaf = key[len(prefix) :].split(".")
+            target = options
+            for part in path:
+                target = target.setdefault(part, {})
+            target[leaf] = yaml.safe_load(value)
+    return registry.label(row[prefix + "name"], options, every=every)
 
 
 def components(row: pd.Series) -> tuple[str, str, str]:
     """(backbone, loss, splitter) labels; the splitter keeps all its options (k, val_fraction)."""
-    return component_label(row, "backbone", BACKBONES), component_label(row, "loss", LOSSES), component_label(row, "splitter", None)
+    return component_label(row, "backbone", BACKBONES), component_label(row, "loss", LOSSES), component_label(row, "splitter", SPLITTERS, every=True)
 
 
 def metric_names(cells: pd.DataFrame) -> list[str]:
@@ -151,8 +154,8 @@ def split_key(cell: pd.Series) -> tuple[tuple[str, str], ...]:
 
 def download(run_id: str, path: str, dst: Path) -> Path:
     """One artifact of a run into `dst`, without MLflow's progress bar."""
-    with mock.patch.dict(os.environ, {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):
-        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst)))
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst)))
 
 
 def per_image(folds: pd.DataFrame, metric: str, tmp: Path) -> tuple[list[str], np.ndarray] | None:

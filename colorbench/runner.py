@@ -161,7 +161,7 @@ def run_cell(
 ) -> CellOutcome:
     """One parent run with one child run per fold; fold means and stds, and the gray baseline (`gray_test_*`), on the parent."""
     params = cell.flat_params()
-    label = f"{cell.backbone.label()} | {cell.loss.label()} | {cell.splitter.label()}"
+    label = " | ".join(cell.labels())
     tags = tracking.cell_tags(cell, data.fingerprint)
     outcome = CellOutcome(cell)
     try:

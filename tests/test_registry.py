@@ -7,11 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from colorbench.backbones import BACKBONES, build_model
+from colorbench.backbones import build_model
+from colorbench.components import BACKBONES, LOSSES, SPLITTERS
 from colorbench.errors import ConfigError
-from colorbench.losses import LOSSES
 from colorbench.registry import Registry
-from colorbench.splitters import SPLITTERS
 
 
 def test_unknown_name_lists_known_ones_and_suggests() -> None:
@@ -64,3 +63,13 @@ def test_mse_loss_interface() -> None:
     weights = torch.zeros(2, 1, 8, 8)
     weights[:, :, :4] = 2.0
     assert float(mse(pred, ab, weights)) == pytest.approx(float((ab[:, :, :4] / 110).pow(2).mean()), rel=1e-5)
+
+
+def test_labels_show_only_options_that_differ_from_defaults() -> None:
+    assert LOSSES.label("mse", {}) == "mse"
+    assert SPLITTERS.label("kfold", {"k": 5}) == "kfold"
+    assert SPLITTERS.label("kfold", {"k": 5}, every=True) == "kfold(k=5)"
+    filled = LOSSES.validate("bg-weighted", {"mask": "saliency"})
+    assert LOSSES.label("bg-weighted", filled) == "bg-weighted(mask=saliency)"
+    changed = LOSSES.validate("bg-weighted", {"mask": "saliency", "mask_options": {"size": 32}, "background_weight": 0.5})
+    assert LOSSES.label("bg-weighted", changed) == "bg-weighted(mask=saliency,mask_options={'size': 32, 'sigma': 2.5, 'threshold': 1.0},background_weight=0.5)"

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Reproduces everything under results/ (run from the repository root, with ../shared/data present).
+# Uses ./mlflow.db as the store; each step resumes if interrupted.
+set -euo pipefail
+colorbench run experiments/losses.yaml
+colorbench report --experiment bsds-losses --out results/bsds-losses
+python experiments/mask_figure.py --experiment bsds-losses --out results/bsds-losses/masks.png
+colorbench run experiments/study.yaml
+colorbench report --experiment bsds-depth-loss-validation --out results/bsds-depth-loss-validation
