@@ -14,6 +14,11 @@ from colorbench.errors import ConfigError
 T = TypeVar("T")
 
 
+def same(a: Any, b: Any) -> bool:
+    """Equal as values, or as text (options read back from MLflow params are strings)."""
+    return a == b or str(a) == str(b)
+
+
 class Registry(Generic[T]):
     """Maps names to factories (classes or functions) whose keyword arguments are the options."""
 
@@ -84,7 +89,7 @@ class Registry(Generic[T]):
         params = self.options(name)
         filled = self.validate(name, {k: v for k, v in options.items() if not isinstance(v, dict) and k in params})
         reference = {k: filled[k] if isinstance(v, dict) else params[k].default for k, v in options.items() if k in params}
-        changed = {k: v for k, v in options.items() if every or k not in reference or str(reference[k]) != str(v)}
+        changed = {k: v for k, v in options.items() if every or k not in reference or not same(reference[k], v)}
         return name + (f"({','.join(f'{k}={v}' for k, v in changed.items())})" if changed else "")
 
     def describe(self) -> list[tuple[str, str, str]]:

@@ -264,8 +264,9 @@ def fmt_value(value: object) -> str:
 
 
 def markdown_table(report: Report) -> str:
-    """table.md: every test metric as mean ± std, rank, p-values, the chosen metric per fold."""
+    """table.md: every test metric of the default decoding as mean ± std, rank, p-values, the chosen metric per fold."""
     metrics = [c[len("test_") : -len("_mean")] for c in report.table.columns if re.fullmatch(r"test_.+_mean", c)]
+    metrics = [m for m in metrics if not m.endswith(tuple(s for s in DECODINGS.values() if s))]
     splits = split_columns(report.table, report.metric)
     header = ["cell", "backbone", "loss", "splitter", "rank", "p (t, folds)", "p (W, images)", *metrics, "best epoch", "train s", *splits]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -275,7 +276,25 @@ def markdown_table(report: Report) -> str:
         values += [mean_std(row, "best_epoch"), mean_std(row, "train_seconds"), *(fmt_value(row.get(c)) for c in splits)]
         lines.append("| " + " | ".join(values) + " |")
     ranking = f"Ranked on test {report.metric} ({direction(report.metric)}); mean ± std over folds; * = baseline. "
-    return "\n".join(lines) + "\n\n" + ranking + tests_note(report) + failed_note(report)
+    return "\n".join(lines) + "\n\n" + ranking + tests_note(report) + failed_note(report) + decodings_table(report)
+
+
+DECODINGS = {"annealed mean (the loss's temperature)": "", "mode (T -> 0)": "_mode", "plain mean (T = 1)": "_mean"}
+DECODING_METRICS = ("psnr", "ssim", "auc", "auc_rebalanced", "colorfulness_ratio")
+
+
+def decodings_table(report: Report) -> str:
+    """For losses that decode several ways (the classification losses): the test metrics per decoding."""
+    if "test_psnr_mode_mean" not in report.table:
+        return ""
+    rows = report.table[report.table["test_psnr_mode_mean"].notna()]
+    header = ["cell", "loss", "decoding", *DECODING_METRICS]
+    lines = ["\n## Test metrics per decoding\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in rows.iterrows():
+        for name, suffix in DECODINGS.items():
+            values = [row["cell"], row["loss"], name, *(mean_std(row, f"test_{m}{suffix}") for m in DECODING_METRICS)]
+            lines.append("| " + " | ".join(values) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def cell_name(report: Report, row: pd.Series) -> str:
