@@ -95,6 +95,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_colorize(args: argparse.Namespace) -> int:
+    import mlflow
+
+    from colorbench import tracking
+    from colorbench.colorize import colorize_files, load
+
+    mlflow.set_tracking_uri(tracking.resolve_tracking_uri(args.tracking_uri))
+    colorizer = load(args.model, args.device, args.size)
+    if args.temperature is not None:
+        colorizer.set_temperature(args.temperature)
+    written, failed = colorize_files(colorizer, args.inputs, args.out, compare=args.compare)
+    for name, reason in failed:
+        console.print(f"[red]skipped[/] {name}: {reason}", highlight=False)
+    console.print(f"Wrote {len(written)} colorized image(s) to {args.out}/" + (f"; {len(failed)} file(s) failed" if failed else ""))
+    return 1 if failed or not written else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import MODULE to register extra components")
@@ -112,6 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--metric", default="psnr", help="test metric to rank and test on (default: psnr)")
     rep.add_argument("--baseline", help="cell id or unique prefix to test against (default: the top-ranked cell)")
     rep.set_defaults(func=cmd_report)
+    col = sub.add_parser("colorize", parents=[common], help="colorize photos with a trained model")
+    col.add_argument("model", metavar="MODEL", help="MLflow run id (a cell run uses its best fold), runs:/<run id>/... URI, or checkpoint.pt file")
+    col.add_argument("inputs", metavar="INPUT", nargs="+", help="image files or folders (searched recursively)")
+    col.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output folder: one PNG per input, same relative name")
+    col.add_argument("--size", type=int, metavar="N", help="square working size the model sees (default: its training image size)")
+    col.add_argument("--temperature", type=float, metavar="T", help="annealed-mean temperature of cross-entropy models (lower: more saturated)")
+    col.add_argument("--device", default="auto", metavar="D", help="auto (CUDA when present), cpu or cuda (default: auto)")
+    col.add_argument("--compare", action="store_true", help="also write NAME_compare.png: gray | colorized | original")
+    col.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    col.set_defaults(func=cmd_colorize)
     lst = sub.add_parser("list", parents=[common], help="every registered backbone, loss, splitter and data source with its options")
     lst.set_defaults(func=cmd_list)
     return parser

@@ -46,13 +46,17 @@ class ImageSet:
 SOURCES: Registry[ImageSet] = Registry("data source")
 
 
-def open_rgb(path: Path) -> Image.Image:
-    """Open an image as 8-bit RGB, EXIF-rotated, honouring 16-bit, CMYK and alpha; raise DataError if unreadable."""
+def open_rgb(path: Path, draft: bool = True) -> Image.Image:
+    """Open an image as 8-bit RGB, EXIF-rotated, honouring 16-bit, CMYK and alpha; raise DataError if unreadable.
+
+    `draft` lets huge JPEGs decode at a reduced scale (training only needs small squares); False keeps full resolution.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path)
-            img.draft("RGB", (1024, 1024))  # JPEG: decode huge files at reduced scale
+            if draft:
+                img.draft("RGB", (1024, 1024))
             img = ImageOps.exif_transpose(img)
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(img, dtype=np.float64)

@@ -17,6 +17,7 @@ from rich.progress import Progress, TaskID
 from colorbench import tracking
 from colorbench.backbones import ColorizationNet, build_model
 from colorbench.color import lab_to_rgb
+from colorbench.colorize import log_cell_model
 from colorbench.components import LOSSES
 from colorbench.config import Cell, Experiment, expand
 from colorbench.data import SOURCES, ImageSet, lab_batch
@@ -159,7 +160,8 @@ def run_cell(
     bar: Progress,
     tasks: dict[str, TaskID],
 ) -> CellOutcome:
-    """One parent run with one child run per fold; fold means and stds, and the gray baseline (`gray_test_*`), on the parent."""
+    """One parent run with one child run per fold; fold means and stds, the gray baseline (`gray_test_*`) and the best fold's pyfunc
+    model (`model`) on the parent."""
     params = cell.flat_params()
     label = " | ".join(cell.labels())
     tags = tracking.cell_tags(cell, data.fingerprint)
@@ -184,6 +186,7 @@ def run_cell(
                 outcome.metrics[f"{key}_mean"] = float(values.mean())
                 outcome.metrics[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
             mlflow.log_metrics({**outcome.metrics, **{f"gray_test_{k}": v for k, v in gray.items()}, "n_folds": len(results)})
+            log_cell_model(parent_id)  # the best fold as the cell's pyfunc model: runs:/<cell run id>/model
     except DivergedError as err:
         outcome.failure = str(err)
         console.print(f"  [red]cell {cell.id} failed[/]: {err}")
