@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 import torch
 from mlflow.tracking import MlflowClient
 
@@ -58,5 +57,5 @@ def best_fold_run(run_id: str) -> str:
 
 def load_run(run_id: str, device: str | torch.device = "cpu") -> TrainedModel:
     """The model of an MLflow fold run (or the best fold of a cell run) in the current tracking store."""
-    path = mlflow.artifacts.download_artifacts(run_id=best_fold_run(run_id), artifact_path="checkpoint.pt")
+    path = tracking.download(best_fold_run(run_id), "checkpoint.pt")
     return load_checkpoint(path, device)

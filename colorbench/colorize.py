@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Schema, TensorSpec
 from PIL import Image
 
+from colorbench import tracking
 from colorbench.checkpoints import TrainedModel, best_fold_run, load_checkpoint, load_run
 from colorbench.color import lab_to_rgb, rgb_to_lab
 from colorbench.data import IMAGE_SUFFIXES, lab_batch, open_rgb
@@ -231,4 +232,4 @@ def log_pyfunc(checkpoint_path: str | Path) -> None:
 def log_cell_model(cell_run_id: str) -> None:
     """Log the best fold's checkpoint of the (active) cell run as its pyfunc model."""
     with tempfile.TemporaryDirectory(prefix="colorbench-") as tmp:
-        log_pyfunc(mlflow.artifacts.download_artifacts(run_id=best_fold_run(cell_run_id), artifact_path="checkpoint.pt", dst_path=tmp))
+        log_pyfunc(str(tracking.download(best_fold_run(cell_run_id), "checkpoint.pt", Path(tmp))))

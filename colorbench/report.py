@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import tempfile
@@ -152,15 +151,9 @@ def split_key(cell: pd.Series) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((k, str(v)) for k, v in cell.items() if k.startswith(SPLIT_PARAMS) and pd.notna(v)))
 
 
-def download(run_id: str, path: str, dst: Path) -> Path:
-    """One artifact of a run into `dst`, without MLflow's progress bar."""
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst)))
-
-
 def per_image(folds: pd.DataFrame, metric: str, tmp: Path) -> tuple[list[str], np.ndarray] | None:
     """Test image names and the per-image `metric` averaged over folds; None when it is not logged per image."""
-    frames = [pd.read_csv(download(run_id, "test_per_image.csv", tmp / run_id)) for run_id in folds["run_id"]]
+    frames = [pd.read_csv(tracking.download(run_id, "test_per_image.csv", tmp / run_id)) for run_id in folds["run_id"]]
     if metric not in frames[0].columns:
         return None
     return frames[0]["image"].tolist(), np.mean([f[metric].to_numpy(float) for f in frames], axis=0)
@@ -398,7 +391,7 @@ def plot_samples(runs: Runs, cells: pd.DataFrame, path: Path) -> None:
         samples = []
         for cid in cells["cell"]:
             run_id = runs.folds_of(by_id.loc[cid])["run_id"].iloc[0]
-            with np.load(download(run_id, "test_samples.npz", Path(tmp) / run_id)) as npz:
+            with np.load(tracking.download(run_id, "test_samples.npz", Path(tmp) / run_id)) as npz:
                 samples.append({k: npz[k] for k in ("truth", "predicted", "names")})
     truth = samples[0]["truth"]
     rows = [[g, *(s["predicted"][i] for s in samples), t] for i, (g, t) in enumerate(zip(gray_rgb(truth), truth, strict=True))]

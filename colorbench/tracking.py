@@ -130,6 +130,12 @@ def log_history(history: list[dict[str, float]]) -> None:
         mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=step)
 
 
+def download(run_id: str, path: str, dst: Path | None = None) -> Path:
+    """One artifact of a run (into `dst`, else a temporary folder), without MLflow's progress bar."""
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=None if dst is None else str(dst)))
+
+
 @contextmanager
 def artifact_dir() -> Iterator[Path]:
     """A temporary folder whose files are logged as the active run's artifacts when the block ends."""
