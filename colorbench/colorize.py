@@ -22,7 +22,7 @@ from PIL import Image
 from colorbench import tracking
 from colorbench.checkpoints import TrainedModel, best_fold_run, load_checkpoint, load_run
 from colorbench.color import lab_to_rgb, rgb_to_lab
-from colorbench.data import IMAGE_SUFFIXES, lab_batch, open_rgb
+from colorbench.data import IMAGE_SUFFIXES, gray_rgb, lab_batch, open_rgb
 from colorbench.errors import ColorbenchError, ConfigError
 from colorbench.train import resolve_device
 from colorbench.ui import track
@@ -47,10 +47,9 @@ def as_rgb(image: ImageLike) -> np.ndarray:
     return np.array(np.broadcast_to(arr, (*arr.shape[:2], 3)) if arr.shape[-1] == 1 else arr[..., :3])
 
 
-def gray_rgb(image: ImageLike) -> np.ndarray:
-    """The image's lightness alone as gray uint8 RGB: what the model sees."""
-    L, _ = lab_batch(torch.from_numpy(as_rgb(image))[None])
-    return to_uint8(lab_to_rgb(torch.cat([L, torch.zeros_like(L).repeat(1, 2, 1, 1)], dim=1)))[0]
+def gray_image(image: ImageLike) -> np.ndarray:
+    """One image's lightness alone as gray uint8 RGB: what the model sees."""
+    return gray_rgb(as_rgb(image)[None])[0]
 
 
 def lab_to_rgb_keeping_L(L: torch.Tensor, ab: torch.Tensor, steps: int = 8) -> torch.Tensor:
@@ -178,7 +177,7 @@ def colorize_files(
             Image.fromarray(colorized).save(target)
             written.append(target)
             if compare:
-                Image.fromarray(np.concatenate([gray_rgb(rgb), colorized, rgb], axis=1)).save(
+                Image.fromarray(np.concatenate([gray_image(rgb), colorized, rgb], axis=1)).save(
                     target.with_name(f"{target.stem}_compare.png")
                 )
     return written, failed

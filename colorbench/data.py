@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from colorbench.color import rgb_to_lab
+from colorbench.color import lab_to_rgb, rgb_to_lab
 from colorbench.errors import DataError
 from colorbench.registry import Registry
 from colorbench.ui import track
@@ -181,3 +181,10 @@ def lab_batch(rgb: torch.Tensor, flip: torch.Tensor | None = None) -> tuple[torc
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
     lab = rgb_to_lab(x)
     return lab[:, :1], lab[:, 1:]
+
+
+def gray_rgb(images: np.ndarray) -> np.ndarray:
+    """uint8 (N,H,W,3) -> their lightness alone as gray uint8 RGB (what the model sees)."""
+    L, _ = lab_batch(torch.from_numpy(np.ascontiguousarray(images)))
+    gray = lab_to_rgb(torch.cat([L, torch.zeros_like(L).repeat(1, 2, 1, 1)], dim=1))
+    return gray.mul(255).round().byte().permute(0, 2, 3, 1).numpy()

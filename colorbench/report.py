@@ -22,10 +22,10 @@ from scipy import stats
 
 from colorbench import tracking
 from colorbench.components import BACKBONES, LOSSES, SPLITTERS
+from colorbench.data import gray_rgb
 from colorbench.errors import ConfigError
 from colorbench.plots import image_grid
 from colorbench.registry import Registry
-from colorbench.runner import gray_rgb
 
 ALPHA = 0.05
 GRAY = "gray baseline"

@@ -20,7 +20,7 @@ from colorbench.color import lab_to_rgb
 from colorbench.colorize import log_cell_model
 from colorbench.components import LOSSES
 from colorbench.config import Cell, Experiment, expand
-from colorbench.data import SOURCES, ImageSet, lab_batch
+from colorbench.data import SOURCES, ImageSet, gray_rgb, lab_batch
 from colorbench.errors import DivergedError
 from colorbench.losses import Objective
 from colorbench.metrics import ColorizationMetrics
@@ -64,12 +64,6 @@ def predict_rgb(model: ColorizationNet, objective: Objective, images: torch.Tens
     L, _ = lab_batch(images.to(next(model.parameters()).device))
     ab = objective.decode(model(L))
     return lab_to_rgb(torch.cat([L, ab], dim=1)).permute(0, 2, 3, 1).cpu().numpy()
-
-
-def gray_rgb(images: np.ndarray) -> np.ndarray:
-    """uint8 (N,H,W,3) -> their lightness alone as gray uint8 RGB (what the model sees)."""
-    L, _ = lab_batch(torch.from_numpy(images))
-    return lab_to_rgb(torch.cat([L, torch.zeros_like(L).repeat(1, 2, 1, 1)], dim=1)).mul(255).round().byte().permute(0, 2, 3, 1).numpy()
 
 
 def gray_baseline(test: ImageSet) -> dict[str, float]:

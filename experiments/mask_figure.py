@@ -20,9 +20,8 @@ import torch
 
 from colorbench import tracking
 from colorbench.components import MASKS
-from colorbench.data import lab_batch
+from colorbench.data import gray_rgb, lab_batch
 from colorbench.plots import image_grid
-from colorbench.runner import gray_rgb
 
 MAX_ROWS = 4
 

@@ -22,7 +22,7 @@ from skimage.color import rgb2lab
 
 import colorbench
 from colorbench import cli
-from colorbench.colorize import colorize_files, gray_rgb
+from colorbench.colorize import colorize_files, gray_image
 from colorbench.config import parse_experiment
 from colorbench.errors import ConfigError
 from colorbench.runner import run_grid
@@ -86,7 +86,7 @@ def test_output_keeps_size_and_the_inputs_own_lightness(trained: dict[str, str])
 def test_colour_does_not_leak(trained: dict[str, str]) -> None:
     colorizer = colorbench.load(trained["checkpoint"], device="cpu")
     image = photo(64, 96)
-    colour, gray = colorizer.colorize_many([image, gray_rgb(image)])
+    colour, gray = colorizer.colorize_many([image, gray_image(image)])
     assert np.abs(colour.astype(int) - gray).max() <= 2  # the gray copy's L differs only by uint8 rounding
 
 
