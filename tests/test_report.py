@@ -18,7 +18,7 @@ from colorbench import cli
 from colorbench.config import parse_experiment
 from colorbench.errors import ConfigError
 from colorbench.losses import LOSSES, MSE
-from colorbench.report import FIGURES, GRAY, Report, badness, build_report
+from colorbench.report import FIGURES, GRAY, Report, badness, build_report, decodings_table
 from colorbench.runner import run_grid
 
 EXPERIMENT = "tiny-report"
@@ -187,3 +187,16 @@ def test_rank_direction_per_metric() -> None:
     assert list(badness("psnr", values).rank()) == [3, 2, 1]  # higher is better
     assert list(badness("ab_rmse", values).rank()) == [1, 2, 3]  # lower is better
     assert list(badness("colorfulness_ratio", values).rank()) == [2, 1, 3]  # closer to 1 is better
+
+
+def test_decodings_table_lists_each_decoding_of_classification_losses(tmp_path: Path) -> None:
+    rows = [
+        {"cell": "a", "loss": "ce", "n_folds": 1, "test_psnr_mean": 20.0, "test_psnr_mode_mean": 19.0, "test_psnr_mean_mean": 21.0},
+        {"cell": "b", "loss": "mse", "n_folds": 1, "test_psnr_mean": 22.0, "test_psnr_mode_mean": np.nan, "test_psnr_mean_mean": np.nan},
+    ]
+    text = decodings_table(Report("x", "psnr", "a", pd.DataFrame(rows), tmp_path))
+    assert "| a | ce | annealed mean (the loss's temperature) | 20.000 |" in text
+    assert "| a | ce | mode (T -> 0) | 19.000 |" in text
+    assert "| a | ce | plain mean (T = 1) | 21.000 |" in text
+    assert "| b |" not in text
+    assert decodings_table(Report("x", "psnr", "b", pd.DataFrame(rows).drop(columns=["test_psnr_mode_mean"]), tmp_path)) == ""
