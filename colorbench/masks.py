@@ -8,7 +8,6 @@ Every estimator is batched torch on the tensors' device. Scores are soft: `soft_
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from pydantic import AfterValidator, Field
 
 from colorbench.errors import ConfigError
+from colorbench.filters import gaussian_blur
 from colorbench.losses import LOSSES, Objective
 from colorbench.registry import Registry
 
@@ -37,16 +37,6 @@ MASKS: Registry[Mask] = Registry("mask")
 def soft_below(x: torch.Tensor, ref: torch.Tensor | float) -> torch.Tensor:
     """Soft indicator of x < ref (both >= 0): 1 / (1 + (x / ref)^4)."""
     return 1.0 / (1.0 + (x / (ref + EPS)).pow(4))
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian smoothing of (B,1,H,W) with edge replication (any image size)."""
-    radius = max(1, math.ceil(3 * sigma))
-    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
 
 
 def per_image_quantile(x: torch.Tensor, q: float) -> torch.Tensor:

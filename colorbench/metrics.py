@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from colorbench.color import ab_gamut_bins, lab_to_rgb, nearest_bins
+from colorbench.filters import gaussian_taps
 
 SSIM_WIN = 11
 SSIM_SIGMA = 1.5
@@ -30,13 +31,6 @@ def psnr(rgb_pred: torch.Tensor, rgb_true: torch.Tensor) -> torch.Tensor:
     return -10.0 * torch.log10(mse.clamp_min(1e-10))
 
 
-def _gaussian_window(device: torch.device) -> torch.Tensor:
-    """Normalised 1-D gaussian of SSIM_WIN taps (as scipy's gaussian_filter with truncate 3.5)."""
-    x = torch.arange(SSIM_WIN, dtype=torch.float64, device=device) - SSIM_WIN // 2
-    w = torch.exp(-0.5 * (x / SSIM_SIGMA) ** 2)
-    return w / w.sum()
-
-
 def ssim(rgb_pred: torch.Tensor, rgb_true: torch.Tensor) -> torch.Tensor:
     """Per-image SSIM of (B,C,H,W) images with data range 1, mean over channels -> (B,).
 
@@ -46,7 +40,7 @@ def ssim(rgb_pred: torch.Tensor, rgb_true: torch.Tensor) -> torch.Tensor:
     """
     x, y = rgb_pred.double(), rgb_true.double()
     c = x.shape[1]
-    w = _gaussian_window(x.device)
+    w = gaussian_taps(SSIM_WIN // 2, SSIM_SIGMA, torch.float64, x.device)  # as scipy's gaussian_filter, truncate 3.5
     wh = w.view(1, 1, 1, -1).expand(c, 1, 1, -1)
     wv = w.view(1, 1, -1, 1).expand(c, 1, -1, 1)
 
