@@ -15,6 +15,7 @@ import yaml
 from rich.progress import Progress, TaskID
 
 from colorbench import tracking
+from colorbench.atomic import atomic_path
 from colorbench.backbones import ColorizationNet, build_model
 from colorbench.color import lab_to_rgb
 from colorbench.colorize import log_cell_model
@@ -26,7 +27,7 @@ from colorbench.losses import Objective
 from colorbench.metrics import ColorizationMetrics
 from colorbench.plots import image_grid, loss_curves
 from colorbench.splitters import SPLITTERS, Fold, carve_test
-from colorbench.train import FoldResult, evaluate, fit, resolve_device
+from colorbench.train import EpochCallback, FoldResult, evaluate, fit, resolve_device
 from colorbench.ui import console, progress
 
 SAMPLE_IMAGES = 6  # test images shown in panels and kept as test_samples.npz
@@ -112,7 +113,8 @@ def write_fold_artifacts(
         "cell_id": cell.id,
         "fold": fold.index,
     }
-    torch.save(checkpoint, folder / "checkpoint.pt")
+    with atomic_path(folder / "checkpoint.pt") as tmp:
+        torch.save(checkpoint, tmp)
     (folder / "config.yaml").write_text(yaml.safe_dump(cell.model_dump(mode="json"), sort_keys=False))
     with open(folder / "test_per_image.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["image", *per_image[0]])
@@ -121,8 +123,16 @@ def write_fold_artifacts(
             writer.writerow({"image": name, **row})
 
 
-def train_fold(cell: Cell, fold: Fold, data: PreparedData, device: torch.device, bar: Progress, epoch_task: TaskID) -> dict[str, float]:
-    """Train one fold inside its (active) MLflow child run; return its test metrics."""
+def train_fold(
+    cell: Cell,
+    fold: Fold,
+    data: PreparedData,
+    device: torch.device,
+    bar: Progress,
+    epoch_task: TaskID,
+    after_epoch: EpochCallback | None = None,
+) -> dict[str, float]:
+    """Train one fold inside its (active) MLflow run; return its test metrics. `after_epoch` sees each epoch's record once logged."""
     torch.manual_seed(cell.train.seed)
     objective = LOSSES.build(cell.loss.name, cell.loss.options)
     model = build_model(cell.backbone.name, cell.backbone.options, objective.out_channels).to(device)
@@ -134,6 +144,8 @@ def train_fold(cell: Cell, fold: Fold, data: PreparedData, device: torch.device,
     def on_epoch(record: dict[str, float]) -> None:
         mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]))
         bar.update(epoch_task, advance=1, status=f"train {record['train_loss']:.4f} val {record['val_loss']:.4f}")
+        if after_epoch:
+            after_epoch(record)
 
     result = fit(model, objective, train_images, val_images, cell.train, on_epoch)
     test_metrics, per_image = evaluate(model, objective, torch.from_numpy(data.test.images), cell.train.batch_size, all_variants=True)
