@@ -6,7 +6,7 @@ import hashlib
 import itertools
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pydantic
 import yaml
@@ -76,8 +76,8 @@ class GridAxes(BaseModel):
     splitter: list[Component] = Field(default_factory=lambda: [Component(name="holdout")], min_length=1)
 
 
-class Experiment(BaseModel):
-    """A whole grid file."""
+class Setup(BaseModel):
+    """The sections a grid file and a search file share: experiment name, data, test set and training settings."""
 
     model_config = STRICT
     experiment: str = Field(min_length=1)
@@ -86,6 +86,14 @@ class Experiment(BaseModel):
     seed: int = 0
     test_fraction: float = Field(0.15, gt=0, lt=1)
     train: TrainConfig = TrainConfig()
+
+
+SetupT = TypeVar("SetupT", bound=Setup)
+
+
+class Experiment(Setup):
+    """A whole grid file."""
+
     grid: GridAxes = GridAxes()
 
 
@@ -139,7 +147,8 @@ class Cell(BaseModel):
         return out
 
 
-def _format_error(where: str, err: pydantic.ValidationError) -> str:
+def format_error(where: str, err: pydantic.ValidationError) -> str:
+    """The first validation problem as one line: `where: field.path: message`."""
     first = err.errors()[0]
     loc = ".".join(str(x) for x in first["loc"]) or "top level"
     return f"{where}: {loc}: {first['msg']}"
@@ -152,40 +161,54 @@ def parse_experiment(raw: Any, where: str = "grid") -> Experiment:
     try:
         exp = Experiment.model_validate(raw)
     except pydantic.ValidationError as err:
-        raise ConfigError(_format_error(where, err)) from None
+        raise ConfigError(format_error(where, err)) from None
     return resolve(exp, where)
 
 
 def resolve(exp: Experiment, where: str = "grid") -> Experiment:
     """Fill in registry defaults and reject unknown names/options, prefixed by `where`."""
-    from colorbench.components import BACKBONES, LOSSES, SOURCES, SPLITTERS
-
-    def fill(registry: Any, comp: Component, section: str) -> Component:
-        try:
-            return Component(name=comp.name, options=registry.validate(comp.name, comp.options))
-        except ConfigError as err:
-            raise ConfigError(f"{where}: {section}: {err}") from None
-
-    def fill_data(data: DataConfig, section: str) -> DataConfig:
-        filled = fill(SOURCES, Component(name=data.source, options=data.options), section)
-        return DataConfig(source=filled.name, options=filled.options)
+    from colorbench.components import BACKBONES, LOSSES, SPLITTERS
 
     grid = GridAxes(
-        backbone=[fill(BACKBONES, c, "grid.backbone") for c in exp.grid.backbone],
-        loss=[fill(LOSSES, c, "grid.loss") for c in exp.grid.loss],
-        splitter=[fill(SPLITTERS, c, "grid.splitter") for c in exp.grid.splitter],
+        backbone=[fill(BACKBONES, c, f"{where}: grid.backbone") for c in exp.grid.backbone],
+        loss=[fill(LOSSES, c, f"{where}: grid.loss") for c in exp.grid.loss],
+        splitter=[fill(SPLITTERS, c, f"{where}: grid.splitter") for c in exp.grid.splitter],
     )
-    test_data = fill_data(exp.test_data, "test_data") if exp.test_data else None
-    return exp.model_copy(update={"data": fill_data(exp.data, "data"), "test_data": test_data, "grid": grid})
+    return resolve_data(exp, where).model_copy(update={"grid": grid})
+
+
+def fill(registry: Any, comp: Component, where: str) -> Component:
+    """`comp` with its registry defaults filled in; unknown names/options raise a ConfigError prefixed by `where`."""
+    try:
+        return Component(name=comp.name, options=registry.validate(comp.name, comp.options))
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def resolve_data(setup: SetupT, where: str) -> SetupT:
+    """`setup` with its data and test_data sources' options validated and defaults filled in."""
+    from colorbench.components import SOURCES
+
+    def fill_data(data: DataConfig, section: str) -> DataConfig:
+        filled = fill(SOURCES, Component(name=data.source, options=data.options), f"{where}: {section}")
+        return DataConfig(source=filled.name, options=filled.options)
+
+    test_data = fill_data(setup.test_data, "test_data") if setup.test_data else None
+    return setup.model_copy(update={"data": fill_data(setup.data, "data"), "test_data": test_data})
 
 
 def load_experiment(path: str | Path) -> Experiment:
     """Read and validate a grid file; every problem is a one-line ConfigError."""
+    return parse_experiment(read_yaml(path), str(path))
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's content; unreadable files and syntax errors (with line and column) are one-line ConfigErrors."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as err:
-        raise ConfigError(f"cannot read grid file {path}: {err.strerror}") from None
+        raise ConfigError(f"cannot read {path}: {err.strerror}") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -193,7 +216,7 @@ def load_experiment(path: str | Path) -> Experiment:
         line = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(f"{path}:{line}: YAML syntax error: {problem}") from None
-    return parse_experiment(raw, str(path))
+    return raw
 
 
 def expand(exp: Experiment) -> list[Cell]:
