@@ -15,3 +15,7 @@ class DataError(ColorbenchError):
 
 class DivergedError(ColorbenchError):
     """Training produced a non-finite loss."""
+
+
+class TrialPruned(ColorbenchError):
+    """A search trial was stopped early by the pruner (its runs end KILLED, the Optuna trial PRUNED)."""

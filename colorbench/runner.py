@@ -157,6 +157,16 @@ def train_fold(
     return summary
 
 
+def fold_summary(results: list[dict[str, float]]) -> dict[str, float]:
+    """`<metric>_mean` and `<metric>_std` (sample std, 0 for one fold) over the folds' results."""
+    summary = {}
+    for key in results[0]:
+        values = np.array([r[key] for r in results], dtype=float)
+        summary[f"{key}_mean"] = float(values.mean())
+        summary[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return summary
+
+
 def run_cell(
     cell: Cell,
     folds: list[Fold],
@@ -187,10 +197,7 @@ def run_cell(
                     f"colorfulness ratio {results[-1]['test_colorfulness_ratio']:.2f} (best epoch {results[-1]['best_epoch']}, "
                     f"{results[-1]['train_seconds']:.0f} s)"
                 )
-            for key in results[0]:
-                values = np.array([r[key] for r in results], dtype=float)
-                outcome.metrics[f"{key}_mean"] = float(values.mean())
-                outcome.metrics[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            outcome.metrics = fold_summary(results)
             mlflow.log_metrics({**outcome.metrics, **{f"gray_test_{k}": v for k, v in gray.items()}, "n_folds": len(results)})
             log_cell_model(parent_id)  # the best fold as the cell's pyfunc model: runs:/<cell run id>/model
     except DivergedError as err:

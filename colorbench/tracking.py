@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 import colorbench
 from colorbench.config import Cell
-from colorbench.errors import ColorbenchError, ConfigError
+from colorbench.errors import ColorbenchError, ConfigError, TrialPruned
 
 TAG_ROLE = "colorbench.role"  # "cell" (parent run) or "fold" (child run)
 TAG_CELL = "colorbench.cell_id"
@@ -104,7 +104,7 @@ def status_for(error: BaseException | None) -> str:
     """MLflow run status for how a block ended."""
     if error is None:
         return RunStatus.to_string(RunStatus.FINISHED)
-    if isinstance(error, (KeyboardInterrupt, SystemExit)):
+    if isinstance(error, (KeyboardInterrupt, SystemExit, TrialPruned)):
         return RunStatus.to_string(RunStatus.KILLED)
     return RunStatus.to_string(RunStatus.FAILED)
 

@@ -15,8 +15,8 @@ console = Console(stderr=True, soft_wrap=True)  # progress and messages
 stdout = Console(width=None if sys.stdout.isatty() else 160)  # results: tables
 
 
-def progress() -> Progress:
-    """A transient multi-task progress display on stderr."""
+def progress(enabled: bool = True) -> Progress:
+    """A transient multi-task progress display on stderr (`enabled=False`: a silent one, e.g. in worker processes)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -26,6 +26,7 @@ def progress() -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=True,
+        disable=not enabled,
     )
 
 
