@@ -39,10 +39,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Tra
 
 
 def best_fold_run(run_id: str) -> str:
-    """A fold run id as is; for a cell (parent) run, its fold with the highest test PSNR."""
+    """A fold run id as is; for a cell or search-trial (parent) run, its fold with the highest test PSNR."""
     client = MlflowClient()
     run = client.get_run(run_id)
-    if run.data.tags.get(tracking.TAG_ROLE) != "cell":
+    if run.data.tags.get(tracking.TAG_ROLE) not in tracking.PARENT_ROLES:
         return run_id
     children = client.search_runs(
         [run.info.experiment_id],
@@ -51,7 +51,7 @@ def best_fold_run(run_id: str) -> str:
         max_results=1,
     )
     if not children:
-        raise ConfigError(f"cell run {run_id} has no finished fold runs to load")
+        raise ConfigError(f"run {run_id} has no finished fold runs to load")
     return children[0].info.run_id
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from importlib.metadata import entry_points
 
@@ -76,6 +75,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if any(o.failure for o in outcomes) else 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from colorbench import tracking
+    from colorbench.search import run_search
+    from colorbench.search_space import load_search
+
+    search = load_search(args.file)
+    outcome = run_search(search, args.n_trials, args.timeout, args.storage, args.study, args.n_workers, args.tracking_uri, args.out)
+    counts = ", ".join(f"{n} {state.lower()}" for state, n in outcome.counts.items() if n)
+    stdout.print(f"Study {outcome.study_name!r} ({outcome.storage}): {counts or 'no trials'}.")
+    if outcome.best is None:
+        console.print("[yellow]no trial completed yet[/]: run the same command again to continue the study")
+        return 1
+    stdout.print(f"Best trial {outcome.best.number}: {outcome.metric} = {outcome.best.value:.4f}; MLflow run {outcome.best_run_id}")
+    for key, value in outcome.best.params.items():
+        stdout.print(f"  {key} = {value}")
+    for figure in outcome.figures:
+        console.print(f"Wrote {figure}")
+    for figure, reason in outcome.skipped_figures.items():
+        console.print(f"[dim]skipped {figure}: {reason}[/]")
+    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    console.print(
+        f"Use the best model: colorbench colorize {outcome.best_run_id} PHOTO -o out/; compare trials: mlflow ui --backend-store-uri {uri}"
+    )
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from colorbench.report import build_report, terminal_rows
 
@@ -122,6 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     run.add_argument("--dry-run", action="store_true", help="print the cells and fold count, train nothing")
     run.set_defaults(func=cmd_run)
+    sea = sub.add_parser("search", parents=[common], help="run (or continue) an Optuna study over a search file's space")
+    sea.add_argument("file", help="search YAML file, e.g. configs/search.yaml")
+    sea.add_argument("--n-trials", type=int, metavar="N", help="trials to add to the study (default: the file's n_trials)")
+    sea.add_argument("--timeout", type=float, metavar="S", help="stop starting new trials after S seconds")
+    sea.add_argument("--storage", metavar="URL", help="Optuna storage: sqlite:///optuna.db, postgresql://..., or journal:FILE (default: beside the MLflow store)")
+    sea.add_argument("--study", metavar="NAME", help="study name (default: the file's experiment name)")
+    sea.add_argument("--n-workers", type=int, default=1, metavar="W", help="worker processes sharing the study (default: 1)")
+    sea.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    sea.add_argument("--out", metavar="DIR", help="folder for Optuna's figures (default: results/EXPERIMENT)")
+    sea.set_defaults(func=cmd_search)
     rep = sub.add_parser("report", parents=[common], help="rank an experiment's cells, test the differences, write tables and plots")
     rep.add_argument("--experiment", required=True, help="MLflow experiment name (the grid's `experiment`)")
     rep.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
@@ -146,10 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import mlflow  # noqa: F401 - configures its loggers on import; quiet them afterwards
+    from colorbench.search import quiet_libraries  # imports mlflow and optuna, which configure their loggers on import
 
-    for name in ("mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_libraries()
     try:
         load_plugins(args.plugin)
         return args.func(args)

@@ -7,6 +7,11 @@ from colorbench.data import SOURCES
 from colorbench.losses import LOSSES
 from colorbench.masks import MASKS
 from colorbench.registry import Registry
+from colorbench.search_engines import PRUNERS, SAMPLERS
 from colorbench.splitters import SPLITTERS
 
-REGISTRIES: dict[str, Registry] = {"backbones": BACKBONES, "losses": LOSSES, "masks": MASKS, "splitters": SPLITTERS, "data sources": SOURCES}
+REGISTRIES: dict[str, Registry] = {
+    "backbones": BACKBONES, "losses": LOSSES, "masks": MASKS, "splitters": SPLITTERS, "data sources": SOURCES,
+    "samplers (search)": SAMPLERS,
+    "pruners (search)": PRUNERS,
+}

@@ -21,6 +21,7 @@ from colorbench.config import Cell
 from colorbench.errors import ColorbenchError, ConfigError, TrialPruned
 
 TAG_ROLE = "colorbench.role"  # "cell" (parent run) or "fold" (child run)
+PARENT_ROLES = ("cell", "trial")  # runs whose children are fold runs: a grid cell, a search trial
 TAG_CELL = "colorbench.cell_id"
 TAG_FOLD = "colorbench.fold"
 TAG_FAILURE = "colorbench.failure"
