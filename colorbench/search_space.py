@@ -199,11 +199,11 @@ def candidate_names(axis: str, param: Param, params: list[Param], cfg: SearchCon
 
 
 def check_conditions(param: Param, earlier: dict[str, Param], cfg: SearchConfig, where: str) -> None:
-    """Conditions may only refer to earlier entries or to the fixed backbone/loss, with values those can take."""
+    """Conditions may only refer to earlier entries or to a fixed (unsearched) backbone/loss, with values those can take."""
     for key, allowed in param.when.items():
         if key in earlier:
             domain = earlier[key].values if earlier[key].kind == "choice" else None
-        elif key in COMPONENT_AXES:
+        elif key in COMPONENT_AXES and key not in cfg.space:
             domain = (getattr(cfg, key).name,)
         else:
             raise ConfigError(f"{where}: when refers to {key!r}, which is not an earlier space entry (entries are sampled in file order)")
