@@ -137,6 +137,30 @@ def cmd_colorize(args: argparse.Namespace) -> int:
     return 1 if failed or not written else 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    import datetime
+
+    from colorbench import cache
+
+    if args.action == "clear":
+        removed, freed = cache.clear()
+        console.print(f"Removed {removed} cache entr{'y' if removed == 1 else 'ies'} from {cache.cache_dir()}, freed {cache.human_bytes(freed)}")
+        return 0
+    entries = cache.entries()
+    stdout.print(f"Decode cache: {cache.cache_dir()} (set ${cache.ENV_VAR} to move it)", highlight=False)
+    table = Table(show_edge=False)
+    for column in ("key", "source", "images", "size", "on disk", "created", "root"):
+        table.add_column(column)
+    for e in entries:
+        created = datetime.datetime.fromtimestamp(e.created).strftime("%Y-%m-%d %H:%M") if e.created else "-"
+        size = f"{e.image_size}x{e.image_size}" if e.image_size else "-"
+        table.add_row(e.key, e.source, str(e.n_images), size, cache.human_bytes(e.bytes), created, e.root)
+    if entries:
+        stdout.print(table)
+    stdout.print(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {cache.human_bytes(sum(e.bytes for e in entries))} in all")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import MODULE to register extra components")
@@ -174,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     col.add_argument("--compare", action="store_true", help="also write NAME_compare.png: gray | colorized | original")
     col.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     col.set_defaults(func=cmd_colorize)
+    cac = sub.add_parser("cache", parents=[common], help="list (info) or delete (clear) the decode-once image cache")
+    cac.add_argument("action", choices=["info", "clear"], help="info: location and entries; clear: delete every entry")
+    cac.set_defaults(func=cmd_cache)
     lst = sub.add_parser("list", parents=[common], help="every registered backbone, loss, splitter and data source with its options")
     lst.set_defaults(func=cmd_list)
     return parser

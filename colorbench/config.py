@@ -6,7 +6,7 @@ import hashlib
 import itertools
 import json
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import pydantic
 import yaml
@@ -65,6 +65,10 @@ class TrainConfig(BaseModel):
     patience: int | None = Field(None, gt=0)
     seed: int = 0
     device: str = "auto"
+    crop: float = Field(1.0, gt=0, le=1)  # random crop: smallest side as a fraction of the image's (1 = no cropping)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA GPUs that support it, else fp32
+    channels_last: bool = True  # NHWC model and inputs on CUDA (ignored elsewhere)
+    compile: bool = False  # torch.compile the training forward pass
 
 
 class GridAxes(BaseModel):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from colorbench.color import lab_to_rgb, rgb_to_lab
@@ -132,6 +133,14 @@ def decode_files(files: list[Path], root: Path, image_size: int, crops: int = 1,
     return ImageSet(np.stack(images), np.asarray(groups), names, skipped)
 
 
+def decode_cached(source: str, files: list[Path], root: Path, image_size: int, crops: int = 1, seed: int = 0) -> ImageSet:
+    """`decode_files` through the decode-once cache (colorbench.cache): decoded on first use, memory-mapped from disk after."""
+    from colorbench.cache import cached  # the cache stores ImageSets, so it imports this module
+
+    params = {"image_size": image_size, "crops": crops, "seed": seed}
+    return cached(source, params, files, root, lambda: decode_files(files, root, image_size, crops, seed))
+
+
 def builtin_photo_files() -> list[Path]:
     """The real colour photographs bundled with scikit-image, scikit-learn and matplotlib."""
     import matplotlib
@@ -152,7 +161,7 @@ def builtin(image_size: int = 64, crops_per_photo: int = 24, crop_seed: int = 0)
     if not files:
         raise DataError("no built-in photos found: reinstall scikit-image, scikit-learn and matplotlib")
     root = Path(files[0].anchor)
-    data = decode_files(files, root, image_size, crops_per_photo, crop_seed)
+    data = decode_cached("builtin", files, root, image_size, crops_per_photo, crop_seed)
     data.names = [Path(n).name for n in data.names]
     return data
 
@@ -171,15 +180,42 @@ def folder(
     files = find_images(root, include, exclude)
     if not files:
         raise DataError(f"no image files ({'/'.join(s[1:] for s in IMAGE_SUFFIXES)}) below {root} match include={list(include)} exclude={list(exclude)}")
-    return decode_files(files, root, image_size, crops_per_photo, crop_seed)
+    return decode_cached("folder", files, root, image_size, crops_per_photo, crop_seed)
 
 
-def lab_batch(rgb: torch.Tensor, flip: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 (B,H,W,3) on any device -> L (B,1,H,W) and ab (B,2,H,W) in Lab units, optionally h-flipping rows where `flip`."""
-    x = rgb.permute(0, 3, 1, 2).float().div_(255.0)
-    if flip is not None:
-        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-    lab = rgb_to_lab(x)
+def random_boxes(n: int, size: int, min_scale: float, generator: torch.Generator) -> torch.Tensor:
+    """(n,3) float64 square crop boxes (side, x0, y0) in pixels of a size x size image: side uniform in [min_scale, 1] x size,
+    position uniform inside the image."""
+    u = torch.rand(n, 3, generator=generator, dtype=torch.float64)
+    side = size * (min_scale + (1 - min_scale) * u[:, 0])
+    return torch.stack([side, u[:, 1] * (size - side), u[:, 2] * (size - side)], dim=1)
+
+
+def augment(rgb: torch.Tensor, flip: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 (B,S,S,3) on any device -> uint8 (B,S,S,3) on it: each image's box (side, x0, y0) resized back to S x S, h-flipped where `flip`.
+
+    The crop is bilinear and treats the box as PIL's `resize(box=...)` (= `square`) does, pixels next to the box
+    included, so it matches that per-image CPU path to within one grey level; without boxes only the flip is applied.
+    """
+    flip = flip.to(rgb.device)
+    if boxes is None:
+        return torch.where(flip.view(-1, 1, 1, 1), rgb.flip(2), rgb)
+    b, size = rgb.shape[0], rgb.shape[1]
+    side, x0, y0 = boxes.to(rgb.device, torch.float32).unbind(1)
+    theta = torch.zeros(b, 2, 3, device=rgb.device)
+    theta[:, 0, 0] = torch.where(flip, -side, side) / size  # a negative x scale mirrors the output
+    theta[:, 0, 2] = (2 * x0 + side) / size - 1
+    theta[:, 1, 1] = side / size
+    theta[:, 1, 2] = (2 * y0 + side) / size - 1
+    x = rgb.permute(0, 3, 1, 2).float()
+    grid = F.affine_grid(theta, [b, 3, size, size], align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def lab_batch(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (B,H,W,3) on any device -> L (B,1,H,W) and ab (B,2,H,W) in Lab units, on that device."""
+    lab = rgb_to_lab(rgb.permute(0, 3, 1, 2).float().div_(255.0))
     return lab[:, :1], lab[:, 1:]
 
 

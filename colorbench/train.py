@@ -5,14 +5,15 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import torch
 
 from colorbench.backbones import ColorizationNet
 from colorbench.config import TrainConfig
-from colorbench.data import lab_batch
+from colorbench.data import augment, lab_batch, random_boxes
 from colorbench.errors import ConfigError, DivergedError
 from colorbench.losses import Objective
 from colorbench.metrics import ColorizationMetrics
@@ -32,6 +33,64 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"train.device {name!r} is not a torch device; use auto, cpu or cuda") from None
 
 
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `train.precision` on `device`: bf16 for 'bf16', and for 'auto' on a CUDA GPU with bf16; else None (fp32)."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
+    """Autocast to `dtype` on `device` (None: plain fp32)."""
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def stage(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Where uint8 images (N,H,W,3) wait during training: on a CUDA device in its memory when they take under half of
+    what is free, else in pinned host memory (batches then copy without blocking); on other devices, where they are."""
+    if device.type != "cuda":
+        return images
+    free, _ = torch.cuda.mem_get_info(device)
+    return images.to(device) if images.nbytes < free // 2 else images.pin_memory()
+
+
+def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host batch on `device`: through pinned memory with a non-blocking copy when going to CUDA."""
+    if batch.device.type == device.type:
+        return batch
+    if device.type == "cuda":
+        batch = batch.pin_memory()
+    return batch.to(device, non_blocking=True)
+
+
+def epoch_draws(n: int, size: int, cfg: TrainConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One epoch's random order of n images, and in that order their flips and (when `cfg.crop` < 1) crop boxes."""
+    order = torch.randperm(n, generator=generator)
+    flips = (torch.rand(n, generator=generator) < 0.5)[order]
+    boxes = random_boxes(n, size, cfg.crop, generator)[order] if cfg.crop < 1 else None
+    return order, flips, boxes
+
+
+def train_batches(images: torch.Tensor, cfg: TrainConfig, generator: torch.Generator, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of (L, ab) training batches from uint8 images (N,S,S,3) held on `device` or on the host.
+
+    The epoch's draws (`epoch_draws`) go to the device in one copy; each batch is gathered there (or copied there from
+    the host), cropped and flipped by `augment` while still uint8, and only then converted to Lab.
+    """
+    n = len(images)
+    order, flips, boxes = epoch_draws(n, images.shape[1], cfg, generator)
+    on_device = images.device.type == device.type
+    order, flips = order.to(images.device), flips.to(device)
+    boxes = None if boxes is None else boxes.to(device)
+    for start in range(0, n, cfg.batch_size):
+        stop = min(start + cfg.batch_size, n)
+        if stop - start < 2 < n:  # BatchNorm cannot train on a single image
+            continue
+        rgb = images[order[start:stop]]
+        rgb = rgb if on_device else to_device(rgb, device)
+        yield lab_batch(augment(rgb, flips[start:stop], None if boxes is None else boxes[start:stop]))
+
+
 @dataclass
 class FoldResult:
     """What one fold's training produced."""
@@ -46,21 +105,29 @@ class FoldResult:
 
 @torch.no_grad()
 def evaluate(
-    model: ColorizationNet, objective: Objective, images: torch.Tensor, batch_size: int, all_variants: bool = False
+    model: ColorizationNet,
+    objective: Objective,
+    images: torch.Tensor,
+    batch_size: int,
+    all_variants: bool = False,
+    amp: torch.dtype | None = None,
 ) -> tuple[dict[str, float], list[dict[str, float]]]:
-    """Loss and colorization metrics over uint8 images (N,H,W,3); non-default decodings get a `_variant` suffix."""
+    """Loss and colorization metrics over uint8 images (N,H,W,3), batched on the model's device (forward under `amp`
+    autocast, loss and metrics in fp32 or better); non-default decodings get a `_variant` suffix."""
     model.eval()
     device = next(model.parameters()).device
     variants = objective.variants if all_variants else objective.variants[:1]
     meters = {v: ColorizationMetrics() for v in variants}
-    loss_sum = 0.0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     for start in range(0, len(images), batch_size):
-        L, ab = lab_batch(images[start : start + batch_size].to(device, non_blocking=True))
-        pred = model(L)
-        loss_sum += float(objective(pred, ab, objective.pixel_weights(L, ab))) * len(L)
+        L, ab = lab_batch(to_device(images[start : start + batch_size], device))
+        with autocast(device, amp):
+            pred = model(L)
+        pred = pred.float()
+        loss_sum += objective(pred, ab, objective.pixel_weights(L, ab)).double() * len(L)
         for variant, meter in meters.items():
             meter.update(L, objective.decode(pred, variant), ab)
-    metrics = {"loss": loss_sum / len(images)}
+    metrics = {"loss": loss_sum.item() / len(images)}
     for variant, meter in meters.items():
         suffix = "" if variant == variants[0] else f"_{variant}"
         metrics.update({f"{k}{suffix}": v for k, v in meter.compute().items()})
@@ -75,33 +142,44 @@ def fit(
     cfg: TrainConfig,
     on_epoch: EpochCallback | None = None,
 ) -> FoldResult:
-    """Train with Adam; keep the state with the lowest validation loss; stop early after `cfg.patience` bad epochs."""
+    """Train with Adam; keep the state with the lowest validation loss; stop early after `cfg.patience` bad epochs.
+
+    Batches stay uint8 until they are on the device (see `train_batches`); the model runs under `cfg.precision`
+    autocast, the loss in fp32. On CUDA the images move to GPU memory when they fit (`stage`) and the model is
+    channels_last if `cfg.channels_last`. The loss is summed on the device and checked once per epoch, so the host
+    never waits for the GPU mid-epoch. Each epoch's record includes its training throughput, `train_images_per_s`.
+    """
     started = time.perf_counter()
     device = next(model.parameters()).device
+    amp = autocast_dtype(cfg.precision, device)
+    if cfg.channels_last and device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if cfg.compile else model
     generator = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    train_images, val_images = stage(train_images, device), stage(val_images, device)
     objective.prepare(train_images.to(device))
     history: list[dict[str, float]] = []
     best_loss, best_epoch, best_state = math.inf, 0, copy.deepcopy(model.state_dict())
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        order = torch.randperm(len(train_images), generator=generator)
-        flips = torch.rand(len(train_images), generator=generator) < 0.5
-        total, seen = 0.0, 0
-        for start in range(0, len(order), cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            if len(idx) < 2 < len(order):  # BatchNorm cannot train on a single image
-                continue
-            L, ab = lab_batch(train_images[idx].to(device, non_blocking=True), flips[idx].to(device))
-            loss = objective(model(L), ab, objective.pixel_weights(L, ab))
-            if not torch.isfinite(loss):
-                raise DivergedError(f"training loss became {loss.item()} at epoch {epoch}; lower train.lr (now {cfg.lr})")
+        epoch_started = time.perf_counter()
+        total, seen = torch.zeros((), dtype=torch.float64, device=device), 0
+        for L, ab in train_batches(train_images, cfg, generator, device):
+            with autocast(device, amp):
+                pred = forward(L)
+            loss = objective(pred.float(), ab, objective.pixel_weights(L, ab))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total, seen = total + loss.item() * len(idx), seen + len(idx)
-        val, _ = evaluate(model, objective, val_images, cfg.batch_size)
-        record = {"epoch": epoch, "train_loss": total / max(seen, 1), **{f"val_{k}": v for k, v in val.items()}}
+            total += loss.detach().double() * len(L)
+            seen += len(L)
+        train_loss = total.item() / max(seen, 1)
+        if not math.isfinite(train_loss):
+            raise DivergedError(f"training loss became {train_loss} in epoch {epoch}; lower train.lr (now {cfg.lr})")
+        rate = seen / (time.perf_counter() - epoch_started)
+        val, _ = evaluate(model, objective, val_images, cfg.batch_size, amp=amp)
+        record = {"epoch": epoch, "train_loss": train_loss, "train_images_per_s": rate, **{f"val_{k}": v for k, v in val.items()}}
         history.append(record)
         if on_epoch:
             on_epoch(record)

@@ -19,6 +19,14 @@ TINY_GRID = {
 }
 
 
+@pytest.fixture(autouse=True)
+def decode_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test decodes into one temporary cache folder per session, never into the user's cache."""
+    path = tmp_path_factory.getbasetemp() / "decode-cache"
+    monkeypatch.setenv("COLORBENCH_CACHE_DIR", str(path))
+    return path
+
+
 @pytest.fixture
 def tiny_grid() -> dict:
     """A fresh copy of a grid small enough to train in seconds on a CPU."""
