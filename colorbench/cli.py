@@ -63,7 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for column in ("cell", "backbone", "loss", "splitter", *runner.SUMMARY_METRICS):
         table.add_column(column)
     for o in outcomes:
-        status = " (failed)" if o.failure else " (skipped: done)" if o.skipped else ""
+        status = " (failed)" if o.failure else " (trained by another process)" if o.elsewhere else " (skipped: done)" if o.skipped else ""
         table.add_row(o.cell.id + status, *o.cell.labels(), *(fmt(o.metrics, m) for m in runner.SUMMARY_METRICS))
     table.add_row("gray baseline", "-", "ab = 0", "-", *(fmt({f"test_{k}_mean": v for k, v in gray.items()}, m) for m in runner.SUMMARY_METRICS))
     stdout.print(table)
@@ -104,7 +104,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from colorbench.report import build_report, terminal_rows
 
-    report = build_report(args.experiment, args.out, args.metric, args.baseline, args.tracking_uri)
+    report = build_report(args.experiment, args.out, args.metric, args.baseline, args.tracking_uri, args.storage)
     header, rows = terminal_rows(report)
     title = f"{report.experiment}: ranked on test {report.metric}, mean ± std over folds"
     caption = "* baseline; p (t, folds): paired t-test over shared folds; p (W, images): Wilcoxon signed-rank over test images"
@@ -187,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", help="output folder (default: results/EXPERIMENT)")
     rep.add_argument("--metric", default="psnr", help="test metric to rank and test on (default: psnr)")
     rep.add_argument("--baseline", help="cell id or unique prefix to test against (default: the top-ranked cell)")
+    rep.add_argument("--storage", metavar="URL", help="a search's Optuna storage, for its figures (default: as recorded on its trial runs)")
     rep.set_defaults(func=cmd_report)
     col = sub.add_parser("colorize", parents=[common], help="colorize photos with a trained model")
     col.add_argument("model", metavar="MODEL", help="MLflow run id (a cell run uses its best fold), runs:/<run id>/... URI, or checkpoint.pt file")

@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
+import optuna
 import pandas as pd
 import yaml
 from matplotlib.ticker import MaxNLocator
@@ -26,6 +27,8 @@ from colorbench.data import gray_rgb
 from colorbench.errors import ConfigError
 from colorbench.plots import image_grid
 from colorbench.registry import Registry
+from colorbench.search import TAG_SAMPLED, TAG_STATE, TAG_STORAGE, TAG_STUDY, TAG_TRIAL, open_storage, save_study_figures
+from colorbench.ui import console
 
 ALPHA = 0.05
 GRAY = "gray baseline"
@@ -37,6 +40,7 @@ TERMINAL_METRICS = ("psnr", "auc_rebalanced", "colorfulness_ratio")
 FIGURES = {"bar.png": "bar chart", "folds.png": "per-fold spread", "val_loss.png": "validation loss", "samples.png": "test samples"}
 SPLIT_COLUMN = re.compile(r"split(\d+)_test_(.+)")  # scikit-learn style per-fold column: fold index, metric
 P_TTEST, P_WILCOXON = "p_ttest_folds", "p_wilcoxon_images"
+SAMPLE_COLUMNS = 8  # cells (best first) shown in samples.png
 
 
 @dataclass
@@ -50,15 +54,21 @@ class Report:
     out_dir: Path
     failed: list[tuple[str, str]] = field(default_factory=list)  # (cell label, failure)
     n_images: int = 0
+    pruned: int = 0  # search trials stopped by the pruner (not in the table)
+    study_figures: list[str] = field(default_factory=list)  # Optuna's plots, for a search experiment
+
+
+ROW = "row"  # a run's row key: the cell id of a grid cell, `trial-N` of a search trial
 
 
 @dataclass
 class Runs:
-    """An experiment's finished cell runs (one per cell) and their finished fold runs."""
+    """An experiment's finished cell or trial runs (one per row) and their finished fold runs."""
 
     cells: pd.DataFrame
     folds: pd.DataFrame
     failed: list[tuple[str, str]]
+    pruned: int = 0
 
     def folds_of(self, cell: pd.Series) -> pd.DataFrame:
         """The fold runs of one cell run, by fold index."""
@@ -85,20 +95,23 @@ def experiment_id(name: str) -> str:
 
 
 def load_runs(name: str) -> Runs:
-    """Finished cell runs (latest per cell), their finished folds, and cells that only failed."""
+    """Finished cell runs (latest per cell) or search-trial runs, their finished folds, what failed, how many trials were pruned."""
     df = mlflow.search_runs([experiment_id(name)], max_results=50000)  # newest first
     if df.empty:
         raise ConfigError(f"experiment {name!r} has no runs; run `colorbench run` on its grid first")
-    role, cell_id = df[f"tags.{tracking.TAG_ROLE}"], df[f"tags.{tracking.TAG_CELL}"]
-    finished = df["status"] == "FINISHED"
-    cells = df[finished & (role == "cell")].drop_duplicates(cell_id.name)
+    role = df[f"tags.{tracking.TAG_ROLE}"]
+    trial = df.get(f"tags.{TAG_TRIAL}", pd.Series(None, index=df.index, dtype=object))
+    df[ROW] = np.where(role == "trial", "trial-" + trial.astype(str), df[f"tags.{tracking.TAG_CELL}"])
+    finished, parent = df["status"] == "FINISHED", role.isin(tracking.PARENT_ROLES)
+    cells = df[finished & parent].drop_duplicates(ROW)
     if cells.empty:
-        raise ConfigError(f"experiment {name!r} has no finished cells (all failed or were interrupted); run `colorbench run` again")
+        raise ConfigError(f"experiment {name!r} has no finished cells or trials (all failed or were interrupted); run it again")
     folds = df[finished & (role == "fold") & df["tags.mlflow.parentRunId"].isin(cells["run_id"])]
-    failed_runs = df[(df["status"] == "FAILED") & (role == "cell") & ~cell_id.isin(cells[cell_id.name])].drop_duplicates(cell_id.name)
+    failed_runs = df[(df["status"] == "FAILED") & parent & ~df[ROW].isin(cells[ROW])].drop_duplicates(ROW)
     failure = failed_runs.get(f"tags.{tracking.TAG_FAILURE}", pd.Series("", index=failed_runs.index)).fillna("")
-    failed = [(" | ".join(components(row)), reason) for (_, row), reason in zip(failed_runs.iterrows(), failure, strict=True)]
-    return Runs(cells.reset_index(drop=True), folds, failed)
+    failed = [(row[ROW] + ": " + " | ".join(components(row)), reason) for (_, row), reason in zip(failed_runs.iterrows(), failure, strict=True)]
+    pruned = int((df.get(f"tags.{TAG_STATE}", pd.Series(dtype=object)) == "PRUNED").sum())
+    return Runs(cells.reset_index(drop=True), folds, failed, pruned)
 
 
 def component_label(row: pd.Series, axis: str, registry: Registry, every: bool = False) -> str:
@@ -173,7 +186,7 @@ def wilcoxon_p(cell: tuple[list[str], np.ndarray] | None, base: tuple[list[str],
 
 def significance(runs: Runs, baseline: str, metric: str) -> tuple[pd.DataFrame, int]:
     """Per cell: the fold t-test p (same folds, k >= 2) and the per-image Wilcoxon p against the baseline; test-set size."""
-    by_id = runs.cells.set_index(f"tags.{tracking.TAG_CELL}", drop=False)
+    by_id = runs.cells.set_index(ROW, drop=False)
     base_cell, base_folds = by_id.loc[baseline], runs.folds_of(by_id.loc[baseline])
     with tempfile.TemporaryDirectory(prefix="colorbench-report-") as tmp:
         images = {cid: per_image(runs.folds_of(cell), metric, Path(tmp)) for cid, cell in by_id.iterrows()}
@@ -196,7 +209,10 @@ def fold_columns(runs: Runs, cell: pd.Series, metrics: list[str]) -> dict[str, f
 def cell_row(runs: Runs, cell: pd.Series, metrics: list[str]) -> dict[str, object]:
     """One table row: components, fold means and stds, best epoch, training time, per-fold values."""
     backbone, loss, splitter = components(cell)
-    row: dict[str, object] = {"cell": cell[f"tags.{tracking.TAG_CELL}"], "backbone": backbone, "loss": loss, "splitter": splitter}
+    row: dict[str, object] = {"cell": cell[ROW], "backbone": backbone, "loss": loss, "splitter": splitter}
+    if pd.notna(cell.get(f"tags.{TAG_SAMPLED}")):
+        row["sampled"] = cell[f"tags.{TAG_SAMPLED}"]
+        row["objective"] = cell.get("metrics.objective")
     row["n_folds"] = cell["metrics.n_folds"]
     for key in [f"test_{m}" for m in metrics] + ["best_epoch", "train_seconds"]:
         row[f"{key}_mean"], row[f"{key}_std"] = cell.get(f"metrics.{key}_mean"), cell.get(f"metrics.{key}_std")
@@ -261,10 +277,12 @@ def markdown_table(report: Report) -> str:
     metrics = [c[len("test_") : -len("_mean")] for c in report.table.columns if re.fullmatch(r"test_.+_mean", c)]
     metrics = [m for m in metrics if not m.endswith(tuple(s for s in DECODINGS.values() if s))]
     splits = split_columns(report.table, report.metric)
-    header = ["cell", "backbone", "loss", "splitter", "rank", "p (t, folds)", "p (W, images)", *metrics, "best epoch", "train s", *splits]
+    trials = ["sampled", "objective"] if "sampled" in report.table else []
+    header = ["cell", *trials, "backbone", "loss", "splitter", "rank", "p (t, folds)", "p (W, images)", *metrics, "best epoch", "train s", *splits]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in report.table.iterrows():
-        values = [cell_name(report, row), row["backbone"], row["loss"], row["splitter"], fmt_value(row.get("rank"))]
+        values = [cell_name(report, row), *(fmt_value(row.get(c)) for c in trials), row["backbone"], row["loss"], row["splitter"]]
+        values.append(fmt_value(row.get("rank")))
         values += [fmt_p(row.get(P_TTEST)), fmt_p(row.get(P_WILCOXON)), *(mean_std(row, f"test_{m}") for m in metrics)]
         values += [mean_std(row, "best_epoch"), mean_std(row, "train_seconds"), *(fmt_value(row.get(c)) for c in splits)]
         lines.append("| " + " | ".join(values) + " |")
@@ -309,8 +327,9 @@ def tests_note(report: Report) -> str:
 
 
 def failed_note(report: Report) -> str:
-    """The cells that failed, one line each."""
-    return "".join(f"\nFailed: {label}: {reason}" for label, reason in report.failed) + ("\n" if report.failed else "")
+    """The cells that failed, one line each, and how many search trials were pruned."""
+    pruned = f"\n{report.pruned} search trial(s) were pruned (stopped early) and are not in the table.\n" if report.pruned else ""
+    return "".join(f"\nFailed: {label}: {reason}" for label, reason in report.failed) + ("\n" if report.failed else "") + pruned
 
 
 def direction(metric: str) -> str:
@@ -321,7 +340,9 @@ def direction(metric: str) -> str:
 
 
 def label(row: pd.Series, sep: str = " | ") -> str:
-    """A cell's components joined by `sep`."""
+    """A cell's components joined by `sep`; a trial's sampled values."""
+    if pd.notna(row.get("sampled")):
+        return sep.join(row["sampled"].split(" "))
     return sep.join((row["backbone"], row["loss"], row["splitter"]))
 
 
@@ -385,8 +406,9 @@ def plot_val_loss(runs: Runs, path: Path) -> None:
 
 
 def plot_samples(runs: Runs, cells: pd.DataFrame, path: Path) -> None:
-    """samples.png: rows = test images; columns = gray input, each cell (first fold), truth."""
-    by_id = runs.cells.set_index(f"tags.{tracking.TAG_CELL}")
+    """samples.png: rows = test images; columns = gray input, each of the best SAMPLE_COLUMNS cells (first fold), truth."""
+    by_id = runs.cells.set_index(ROW)
+    cells = cells.head(SAMPLE_COLUMNS)
     with tempfile.TemporaryDirectory(prefix="colorbench-report-") as tmp:
         samples = []
         for cid in cells["cell"]:
@@ -473,6 +495,7 @@ def summary(report: Report) -> str:
         failed_note(report),
         "## Figures\n",
         *(f"![{title}]({name})\n" for name, title in FIGURES.items()),
+        *(f"![Optuna: {name}]({name})\n" for name in report.study_figures),
         f"Produced by:\n\n```\n{command(report)}\n```\n",
     ]
     return "\n".join(parts)
@@ -481,25 +504,50 @@ def summary(report: Report) -> str:
 def terminal_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the compact terminal table."""
     metrics = [report.metric, *(m for m in TERMINAL_METRICS if m != report.metric)]
-    header = ["cell", "backbone", "loss", "splitter", *metrics, "p (t, folds)", "p (W, images)", "rank"]
+    trials = ["sampled"] if "sampled" in report.table else []
+    header = ["cell", *trials, "backbone", "loss", "splitter", *metrics, "p (t, folds)", "p (W, images)", "rank"]
     rows = []
     for _, row in report.table.iterrows():
-        names = [cell_name(report, row), row["backbone"], row["loss"], row["splitter"]]
+        names = [cell_name(report, row), *(fmt_value(row.get(c)) for c in trials), row["backbone"], row["loss"], row["splitter"]]
         tests = [fmt_p(row.get(P_TTEST)), fmt_p(row.get(P_WILCOXON)), fmt_value(row.get("rank"))]
         rows.append(names + [mean_std(row, f"test_{m}") for m in metrics] + tests)
     return header, rows
 
 
+def study_figures(runs: Runs, out: Path, storage: str | None) -> list[str]:
+    """For a search experiment: Optuna's figures of its study (storage from --storage, else as tagged on the trials)."""
+    study_tag = f"tags.{TAG_STUDY}"
+    if study_tag not in runs.cells or runs.cells[study_tag].isna().all():
+        return []
+    name = runs.cells[study_tag].dropna().iloc[0]
+    storage = storage or runs.cells[f"tags.{TAG_STORAGE}"].dropna().iloc[0]
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(storage))
+    except (ConfigError, KeyError) as err:
+        console.print(f"[yellow]no Optuna figures[/]: cannot load study {name!r} from {storage} ({err}); pass --storage", highlight=False)
+        return []
+    written, _ = save_study_figures(study, out)
+    return [path.name for path in written]
+
+
 def build_report(
-    experiment: str, out_dir: str | Path | None = None, metric: str = "psnr", baseline: str | None = None, tracking_uri: str | None = None
+    experiment: str,
+    out_dir: str | Path | None = None,
+    metric: str = "psnr",
+    baseline: str | None = None,
+    tracking_uri: str | None = None,
+    storage: str | None = None,
 ) -> Report:
-    """Read an experiment's runs and write table.csv, table.md, the figures and summary.md into `out_dir`."""
+    """Read an experiment's runs and write table.csv, table.md, the figures and summary.md into `out_dir`.
+
+    A search experiment has one row per finished trial and gets Optuna's figures too (`storage` overrides the study's storage).
+    """
     open_store(tracking_uri)
     runs = load_runs(experiment)
     table, base, n_images = build_table(runs, metric, baseline)
     out = Path(out_dir) if out_dir is not None else Path("results") / experiment
     out.mkdir(parents=True, exist_ok=True)
-    report = Report(experiment, metric, base, table, out, runs.failed, n_images)
+    report = Report(experiment, metric, base, table, out, runs.failed, n_images, runs.pruned, study_figures(runs, out, storage))
     table.to_csv(out / "table.csv", index=False)
     (out / "table.md").write_text(markdown_table(report))
     cells, gray = table[table["cell"] != GRAY], table[table["cell"] == GRAY].iloc[0]

@@ -36,6 +36,7 @@ TAG_STUDY = "colorbench.study"
 TAG_TRIAL = "colorbench.trial"
 TAG_STATE = "colorbench.trial_state"  # COMPLETE, PRUNED or FAIL, as in Optuna
 TAG_STORAGE = "colorbench.optuna_storage"  # password hidden
+TAG_SAMPLED = "colorbench.sampled"  # the trial's sampled values, `key=value` separated by spaces
 USER_ATTR_RUN = "mlflow_run_id"
 JOURNAL_PREFIX = "journal:"
 STUDY_FIGURES = {
@@ -175,6 +176,7 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
         TAG_STUDY: ctx.study_name,
         TAG_TRIAL: str(trial.number),
         TAG_STORAGE: shown(ctx.storage),
+        TAG_SAMPLED: format_values(values),
     }
     params = cell.flat_params()
     state = "FAIL"
@@ -215,17 +217,21 @@ def trial_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
     return objective
 
 
+def format_values(values: dict[str, object]) -> str:
+    """Sampled values as `key=value` separated by spaces, floats to 4 significant digits."""
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+
+
 def trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """One line per ended trial: state, value, sampled values, best so far."""
     metric = study.user_attrs.get("objective_metric", "objective")
-    chosen = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
     value = f" {metric} {trial.value:.4f}" if trial.value is not None else ""
     try:
         best = f" (best: trial {study.best_trial.number}, {study.best_value:.4f})"
     except ValueError:
         best = ""
     colour = {"COMPLETE": "green", "PRUNED": "yellow"}.get(trial.state.name, "red")
-    console.print(f"  trial {trial.number} [{colour}]{trial.state.name}[/]{value}  {chosen}{best}", highlight=False)
+    console.print(f"  trial {trial.number} [{colour}]{trial.state.name}[/]{value}  {format_values(trial.params)}{best}", highlight=False)
 
 
 def close_orphan_runs(experiment_id: str, study: optuna.Study) -> int:

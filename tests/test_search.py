@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from colorbench import tracking
 from colorbench.cli import main
 from colorbench.errors import ConfigError
+from colorbench.report import build_report
 from colorbench.search import TAG_STATE, TAG_STUDY, TAG_TRIAL, USER_ATTR_RUN, open_storage, open_study, run_search
 from colorbench.search_space import parse_search
 
@@ -82,6 +83,16 @@ def test_search_logs_every_trial_in_both_stores_and_resumes(tiny_search: dict, t
         best_epoch = min(losses, key=losses.get)
         assert trial.value == pytest.approx(next(m.value for m in history if m.step == best_epoch))
 
+    report = build_report("tiny-search", tmp_path / "report", tracking_uri=tracking_uri)  # one row per trial, plus Optuna's figures
+    assert sorted(report.table["cell"]) == sorted([f"trial-{n}" for n in range(5)] + ["gray baseline"])
+    trial_rows = report.table.set_index("cell").drop(index="gray baseline")
+    for trial in study.trials:
+        assert trial_rows.loc[f"trial-{trial.number}", "objective"] == pytest.approx(trial.value)
+        assert f"train.lr={trial.params['train.lr']:.4g}" in trial_rows.loc[f"trial-{trial.number}", "sampled"]
+    assert set(report.study_figures) >= {"optuna_history.png", "optuna_parallel.png"}
+    for name in report.study_figures:
+        assert (tmp_path / "report" / name).read_bytes()[:4] == b"\x89PNG" and f"({name})" in (tmp_path / "report" / "summary.md").read_text()
+
 
 def test_pruner_stops_a_hopeless_trial(tiny_search: dict, tracking_uri: str, tmp_path: Path) -> None:
     tiny_search.update(
@@ -104,6 +115,8 @@ def test_pruner_stops_a_hopeless_trial(tiny_search: dict, tracking_uri: str, tmp
     assert "pruned at fold 0 epoch" in run.data.tags[tracking.TAG_FAILURE]
     (fold,) = MlflowClient().search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
     assert len(MlflowClient().get_metric_history(fold.info.run_id, "val_loss")) < 3  # stopped before its last epoch
+    report = build_report("tiny-search", tmp_path / "report", tracking_uri=tracking_uri, storage=storage)
+    assert report.pruned == 1 and list(report.table["cell"]) == ["trial-0", "gray baseline"]
 
 
 def test_two_worker_processes_share_one_study(tiny_search: dict, tracking_uri: str, tmp_path: Path) -> None:
