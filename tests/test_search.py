@@ -175,3 +175,9 @@ def test_cli_rejects_a_bad_space_before_touching_any_store(tiny_search: dict, tm
     (tmp_path / "search.yaml").write_text(yaml.safe_dump(tiny_search))
     assert main(["search", "search.yaml"]) == 2
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "optuna.db").exists()
+
+
+def test_the_shipped_default_search_is_valid() -> None:
+    search = parse_search(yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "search.yaml").read_text()))
+    assert [p.key for p in search.params] == ["backbone", "loss", "train.lr", "loss.temperature"]
+    assert search.config.objective.metric.startswith("val_")
