@@ -93,6 +93,7 @@ class Setup(BaseModel):
 
 
 SetupT = TypeVar("SetupT", bound=Setup)
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class Experiment(Setup):
@@ -158,15 +159,19 @@ def format_error(where: str, err: pydantic.ValidationError) -> str:
     return f"{where}: {loc}: {first['msg']}"
 
 
-def parse_experiment(raw: Any, where: str = "grid") -> Experiment:
-    """Validate a loaded mapping into an Experiment and resolve every component's options."""
+def validate_mapping(model: type[ModelT], raw: Any, where: str) -> ModelT:
+    """`raw` validated as `model`; a non-mapping or the first problem is a one-line ConfigError."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping with 'experiment', 'data', 'train', 'grid' keys")
+        raise ConfigError(f"{where}: expected a mapping with keys such as {', '.join(repr(k) for k in model.model_fields)}")
     try:
-        exp = Experiment.model_validate(raw)
+        return model.model_validate(raw)
     except pydantic.ValidationError as err:
         raise ConfigError(format_error(where, err)) from None
-    return resolve(exp, where)
+
+
+def parse_experiment(raw: Any, where: str = "grid") -> Experiment:
+    """Validate a loaded mapping into an Experiment and resolve every component's options."""
+    return resolve(validate_mapping(Experiment, raw, where), where)
 
 
 def resolve(exp: Experiment, where: str = "grid") -> Experiment:

@@ -16,7 +16,7 @@ import optuna
 import pydantic
 from pydantic import BaseModel, Field
 
-from colorbench.config import STRICT, Cell, Component, Setup, TrainConfig, fill, format_error, read_yaml, resolve_data
+from colorbench.config import STRICT, Cell, Component, Setup, TrainConfig, fill, format_error, read_yaml, resolve_data, validate_mapping
 from colorbench.errors import ConfigError
 from colorbench.registry import Registry
 
@@ -216,13 +216,8 @@ def parse_search(raw: Any, where: str = "search") -> Search:
     from colorbench.components import SPLITTERS
     from colorbench.search_engines import PRUNERS, SAMPLERS
 
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping with 'experiment', 'data', 'train', 'splitter', 'space' keys")
-    try:
-        cfg = SearchConfig.model_validate(raw)
-    except pydantic.ValidationError as err:
-        raise ConfigError(format_error(where, err)) from None
-    cfg = resolve_data(cfg, where).model_copy(
+    cfg = resolve_data(validate_mapping(SearchConfig, raw, where), where)
+    cfg = cfg.model_copy(
         update={
             "backbone": fill(registry_of("backbone"), cfg.backbone, f"{where}: backbone"),
             "loss": fill(registry_of("loss"), cfg.loss, f"{where}: loss"),
