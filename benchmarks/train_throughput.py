@@ -1,0 +1,249 @@
+"""Training throughput (images/s) of three pipelines on the same images and the same model (resnet18-6, mse).
+
+1. seed: the seed project's data path: a Dataset that opens each JPEG with PIL per item, RandomResizedCrop and
+   RandomHorizontalFlip (torchvision), float64 `skimage.color.rgb2lab` per image, batched by a DataLoader
+   (`--workers`, default 0: in the training process, as the seed did), then the same training step as 3.
+2. colorbench: `colorbench.train.fit` end to end (images from the decode-once cache, seeded shuffle, random crop
+   (`crop` 0.5) and flip on uint8 tensors on the device, batched Lab on the device, Adam step); the rate is fit's own
+   per-epoch `train_images_per_s`, which leaves out the per-epoch validation.
+3. bound: the model alone: forward, loss, backward and Adam step on one batch already on the device in Lab.
+
+Each is measured `--repeats` times (the first epoch / batch is a warm-up) and the best rate is kept, which damps
+the noise of a shared machine. Also printed: the cost of building the cache (decoding every file once) against
+loading it and against a later epoch, and peak memory: the process's peak RSS after each stage (it only grows, so
+stages are run colorbench first) and, on CUDA, each pipeline's own peak allocation. The last lines read
+`ratio device=... precision=... vs_seed=2/1 vs_bound=2/3` at the batch its target names: the small batch on a CPU
+(16: data there costs a fixed time per image, so its share shrinks as larger batches cost more per image), the large
+batch on CUDA (256).
+
+    python benchmarks/train_throughput.py [--data ../shared/data] [--limit 64] [--size 256] [--batch 16] [--large-batch 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+MIB = 2**20
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class SeedStyle(torch.utils.data.Dataset):
+    """The seed's per-item data path: PIL decode, RandomResizedCrop, flip, float64 skimage Lab; index i reads file i mod n."""
+
+    def __init__(self, files: list[Path], size: int, length: int) -> None:
+        from torchvision import transforms
+
+        self.files, self.length = files, length
+        self.transform = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip()])
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from PIL import Image
+        from skimage.color import rgb2lab
+
+        with Image.open(self.files[i % len(self.files)]) as img:
+            rgb = np.asarray(self.transform(img.convert("RGB")))
+        lab = torch.from_numpy(rgb2lab(rgb).transpose(2, 0, 1)).float()
+        return lab[:1], lab[1:]
+
+
+class Step:
+    """The one training step all three pipelines share: forward under autocast, fp32 loss, backward, Adam; loss summed on the device."""
+
+    def __init__(self, device: torch.device, precision: str, compile_model: bool) -> None:
+        from colorbench.backbones import build_model
+        from colorbench.losses import LOSSES
+        from colorbench.train import autocast_dtype
+
+        torch.manual_seed(0)
+        self.device, self.amp = device, autocast_dtype(precision, device)
+        self.objective = LOSSES.build("mse", {})
+        self.model = build_model("resnet18-6", {}, 2).to(device)
+        if device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.model) if compile_model else self.model
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=3e-4)
+        self.total = torch.zeros((), dtype=torch.float64, device=device)
+
+    def __call__(self, L: torch.Tensor, ab: torch.Tensor) -> None:
+        from colorbench.train import autocast
+
+        with autocast(self.device, self.amp):
+            pred = self.forward(L)
+        loss = self.objective(pred.float(), ab)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.total += loss.detach().double()
+
+
+def rate_of(run: Callable[[], None], images: int, device: torch.device) -> float:
+    """Images per second of `run()`, which trains on `images` images."""
+    sync(device)
+    started = time.perf_counter()
+    run()
+    sync(device)
+    return images / (time.perf_counter() - started)
+
+
+def seed_pipeline(files: list[Path], args: argparse.Namespace, batch: int, steps: int, device: torch.device, precision: str) -> float:
+    step = Step(device, precision, compile_model=False)
+    length = batch * (1 + steps * args.repeats)
+    loader = torch.utils.data.DataLoader(
+        SeedStyle(files, args.size, length), batch_size=batch, shuffle=True, num_workers=args.workers, pin_memory=device.type == "cuda"
+    )
+    batches = iter(loader)
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            L, ab = next(batches)
+            step(L.to(device, non_blocking=True), ab.to(device, non_blocking=True))
+        step.total.item()
+
+    run(1)  # warm-up
+    return max(rate_of(lambda: run(steps), batch * steps, device) for _ in range(args.repeats))
+
+
+def colorbench_pipeline(images: np.ndarray, args: argparse.Namespace, batch: int, steps: int, device: torch.device, precision: str) -> list[float]:
+    """Per-epoch train_images_per_s of fit on steps x batch images (the first epoch warms up)."""
+    from colorbench.backbones import build_model
+    from colorbench.config import TrainConfig
+    from colorbench.losses import LOSSES
+    from colorbench.train import fit
+
+    torch.manual_seed(0)
+    pool = torch.from_numpy(images[np.arange(batch * steps) % len(images)])
+    cfg = TrainConfig(
+        epochs=1 + args.repeats, batch_size=batch, lr=3e-4, crop=0.5, precision=precision, channels_last=True, compile=args.compile, device=str(device)
+    )
+    objective = LOSSES.build("mse", {})
+    model = build_model("resnet18-6", {}, objective.out_channels).to(device)
+    result = fit(model, objective, pool, torch.from_numpy(np.array(images[:batch])), cfg)
+    return [r["train_images_per_s"] for r in result.history]
+
+
+def bound_pipeline(images: np.ndarray, args: argparse.Namespace, batch: int, steps: int, device: torch.device, precision: str) -> float:
+    from colorbench.data import lab_batch
+
+    step = Step(device, precision, args.compile)
+    L, ab = lab_batch(torch.from_numpy(images[np.arange(batch) % len(images)]).to(device))
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            step(L, ab)
+        step.total.item()
+
+    run(1)  # warm-up
+    return max(rate_of(lambda: run(steps), batch * steps, device) for _ in range(args.repeats))
+
+
+def cache_costs(files: list[Path], root: Path, size: int) -> tuple[np.ndarray, float, float]:
+    """(images, seconds to build the cache entry, seconds to load it again) in a fresh temporary cache."""
+    from colorbench.data import decode_cached
+
+    started = time.perf_counter()
+    decode_cached("folder", files, root, size)
+    built = time.perf_counter() - started
+    started = time.perf_counter()
+    data = decode_cached("folder", files, root, size)
+    images = np.array(data.images)  # read every page
+    return images, built, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="folder of images, searched recursively (default: ../shared/data)")
+    parser.add_argument("--limit", type=int, help="use the first N images (default: 64 on CPU, 1024 on CUDA)")
+    parser.add_argument("--size", type=int, default=256, help="square training size (default: 256)")
+    parser.add_argument("--batch", type=int, default=16, help="small batch (default: 16)")
+    parser.add_argument("--large-batch", type=int, help="large batch (default: 64 on CPU, 256 on CUDA)")
+    parser.add_argument("--steps", type=int, help="timed steps per measurement (default: 3 on CPU, 20 on CUDA)")
+    parser.add_argument("--seed-steps", type=int, help="timed steps per measurement of the slow seed pipeline (default: 3 on CPU, 4 on CUDA)")
+    parser.add_argument("--repeats", type=int, default=2, help="measurements per pipeline, best kept (default: 2)")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of the seed pipeline (default: 0, as the seed)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    parser.add_argument("--precision", nargs="+", help="precisions to measure (default: fp32 on CPU, fp32 and bf16 on CUDA)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (colorbench and bound)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is steadier on a busy machine)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from colorbench.data import find_images
+    from colorbench.train import resolve_device
+
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    limit = args.limit or (1024 if cuda else 64)
+    batches = (args.batch, args.large_batch or (256 if cuda else 64))
+    steps, seed_steps = args.steps or (20 if cuda else 3), args.seed_steps or (4 if cuda else 3)
+    precisions = args.precision or (["fp32", "bf16"] if cuda else ["fp32"])
+    root = Path(args.data).expanduser().resolve()
+    files = find_images(root, ("*",), ())[:limit]
+    where = torch.cuda.get_device_name(device) if cuda else f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    print(f"device {device} ({where}); torch {torch.__version__}; {len(files)} images from {root}, {args.size} px; load {os.getloadavg()[0]:.2f}")
+    print(f"steps {steps} (seed {seed_steps}) x {args.repeats} repeats; seed DataLoader workers {args.workers}; compile {args.compile}\n")
+
+    cache = tempfile.mkdtemp(prefix="colorbench-bench-cache-")
+    os.environ["COLORBENCH_CACHE_DIR"] = cache
+    try:
+        images, built, loaded = cache_costs(files, root, args.size)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    print(f"cache: build (decode {len(files)} files once) {built:.2f} s, load again {loaded:.3f} s; peak RSS {peak_rss_mib():.0f} MiB")
+
+    results: dict[tuple[str, int], dict[str, float]] = {}
+    for precision in precisions:
+        for batch in batches:
+            row: dict[str, float] = {}
+            memory = []
+            for name in ("colorbench", "bound", "seed"):
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats(device)
+                if name == "colorbench":
+                    epochs = colorbench_pipeline(images, args, batch, steps, device, precision)
+                    row[name] = max(epochs[1:])
+                    n = batch * steps
+                    if (precision, batch) == (precisions[0], batches[0]):
+                        print(f"first epoch: cache build {built:.2f} s + epoch 1 {n / epochs[0]:.2f} s; later epoch {n / row[name]:.2f} s ({n} images)")
+                elif name == "bound":
+                    row[name] = bound_pipeline(images, args, batch, steps, device, precision)
+                else:
+                    row[name] = seed_pipeline(files, args, batch, seed_steps, device, precision)
+                gpu = f", GPU peak {torch.cuda.max_memory_allocated(device) / MIB:.0f} MiB" if cuda else ""
+                memory.append(f"{name} RSS {peak_rss_mib():.0f} MiB{gpu}")
+            results[precision, batch] = row
+            print(
+                f"{precision} batch {batch:4d}: seed {row['seed']:8.1f}  colorbench {row['colorbench']:8.1f}  bound {row['bound']:8.1f} img/s"
+                f"  | 2/1 {row['colorbench'] / row['seed']:.2f}  2/3 {row['colorbench'] / row['bound']:.2f}  | peak: {'; '.join(memory)}"
+            )
+    print()
+    for precision in precisions:
+        row = results[precision, batches[1] if cuda else batches[0]]
+        print(f"ratio device={device.type} precision={precision} vs_seed={row['colorbench'] / row['seed']:.2f} vs_bound={row['colorbench'] / row['bound']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
