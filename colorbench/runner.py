@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import mlflow
@@ -32,6 +34,7 @@ from colorbench.ui import console, progress
 
 SAMPLE_IMAGES = 6  # test images shown in panels and kept as test_samples.npz
 SUMMARY_METRICS = ("psnr", "ssim", "auc", "auc_rebalanced", "colorfulness_ratio")
+MAX_AB_RMSE = 1000.0  # Lab units: real colours lie within about 260 of each other in ab, so a larger error means the model blew up
 
 
 @dataclass
@@ -85,6 +88,7 @@ class CellOutcome:
     metrics: dict[str, float] = field(default_factory=dict)
     failure: str | None = None
     skipped: bool = False
+    elsewhere: str = ""  # host:pid of the process that trained (or is training) it instead of this one
 
 
 def write_fold_artifacts(
@@ -167,8 +171,20 @@ def fold_summary(results: list[dict[str, float]]) -> dict[str, float]:
     return summary
 
 
+def check_divergence(record: dict[str, float], lr: float) -> None:
+    """After an epoch: raise DivergedError if its losses are not finite or its validation ab error is beyond any real colour's."""
+    losses = [record["train_loss"], record["val_loss"]]
+    if all(math.isfinite(v) for v in losses) and record["val_ab_rmse"] <= MAX_AB_RMSE:
+        return
+    raise DivergedError(
+        f"diverged at epoch {int(record['epoch'])}: train loss {losses[0]:.3g}, val loss {losses[1]:.3g}, val ab RMSE {record['val_ab_rmse']:.3g}; "
+        f"lower train.lr (now {lr})"
+    )
+
+
 def run_cell(
     cell: Cell,
+    experiment_id: str,
     folds: list[Fold],
     data: PreparedData,
     gray: dict[str, float],
@@ -176,21 +192,30 @@ def run_cell(
     bar: Progress,
     tasks: dict[str, TaskID],
 ) -> CellOutcome:
-    """One parent run with one child run per fold; fold means and stds, the gray baseline (`gray_test_*`) and the best fold's pyfunc
-    model (`model`) on the parent."""
+    """Claim the cell (`tracking.claim_cell`; skipped if another process holds or finished it) and train it: one parent run with one
+    child run per fold; fold means and stds, the gray baseline (`gray_test_*`) and the best fold's pyfunc model (`model`) on the
+    parent. A diverging cell fails alone (DivergedError, checked every epoch)."""
     params = cell.flat_params()
     label = " | ".join(cell.labels())
     tags = tracking.cell_tags(cell, data.fingerprint)
-    outcome = CellOutcome(cell)
+    stale = tracking.close_stale_runs(experiment_id, cell.id)
+    if stale:
+        console.print(f"  closed {stale} interrupted run(s) of cell {cell.id} as KILLED")
+    claim = tracking.claim_cell(experiment_id, cell.id, label, tags)
+    if not claim.won:
+        state = "was trained" if claim.finished else "is being trained"
+        console.print(f"  cell {cell.id} {state} by another process ({claim.holder}, run {claim.run_id}); skipping", highlight=False)
+        return CellOutcome(cell, run_id=claim.run_id, skipped=True, elsewhere=claim.holder)
+    outcome = CellOutcome(cell, run_id=claim.run_id)
     try:
-        with tracking.run(label, {**tags, tracking.TAG_ROLE: "cell"}, params) as parent_id:
-            outcome.run_id = parent_id
+        with tracking.run(label, tags, params, run_id=claim.run_id) as parent_id, tracking.heartbeat(parent_id):
             results = []
             bar.reset(tasks["fold"], total=len(folds), status=label)
             for fold in folds:
                 fold_tags = {**tags, tracking.TAG_ROLE: "fold", tracking.TAG_FOLD: str(fold.index)}
                 with tracking.run(f"{label} | fold {fold.index}", fold_tags, params, nested=True):
-                    results.append(train_fold(cell, fold, data, device, bar, tasks["epoch"]))
+                    guard = partial(check_divergence, lr=cell.train.lr)
+                    results.append(train_fold(cell, fold, data, device, bar, tasks["epoch"], after_epoch=guard))
                 bar.advance(tasks["fold"])
                 console.print(
                     f"  [dim]{cell.id}[/] {label} fold {fold.index + 1}/{len(folds)}: test psnr {results[-1]['test_psnr']:.2f}, "
@@ -238,10 +263,7 @@ def run_grid(exp: Experiment, tracking_uri: str | None = None) -> tuple[list[Cel
             "epoch": bar.add_task("epochs", total=exp.train.epochs, status=""),
         }
         for cell in todo:
-            stale = tracking.close_stale_runs(experiment_id, cell.id)
-            if stale:
-                console.print(f"  closed {stale} interrupted run(s) of cell {cell.id} as KILLED; retraining it")
-            outcomes[cell.id] = run_cell(cell, splits[cell.id], data, gray, device, bar, tasks)
+            outcomes[cell.id] = run_cell(cell, experiment_id, splits[cell.id], data, gray, device, bar, tasks)
             bar.advance(tasks["grid"])
     fill_metrics(experiment_id, outcomes)
     return [outcomes[c.id] for c in cells], gray

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Annotated
@@ -43,8 +44,11 @@ def count_photos(data: ImageSet) -> int:
 
 def carve_test(data: ImageSet, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(pool, test) indices: a fraction of the photos (all their crops) held out once per experiment."""
-    if count_photos(data) < 3:
-        raise ConfigError(f"only {count_photos(data)} usable photos: need at least 3 to carve out train, validation and test sets")
+    photos = count_photos(data)
+    if photos < 3:
+        raise ConfigError(f"only {photos} usable photos: need at least 3 to carve out train, validation and test sets")
+    if math.ceil(test_fraction * photos) >= photos:  # scikit-learn rounds the test share up
+        raise ConfigError(f"test_fraction {test_fraction} puts all {photos} usable photos in the test set, leaving none to train on; lower it")
     pool, test = next(GroupShuffleSplit(n_splits=1, test_size=test_fraction, random_state=seed).split(data.images, groups=data.groups))
     return np.sort(pool), np.sort(test)
 

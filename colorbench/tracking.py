@@ -1,20 +1,32 @@
-"""Everything MLflow: the store, experiments, cell (parent) and fold (child) runs, resume bookkeeping."""
+"""Everything MLflow: the store, experiments, cell (parent) and fold (child) runs, resume bookkeeping, cell claims."""
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 import subprocess
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import mlflow
 import pandas as pd
-from mlflow.entities import RunStatus
+from mlflow.entities import Run, RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.context.registry import resolve_tags
+
+try:
+    import fcntl
+except ImportError:  # Windows: claims fall back to the settle delay
+    fcntl = None
 
 import colorbench
 from colorbench.config import Cell
@@ -25,7 +37,18 @@ PARENT_ROLES = ("cell", "trial")  # runs whose children are fold runs: a grid ce
 TAG_CELL = "colorbench.cell_id"
 TAG_FOLD = "colorbench.fold"
 TAG_FAILURE = "colorbench.failure"
+TAG_CLAIM_HOST = "colorbench.claim.host"  # a cell run's claim: the host and pid of the process training it
+TAG_CLAIM_PID = "colorbench.claim.pid"
+TAG_HEARTBEAT = "colorbench.heartbeat"  # unix time, refreshed every HEARTBEAT_SECONDS while the claim is held
+TAG_OPENED = "colorbench.opened_by"  # experiment tag written before any training: proves the store takes writes
 DEFAULT_DB = "mlflow.db"
+HEARTBEAT_SECONDS = 30.0
+STALE_AFTER_ENV = "COLORBENCH_STALE_AFTER"  # seconds without a heartbeat before a RUNNING claim counts as abandoned
+DEFAULT_STALE_AFTER = 300.0
+CLAIM_SETTLE_SECONDS = 2.0  # stores without a lock (servers): wait for earlier claims' writes to land before comparing
+PREFLIGHT_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+HOST = socket.gethostname()
+_held: set[str] = set()  # cell runs this process is training now
 
 
 def resolve_tracking_uri(cli_value: str | None = None) -> str:
@@ -37,26 +60,83 @@ def sqlite_path(uri: str) -> Path | None:
     """The database file of a sqlite:/// URI (relative to the working directory), else None."""
     if not uri.startswith("sqlite:"):
         return None
-    return Path(urlparse(uri).path[1:])  # sqlite:///rel.db -> rel.db, sqlite:////abs.db -> /abs.db
+    path = urlparse(uri).path[1:]  # sqlite:///rel.db -> rel.db, sqlite:////abs.db -> /abs.db
+    return Path(path.removeprefix("file:"))  # sqlite:///file:/abs.db?mode=ro&uri=true -> /abs.db
+
+
+@contextmanager
+def preflight() -> Iterator[None]:
+    """Check a store quickly: one HTTP retry instead of MLflow's minutes of them (unless set by the user), no SQLAlchemy tracebacks."""
+    added = {key: value for key, value in PREFLIGHT_HTTP.items() if key not in os.environ}
+    os.environ.update(added)
+    db_log = logging.getLogger("mlflow.store.db.utils")
+    level = db_log.level
+    db_log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+        db_log.setLevel(level)
+
+
+@contextmanager
+def store_lock() -> Iterator[bool]:
+    """Hold an exclusive file lock beside the current SQLite store (yields True), serialising claims and experiment creation
+    between processes; other stores have no lock (yields False)."""
+    db = sqlite_path(mlflow.get_tracking_uri())
+    if db is None or fcntl is None:
+        yield False
+        return
+    lock = db.with_name(db.name + ".lock")
+    try:
+        handle = open(lock, "a")  # noqa: SIM115 - held for the whole block
+    except OSError as err:
+        raise ConfigError(f"cannot create {lock} ({err.strerror}): the tracking store's folder must be writable") from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield True
+
+
+def check_artifact_folder(location: str) -> None:
+    """A local artifact folder must be writable (a server's artifact store answers for itself)."""
+    parsed = urlparse(location)
+    if parsed.scheme not in ("", "file"):
+        return
+    folder = Path(parsed.path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as err:
+        raise ConfigError(f"MLflow artifact folder {folder} is not writable ({err.strerror}); fix its permissions or pass another --tracking-uri") from None
 
 
 def open_experiment(uri: str, name: str) -> str:
-    """Point MLflow at `uri` and return the id of experiment `name`, creating it (artifacts beside a SQLite file)."""
+    """Point MLflow at `uri` and return the id of experiment `name`, creating it (artifacts beside a SQLite file).
+
+    Before any training: the store must answer within seconds, take a write (an experiment tag) and have a writable local artifact
+    folder; any failure is one ConfigError line.
+    """
     db = sqlite_path(uri)
     if db is not None and not db.parent.is_dir():
         raise ConfigError(f"tracking store folder {db.parent} does not exist; create it or pass another --tracking-uri")
     mlflow.set_tracking_uri(uri)
     try:
-        found = mlflow.get_experiment_by_name(name)
-        if found is not None:
+        with preflight(), store_lock():
+            found = mlflow.get_experiment_by_name(name)
+            if found is None:
+                location = (db.resolve().parent / "mlartifacts" / name).as_uri() if db is not None else None
+                try:
+                    mlflow.create_experiment(name, artifact_location=location)
+                except MlflowException:  # a concurrent process created it first
+                    pass
+                found = mlflow.get_experiment_by_name(name)
             if found.lifecycle_stage == "deleted":
                 raise ConfigError(f"MLflow experiment {name!r} is deleted in {uri}; restore it in the UI or rename the experiment")
-            experiment_id = found.experiment_id
-        else:
-            location = (db.resolve().parent / "mlartifacts" / name).as_uri() if db is not None else None
-            experiment_id = mlflow.create_experiment(name, artifact_location=location)
-        mlflow.set_experiment(experiment_id=experiment_id)
-        return experiment_id
+            MlflowClient().set_experiment_tag(found.experiment_id, TAG_OPENED, f"{HOST}:{os.getpid()} at {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            check_artifact_folder(found.artifact_location)
+            mlflow.set_experiment(experiment_id=found.experiment_id)
+        return found.experiment_id
     except ColorbenchError:
         raise
     except Exception as err:  # noqa: BLE001 - any store failure (unreachable server, read-only file, ...) stops before training
@@ -72,15 +152,129 @@ def cell_runs(experiment_id: str, status: str | None = None) -> pd.DataFrame:
     return mlflow.search_runs([experiment_id], filter_string=query, max_results=50000)
 
 
+def stale_after() -> float:
+    """Seconds without a heartbeat after which a RUNNING claim is abandoned: $COLORBENCH_STALE_AFTER, else 300."""
+    value = os.environ.get(STALE_AFTER_ENV, "")
+    try:
+        return float(value) if value else DEFAULT_STALE_AFTER
+    except ValueError:
+        raise ConfigError(f"{STALE_AFTER_ENV} must be a number of seconds, got {value!r}") from None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (elsewhere than POSIX: assumed alive, the heartbeat decides)."""
+    if pid <= 0 or os.name != "posix":
+        return pid > 0
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def holder(run: Run) -> str:
+    """`host:pid` of the process that claimed a cell run."""
+    return f"{run.data.tags.get(TAG_CLAIM_HOST, '?')}:{run.data.tags.get(TAG_CLAIM_PID, '?')}"
+
+
+def is_stale(run: Run, now: float, timeout: float) -> bool:
+    """Whether a RUNNING cell run's process is gone: no heartbeat for `timeout` seconds, or claimed on this host by a pid that has
+    ended (or by this process, which is not training it). Runs this process is training are never stale."""
+    if run.info.run_id in _held:
+        return False
+    tags = run.data.tags
+    try:
+        pid, beat = int(tags[TAG_CLAIM_PID]), float(tags[TAG_HEARTBEAT])
+    except (KeyError, ValueError):
+        return True  # no claim: left by a colorbench from before claims
+    if now - beat > timeout:
+        return True
+    return tags.get(TAG_CLAIM_HOST) == HOST and (pid == os.getpid() or not pid_alive(pid))
+
+
+def cell_parent_runs(experiment_id: str, cell_id: str) -> list[Run]:
+    """Every (not deleted) cell run of `cell_id`, whatever its status."""
+    query = f"tags.`{TAG_CELL}` = '{cell_id}' and tags.`{TAG_ROLE}` = 'cell'"
+    return MlflowClient().search_runs([experiment_id], filter_string=query, max_results=10000)
+
+
 def close_stale_runs(experiment_id: str, cell_id: str) -> int:
-    """Mark runs of `cell_id` left RUNNING by a crashed process as KILLED; return how many."""
+    """Close the RUNNING runs of `cell_id` whose process is gone (`is_stale`) as KILLED, fold runs with their cell run; return how
+    many. The runs of a live process (another `colorbench run` training the cell) are left alone."""
     client = MlflowClient()
-    query = f"tags.`{TAG_CELL}` = '{cell_id}' and attributes.status = 'RUNNING'"
-    stale = client.search_runs([experiment_id], filter_string=query, max_results=10000)
-    for run in stale:
-        client.set_tag(run.info.run_id, TAG_FAILURE, "interrupted: the process ended before the run finished")
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_CELL}` = '{cell_id}'", max_results=10000)
+    now, timeout = time.time(), stale_after()
+    cells = {r.info.run_id: r for r in runs if r.data.tags.get(TAG_ROLE) == "cell"}
+    live = {i for i, r in cells.items() if r.info.status == "RUNNING" and not is_stale(r, now, timeout)}
+    closed = 0
+    for run in runs:
+        owner = cells.get(run.info.run_id) or cells.get(run.data.tags.get("mlflow.parentRunId", ""))  # the cell run itself, or a fold's
+        if run.info.status != "RUNNING" or owner is None or owner.info.run_id in live:
+            continue
+        client.set_tag(run.info.run_id, TAG_FAILURE, f"interrupted: its process ({holder(owner)}) ended before the run finished")
         client.set_terminated(run.info.run_id, status="KILLED")
-    return len(stale)
+        closed += 1
+    return closed
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Who trains a cell: this process (`won`; `run_id` is its new RUNNING cell run) or another one (its run, `holder` host:pid)."""
+
+    won: bool
+    run_id: str
+    holder: str = ""
+    finished: bool = False
+
+
+def claim_cell(experiment_id: str, cell_id: str, name: str, tags: dict[str, str]) -> Claim:
+    """Claim a cell: create its cell run (RUNNING, tagged with host, pid and heartbeat), then keep it only if no other process holds
+    the cell. The claim is lost (and its run deleted) if a cell run of `cell_id` FINISHED, or a live RUNNING one (not `is_stale`) came
+    first: on SQLite, create and read happen under `store_lock`, so every run seen came first and exactly one claimer wins; on other
+    stores the claimer waits CLAIM_SETTLE_SECONDS before reading and the earliest run by (start time, run id) wins.
+    """
+    client = MlflowClient()
+    claim_tags = {**tags, TAG_ROLE: "cell", TAG_CLAIM_HOST: HOST, TAG_CLAIM_PID: str(os.getpid()), TAG_HEARTBEAT: str(time.time())}
+    with store_lock() as locked:
+        own = client.create_run(experiment_id, tags=resolve_tags(claim_tags), run_name=name)
+        if not locked:
+            time.sleep(CLAIM_SETTLE_SECONDS)
+        rivals = [r for r in cell_parent_runs(experiment_id, cell_id) if r.info.run_id != own.info.run_id]
+    now, timeout = time.time(), stale_after()
+    order = (own.info.start_time, own.info.run_id)
+    running = [r for r in rivals if r.info.status == "RUNNING" and (locked or (r.info.start_time, r.info.run_id) < order)]
+    first = [r for r in rivals if r.info.status == "FINISHED"] or sorted(
+        (r for r in running if not is_stale(r, now, timeout)), key=lambda r: (r.info.start_time, r.info.run_id)
+    )
+    if not first:
+        return Claim(True, own.info.run_id)
+    client.delete_run(own.info.run_id)
+    return Claim(False, first[0].info.run_id, holder(first[0]), first[0].info.status == "FINISHED")
+
+
+@contextmanager
+def heartbeat(run_id: str, every: float = HEARTBEAT_SECONDS) -> Iterator[None]:
+    """Hold a claimed cell run for the block: a daemon thread refreshes its heartbeat tag every `every` seconds."""
+    client, stop = MlflowClient(), threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            try:
+                client.set_tag(run_id, TAG_HEARTBEAT, str(time.time()))
+            except Exception as err:  # noqa: BLE001 - a missed beat is retried; a claim goes stale only after stale_after() s without one
+                logging.getLogger(__name__).warning("heartbeat of run %s failed: %s", run_id, err)
+
+    thread = threading.Thread(target=beat, name=f"colorbench-heartbeat-{run_id[:8]}", daemon=True)
+    _held.add(run_id)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        _held.discard(run_id)
 
 
 def git_commit() -> str:
@@ -111,9 +305,10 @@ def status_for(error: BaseException | None) -> str:
 
 
 @contextmanager
-def run(name: str, tags: dict[str, str], params: dict[str, Any], nested: bool = False) -> Iterator[str]:
-    """Start a run and end it FINISHED, FAILED (reason tagged) or KILLED (Ctrl-C) as the block ends; yields its id."""
-    active = mlflow.start_run(run_name=name, tags=tags, nested=nested)
+def run(name: str, tags: dict[str, str], params: dict[str, Any], nested: bool = False, run_id: str | None = None) -> Iterator[str]:
+    """Start a run (or resume `run_id`, e.g. a claimed cell run) and end it FINISHED, FAILED (reason tagged) or KILLED (Ctrl-C) as the
+    block ends; yields its id."""
+    active = mlflow.start_run(run_id=run_id, run_name=None if run_id else name, tags=tags, nested=nested)
     mlflow.log_params(params)
     try:
         yield active.info.run_id

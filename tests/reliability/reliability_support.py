@@ -1,0 +1,110 @@
+"""Helpers for the reliability suite: tiny slow grids, real `colorbench run` processes, and reading their store back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import slow_loss  # noqa: F401 - registers `slow-mse` here too, so grids using it validate in the test process
+import yaml
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from colorbench import tracking
+from colorbench.config import expand, parse_experiment
+
+HERE = Path(__file__).resolve().parent
+EXPERIMENT = "reliability"
+VAL_FRACTIONS = (0.2, 0.3, 0.4, 0.5)  # one holdout cell each
+
+
+def slow_grid(tiny_grid: dict, cells: int, epochs: int = 3, seconds: float = 0.2) -> dict:
+    """`cells` one-fold cells whose loss sleeps `seconds` per call: about 3 calls an epoch, so each cell lasts a few seconds."""
+    tiny_grid.update(experiment=EXPERIMENT)
+    tiny_grid["train"]["epochs"] = epochs
+    tiny_grid["grid"]["loss"] = [{"name": "slow-mse", "seconds": seconds}]
+    tiny_grid["grid"]["splitter"] = [{"name": "holdout", "val_fraction": f} for f in VAL_FRACTIONS[:cells]]
+    return tiny_grid
+
+
+def cell_ids(grid: dict) -> list[str]:
+    return [c.id for c in expand(parse_experiment(grid))]
+
+
+def write_grid(folder: Path, grid: dict, name: str = "grid.yaml") -> Path:
+    path = folder / name
+    path.write_text(yaml.safe_dump(grid))
+    return path
+
+
+@dataclass
+class Colorbench:
+    """One `colorbench run GRID --tracking-uri URI` process, its output in files."""
+
+    process: subprocess.Popen
+    out: Path
+    err: Path
+
+    @classmethod
+    def start(cls, grid: Path, uri: str, name: str = "run") -> Colorbench:
+        env = {**os.environ, "PYTHONPATH": str(HERE), "OMP_NUM_THREADS": "1"}
+        out, err = grid.parent / f"{name}.out", grid.parent / f"{name}.err"
+        command = [sys.executable, "-m", "colorbench.cli", "run", str(grid), "--plugin", "slow_loss", "--tracking-uri", uri]
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a child inherits an ignored SIGINT, never a handled one
+        try:
+            with open(out, "w") as stdout, open(err, "w") as stderr:
+                process = subprocess.Popen(command, cwd=grid.parent, env=env, stdout=stdout, stderr=stderr)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        return cls(process, out, err)
+
+    def wait(self, timeout: float = 300) -> int:
+        return self.process.wait(timeout)
+
+    @property
+    def stdout(self) -> str:
+        return self.out.read_text()
+
+    @property
+    def stderr(self) -> str:
+        return self.err.read_text()
+
+    def wait_until(self, condition: Callable[[], bool], timeout: float = 180) -> None:
+        """Poll `condition` until it holds; fail with the process's output if it ends first or time runs out."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.process.kill()
+                raise AssertionError(f"condition not reached (exit {self.process.wait()}):\n{self.stderr}\n{self.stdout}")
+            time.sleep(0.25)
+
+
+def runs(uri: str, experiment: str = EXPERIMENT) -> list[Run]:
+    """Every (not deleted) run of the experiment."""
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    return [] if found is None else client.search_runs([found.experiment_id], max_results=1000)
+
+
+def cell_runs(uri: str, cell_id: str) -> list[Run]:
+    return [r for r in runs(uri) if r.data.tags.get(tracking.TAG_CELL) == cell_id and r.data.tags.get(tracking.TAG_ROLE) == "cell"]
+
+
+def fold_runs(uri: str, parent_id: str) -> list[Run]:
+    return [r for r in runs(uri) if r.data.tags.get("mlflow.parentRunId") == parent_id]
+
+
+def statuses(found: list[Run]) -> list[str]:
+    return sorted(r.info.status for r in found)
+
+
+def training(uri: str, cell_id: str) -> bool:
+    """Whether the cell's RUNNING run has a fold that logged at least one epoch (so a kill now lands mid-training)."""
+    running = [r for r in cell_runs(uri, cell_id) if r.info.status == "RUNNING"]
+    return any("val_loss" in fold.data.metrics for r in running for fold in fold_runs(uri, r.info.run_id))
