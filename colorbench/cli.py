@@ -10,7 +10,7 @@ from importlib.metadata import entry_points
 from rich.table import Table
 
 from colorbench.errors import ColorbenchError, ConfigError
-from colorbench.ui import console, stdout
+from colorbench.ui import console, quiet_libraries, stdout
 
 PLUGIN_GROUP = "colorbench.plugins"
 
@@ -46,6 +46,14 @@ def fmt(metrics: dict[str, float], key: str) -> str:
     return f"{mean:.3f} ± {std:.3f}" if std else f"{mean:.3f}"
 
 
+EXECUTOR_FLAGS = ("workers", "partition", "gpus_per_task", "time", "cluster", "address", "gpus_per_trial")
+
+
+def executor_options(args: argparse.Namespace) -> dict[str, object]:
+    """The executor flags given on the command line (the executor rejects those it does not take)."""
+    return {flag: getattr(args, flag) for flag in EXECUTOR_FLAGS if getattr(args, flag) is not None}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from colorbench import runner, tracking
     from colorbench.config import load_experiment
@@ -58,7 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"{cell.id}  backbone={backbone}  loss={loss}  splitter={splitter}  folds={n}")
         print(f"{len(planned)} cells, {sum(n for _, n in planned)} fold trainings of {exp.train.epochs} epochs each (dry run: nothing trained)")
         return 0
-    outcomes, gray = runner.run_grid(exp, args.tracking_uri)
+    outcomes, gray = runner.run_grid(exp, args.tracking_uri, args.executor, executor_options(args))
     table = Table(title=f"{exp.experiment}: test metrics, mean ± std over folds", show_edge=False)
     for column in ("cell", "backbone", "loss", "splitter", *runner.SUMMARY_METRICS):
         table.add_column(column)
@@ -170,6 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("grid", help="grid YAML file, e.g. configs/grid.yaml")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     run.add_argument("--dry-run", action="store_true", help="print the cells and fold count, train nothing")
+    run.add_argument("--executor", default="local", choices=("local", "process", "slurm", "ray"), help="where fold trainings run (default: local)")
+    run.add_argument("--workers", type=int, help="process: number of worker processes (default 2)")
+    run.add_argument("--partition", help="slurm: partition")
+    run.add_argument("--gpus-per-task", type=int, help="slurm: GPUs per fold job (default 0)")
+    run.add_argument("--time", type=int, metavar="MINUTES", help="slurm: time limit per fold job (default 120)")
+    run.add_argument("--cluster", help="slurm: submitit cluster, e.g. local to run the jobs as local processes (default: Slurm)")
+    run.add_argument("--address", help="ray: auto (running cluster), ray://HOST:10001, or omit to start a local Ray")
+    run.add_argument("--gpus-per-trial", type=float, help="ray: GPUs per fold task, fractions allowed (default 0)")
     run.set_defaults(func=cmd_run)
     sea = sub.add_parser("search", parents=[common], help="run (or continue) an Optuna study over a search file's space")
     sea.add_argument("file", help="search YAML file, e.g. configs/search.yaml")
@@ -209,8 +225,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from colorbench.search import quiet_libraries  # imports mlflow and optuna, which configure their loggers on import
-
     quiet_libraries()
     try:
         load_plugins(args.plugin)

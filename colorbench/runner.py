@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -171,6 +172,15 @@ def fold_summary(results: list[dict[str, float]]) -> dict[str, float]:
     return summary
 
 
+def log_cell_summary(run_id: str, results: list[dict[str, float]], gray: dict[str, float], extra: dict[str, float] | None = None) -> dict[str, float]:
+    """On the active cell or trial run `run_id`: fold means/stds, the gray baseline (`gray_test_*`), `n_folds`, `extra` metrics and the
+    best fold as its pyfunc model (runs:/<run id>/model); returns the means/stds."""
+    summary = fold_summary(results)
+    mlflow.log_metrics({**summary, **{f"gray_test_{k}": v for k, v in gray.items()}, "n_folds": len(results), **(extra or {})})
+    log_cell_model(run_id)
+    return summary
+
+
 def check_divergence(record: dict[str, float], lr: float) -> None:
     """After an epoch: raise DivergedError if its losses are not finite or its validation ab error is beyond any real colour's."""
     losses = [record["train_loss"], record["val_loss"]]
@@ -222,9 +232,7 @@ def run_cell(
                     f"colorfulness ratio {results[-1]['test_colorfulness_ratio']:.2f} (best epoch {results[-1]['best_epoch']}, "
                     f"{results[-1]['train_seconds']:.0f} s)"
                 )
-            outcome.metrics = fold_summary(results)
-            mlflow.log_metrics({**outcome.metrics, **{f"gray_test_{k}": v for k, v in gray.items()}, "n_folds": len(results)})
-            log_cell_model(parent_id)  # the best fold as the cell's pyfunc model: runs:/<cell run id>/model
+            outcome.metrics = log_cell_summary(parent_id, results, gray)
     except DivergedError as err:
         outcome.failure = str(err)
         console.print(f"  [red]cell {cell.id} failed[/]: {err}")
@@ -236,8 +244,14 @@ def plan(exp: Experiment) -> list[tuple[Cell, int]]:
     return [(cell, SPLITTERS.build(cell.splitter.name, cell.splitter.options).n_splits()) for cell in expand(exp)]
 
 
-def run_grid(exp: Experiment, tracking_uri: str | None = None) -> tuple[list[CellOutcome], dict[str, float]]:
-    """Train every unfinished cell of `exp`; return each cell's outcome and the gray baseline's test metrics."""
+def run_grid(
+    exp: Experiment, tracking_uri: str | None = None, executor: str = "local", executor_options: dict[str, Any] | None = None
+) -> tuple[list[CellOutcome], dict[str, float]]:
+    """Train every unfinished cell of `exp`, in this process (`local`) or as fold tasks of an executor (`process`, `slurm`, `ray`,
+    see colorbench.executors); return each cell's outcome and the gray baseline's test metrics."""
+    from colorbench.executors import EXECUTORS, run_cells
+
+    engine = None if executor == "local" else EXECUTORS.build(executor, executor_options)  # unknown names/options fail here
     uri = tracking.resolve_tracking_uri(tracking_uri)
     experiment_id = tracking.open_experiment(uri, exp.experiment)
     cells = expand(exp)
@@ -256,6 +270,10 @@ def run_grid(exp: Experiment, tracking_uri: str | None = None) -> tuple[list[Cel
         build_model(cell.backbone.name, cell.backbone.options, LOSSES.build(cell.loss.name, cell.loss.options).out_channels)
     outcomes = {c.id: CellOutcome(c, run_id=done[c.id], skipped=True) for c in cells if c.id in done}
     gray = gray_baseline(data.test)
+    if engine is not None:
+        outcomes.update(run_cells(engine, todo, splits, experiment_id, uri, gray, data.fingerprint))
+        fill_metrics(experiment_id, outcomes)
+        return [outcomes[c.id] for c in cells], gray
     with progress() as bar:
         tasks = {
             "grid": bar.add_task("cells", total=len(todo), status=""),

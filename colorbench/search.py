@@ -23,14 +23,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from colorbench import tracking
-from colorbench.colorize import log_cell_model
 from colorbench.errors import ConfigError, DivergedError, TrialPruned
-from colorbench.runner import PreparedData, fold_summary, gray_baseline, prepare_data, report_skipped, train_fold
+from colorbench.runner import PreparedData, gray_baseline, log_cell_summary, prepare_data, report_skipped, train_fold
 from colorbench.search_engines import PRUNERS, SAMPLERS
 from colorbench.search_space import Search
 from colorbench.splitters import SPLITTERS, Fold
 from colorbench.train import resolve_device
-from colorbench.ui import console, progress
+from colorbench.ui import console, progress, quiet_libraries
 
 TAG_STUDY = "colorbench.study"
 TAG_TRIAL = "colorbench.trial"
@@ -45,15 +44,6 @@ STUDY_FIGURES = {
     "optuna_parallel.png": "plot_parallel_coordinate",
     "optuna_intermediate.png": "plot_intermediate_values",
 }
-
-
-def quiet_libraries() -> None:
-    """Keep MLflow's, Alembic's and Optuna's info logging out of colorbench's own output."""
-    import logging
-
-    for name in ("mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def default_storage(tracking_uri: str, n_workers: int) -> str:
@@ -192,10 +182,7 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
                     results.append(train_fold(cell, fold, ctx.data, ctx.device, ctx.bar, ctx.tasks["epoch"], reporter))
                 reporter.end_fold()
                 ctx.bar.advance(ctx.tasks["fold"])
-            summary = fold_summary(results)
-            gray = {f"gray_test_{k}": v for k, v in ctx.gray.items()}
-            mlflow.log_metrics({**summary, **gray, "n_folds": len(results), "objective": reporter.value})
-            log_cell_model(run_id)
+            log_cell_summary(run_id, results, ctx.gray, {"objective": reporter.value})
             state = "COMPLETE"
         except TrialPruned:
             state = "PRUNED"

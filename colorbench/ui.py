@@ -41,3 +41,15 @@ def track(items: Sequence[T] | Iterable[T], description: str) -> Iterator[T]:
         for item in items:
             yield item
             bar.advance(task)
+
+
+def quiet_libraries() -> None:
+    """Keep MLflow's, Alembic's and Optuna's info logging out of colorbench's own output."""
+    import logging
+
+    import mlflow  # noqa: F401 - MLflow configures its loggers on import: import first, then quiet them
+    import optuna
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)

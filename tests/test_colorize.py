@@ -6,10 +6,8 @@ import copy
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import numpy as np
 import pytest
 from conftest import TINY_GRID
 from PIL import Image
+from servers import free_port, wait_until_answering
 from skimage.color import rgb2lab
 
 import colorbench
@@ -127,12 +126,6 @@ def test_cell_run_logs_a_pyfunc_model(trained: dict[str, str]) -> None:
     np.testing.assert_array_equal(out, np.stack(expected))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_served_model_answers_an_http_request_on_localhost(trained: dict[str, str]) -> None:
     port = free_port()
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"runs:/{trained['cell']}/model"]
@@ -140,16 +133,7 @@ def test_served_model_answers_an_http_request_on_localhost(trained: dict[str, st
     env = {**os.environ, "MLFLOW_TRACKING_URI": trained["uri"]}
     server = subprocess.Popen(command, env=env, cwd=trained["folder"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                assert server.poll() is None, "mlflow models serve exited before answering"
-                assert time.monotonic() < deadline, "mlflow models serve did not answer /ping within 120 s"
-                time.sleep(1)
+        wait_until_answering(f"http://127.0.0.1:{port}/ping", server, 120, "mlflow models serve")
         images = np.stack([photo(21, 27, seed) for seed in range(2)])
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations",

@@ -1,0 +1,77 @@
+"""A shared Optuna study on PostgreSQL extended by two `colorbench search` processes at once, and a team `mlflow server`
+(on PostgreSQL, artifacts proxied) receiving a grid's runs over HTTP on localhost."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from servers import free_port, wait_until_answering
+from test_search import TINY_SEARCH
+
+from colorbench import tracking
+from colorbench.config import parse_experiment
+from colorbench.runner import run_grid
+from colorbench.search import TAG_TRIAL
+
+pytestmark = pytest.mark.scaleout
+
+
+def test_two_search_processes_extend_one_postgresql_study(postgres: Callable[[str], str], tmp_path: Path) -> None:
+    pytest.importorskip("psycopg", reason="pip install 'colorbench[postgres]'")
+    storage = postgres("optuna")
+    search = copy.deepcopy(TINY_SEARCH)
+    search["train"]["epochs"] = 1
+    (tmp_path / "search.yaml").write_text(yaml.safe_dump(search))
+    command = [sys.executable, "-m", "colorbench.cli", "search", "search.yaml", "--storage", storage, "--n-trials", "2"]
+    machines = [subprocess.Popen([*command, "--tracking-uri", f"sqlite:///{tmp_path / f'mlflow{i}.db'}"], cwd=tmp_path) for i in range(2)]
+    assert [m.wait(timeout=600) for m in machines] == [0, 0]
+    study = optuna.load_study(study_name="tiny-search", storage=storage)
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    trials_per_store = []
+    for i in range(2):
+        client = MlflowClient(f"sqlite:///{tmp_path / f'mlflow{i}.db'}")
+        experiment_id = client.get_experiment_by_name("tiny-search").experiment_id
+        trials_per_store.append({int(r.data.tags[TAG_TRIAL]) for r in client.search_runs([experiment_id], f"tags.`{TAG_TRIAL}` != ''")})
+    assert trials_per_store[0] | trials_per_store[1] == {0, 1, 2, 3} and not trials_per_store[0] & trials_per_store[1]
+
+
+@pytest.fixture
+def mlflow_server(postgres: Callable[[str], str], tmp_path: Path) -> Iterator[str]:
+    """`mlflow server` on a PostgreSQL backend with proxied artifacts, on 127.0.0.1; yields its URL."""
+    pytest.importorskip("psycopg", reason="pip install 'colorbench[postgres]'")
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", postgres("mlflow"), "--artifacts-destination",
+         (tmp_path / "artifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"),  # noqa: SIM115 - closed with the process
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_answering(f"{url}/health", server, 180, "mlflow server")
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_grid_logs_to_an_mlflow_server_on_postgresql(mlflow_server: str, tiny_grid: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    tiny_grid["grid"]["splitter"] = [{"name": "holdout", "val_fraction": 0.3}]
+    outcomes, _ = run_grid(parse_experiment(tiny_grid), mlflow_server)
+    client = MlflowClient(mlflow_server)
+    experiment_id = client.get_experiment_by_name("tiny").experiment_id
+    (cell,) = client.search_runs([experiment_id], f"tags.`{tracking.TAG_ROLE}` = 'cell'")
+    assert cell.info.status == "FINISHED" and cell.data.tags[tracking.TAG_CELL] == outcomes[0].cell.id
+    assert cell.data.metrics["test_psnr_mean"] == pytest.approx(outcomes[0].metrics["test_psnr_mean"])
+    (fold,) = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{cell.info.run_id}'")
+    assert "checkpoint.pt" in {a.path for a in client.list_artifacts(fold.info.run_id)}  # artifacts went through the server
+    assert not (tmp_path / "mlflow.db").exists()
