@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from importlib.metadata import entry_points
 
@@ -223,9 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def stop_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (Slurm's time limit, `kill`, a container stop) ends the process like Ctrl-C: open runs close as KILLED."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_libraries()
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         load_plugins(args.plugin)
         return args.func(args)

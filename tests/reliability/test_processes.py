@@ -52,12 +52,13 @@ def test_kill_9_mid_cell_then_rerun_finishes_the_grid_without_retraining(
     assert table_row(rerun.out, second) == second
 
 
-def test_ctrl_c_closes_the_runs_as_killed_and_says_how_to_resume(tiny_grid: dict, tracking_uri: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_closes_the_runs_as_killed_and_says_how_to_resume(tiny_grid: dict, tracking_uri: str, tmp_path: Path, stop: int) -> None:
     grid = slow_grid(tiny_grid, cells=1, epochs=3, seconds=0.2)
     [cell] = cell_ids(grid)
     interrupted = Colorbench.start(write_grid(tmp_path, grid), tracking_uri)
     interrupted.wait_until(lambda: training(tracking_uri, cell))
-    interrupted.process.send_signal(signal.SIGINT)
+    interrupted.process.send_signal(stop)  # SIGTERM: what Slurm, `kill` and container stops send
     assert interrupted.wait(timeout=60) == 130
     last = interrupted.stderr.strip().splitlines()[-1]
     assert last.startswith("interrupted:") and "run the same command again to resume" in last
