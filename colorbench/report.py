@@ -504,11 +504,11 @@ def summary(report: Report) -> str:
 def terminal_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the compact terminal table."""
     metrics = [report.metric, *(m for m in TERMINAL_METRICS if m != report.metric)]
-    trials = ["sampled"] if "sampled" in report.table else []
-    header = ["cell", *trials, "backbone", "loss", "splitter", *metrics, "p (t, folds)", "p (W, images)", "rank"]
+    described = ["sampled"] if "sampled" in report.table else ["backbone", "loss", "splitter"]  # a trial: its sampled values
+    header = ["cell", *described, *metrics, "p (t, folds)", "p (W, images)", "rank"]
     rows = []
     for _, row in report.table.iterrows():
-        names = [cell_name(report, row), *(fmt_value(row.get(c)) for c in trials), row["backbone"], row["loss"], row["splitter"]]
+        names = [cell_name(report, row), *(fmt_value(row.get(c)) if c == "sampled" else row[c] for c in described)]
         tests = [fmt_p(row.get(P_TTEST)), fmt_p(row.get(P_WILCOXON)), fmt_value(row.get("rank"))]
         rows.append(names + [mean_std(row, f"test_{m}") for m in metrics] + tests)
     return header, rows
