@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import statistics
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from rich.progress import Progress, TaskID
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError
 
 from colorbench import tracking
 from colorbench.errors import ConfigError, DivergedError, TrialPruned
@@ -70,6 +71,26 @@ def shown(storage: str) -> str:
         return storage
 
 
+def rdb_storage(url: str, attempts: int = 3) -> optuna.storages.RDBStorage:
+    """An RDB storage with trial heartbeats (a process killed mid-trial stops beating; the next start fails that trial).
+
+    Machines starting together on an empty database race to create Optuna's tables; the loser retries and finds them.
+    """
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+
+    def connect() -> optuna.storages.RDBStorage:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=60, grace_period=180)
+
+    for attempt in range(attempts - 1):
+        try:
+            return connect()
+        except (IntegrityError, ProgrammingError):
+            time.sleep(1 + attempt)
+    return connect()
+
+
 def open_storage(storage: str) -> optuna.storages.BaseStorage:
     """`journal:PATH` (or a `.log` path) -> a journal file; `dialect://...` -> an RDB storage with trial heartbeats."""
     try:
@@ -80,11 +101,7 @@ def open_storage(storage: str) -> optuna.storages.BaseStorage:
             return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
         if "://" not in storage:
             raise ConfigError(f"--storage {storage!r} is neither a database URL (sqlite:///optuna.db, postgresql://...) nor journal:FILE")
-        engine_kwargs = {"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else None
-        # A process killed mid-trial stops beating; the next optimize() marks that trial FAIL after the grace period.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs, heartbeat_interval=60, grace_period=180)
+        return rdb_storage(storage)
     except ConfigError:
         raise
     except Exception as err:  # noqa: BLE001 - missing driver, unreachable server, bad URL: one line before any training

@@ -22,8 +22,8 @@ def postgres_bin(name: str) -> str:
 
 
 def as_postgres(args: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root: run its programs as the `postgres` user then."""
-    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
+    """PostgreSQL refuses to run as root: run its programs as the `postgres` user then (from /, a folder it can enter)."""
+    return ["runuser", "-u", "postgres", "--", "env", "-C", "/", *args] if os.geteuid() == 0 else args
 
 
 @pytest.fixture(scope="session")
