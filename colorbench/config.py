@@ -58,12 +58,12 @@ class TrainConfig(BaseModel):
     """Optimisation settings shared by every cell."""
 
     model_config = STRICT
-    epochs: int = Field(10, gt=0)
-    batch_size: int = Field(32, gt=0)
+    epochs: int = Field(10, gt=0, strict=True)  # strict: `epochs: true` or `epochs: "5"` is an error, not 1 or 5
+    batch_size: int = Field(32, gt=0, strict=True)
     lr: float = Field(3.0e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    patience: int | None = Field(None, gt=0)
-    seed: int = 0
+    patience: int | None = Field(None, gt=0, strict=True)
+    seed: int = Field(0, strict=True)
     device: str = "auto"
     crop: float = Field(1.0, gt=0, le=1)  # random crop: smallest side as a fraction of the image's (1 = no cropping)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA GPUs that support it, else fp32

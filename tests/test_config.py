@@ -76,3 +76,10 @@ def test_the_shipped_default_grid_is_valid() -> None:
     cells = expand(exp)
     assert {c.backbone.name for c in cells} == {"resnet18-6", "resnet18-7", "resnet18-8"}
     assert {c.splitter.name for c in cells} == {"holdout", "kfold"}
+
+
+@pytest.mark.parametrize("value", [True, "5", 2.5])
+def test_epochs_must_be_a_whole_number_not_a_bool_or_text(tiny_grid: dict, value: object) -> None:
+    tiny_grid["train"]["epochs"] = value
+    with pytest.raises(ConfigError, match="train.epochs: Input should be a valid integer"):
+        parse_experiment(tiny_grid)
