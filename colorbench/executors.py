@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Protocol
 
 import mlflow
@@ -24,7 +23,7 @@ from colorbench import tracking
 from colorbench.config import Cell
 from colorbench.errors import ConfigError
 from colorbench.registry import Registry
-from colorbench.runner import CellOutcome, check_divergence, log_cell_summary, prepare_data, train_fold
+from colorbench.runner import CellOutcome, claim, log_cell_summary, prepare_data, print_fold, train_fold
 from colorbench.splitters import SPLITTERS, Fold
 from colorbench.train import resolve_device
 from colorbench.ui import console, progress, quiet_libraries
@@ -78,7 +77,7 @@ def run_fold_task(task: FoldTask) -> dict[str, float]:
     label = " | ".join(cell.labels())
     with progress(False) as bar, tracking.run(f"{label} | fold {fold.index}", tags, cell.flat_params()):
         epochs = bar.add_task("epochs", total=cell.train.epochs, status="")
-        return train_fold(cell, fold, data, resolve_device(cell.train.device), bar, epochs, after_epoch=partial(check_divergence, lr=cell.train.lr))
+        return train_fold(cell, fold, data, resolve_device(cell.train.device), bar, epochs)
 
 
 def absolute_uri(uri: str) -> str:
@@ -232,14 +231,12 @@ def run_cells(
     uri = absolute_uri(tracking_uri)
     with ExitStack() as stack:
         for cell in cells:
-            tracking.close_stale_runs(experiment_id, cell.id)
-            claim = tracking.claim_cell(experiment_id, cell.id, " | ".join(cell.labels()), tracking.cell_tags(cell, fingerprint))
-            if not claim.won:
-                console.print(f"  cell {cell.id} is trained by another process ({claim.holder}); skipping", highlight=False)
-                outcomes[cell.id] = CellOutcome(cell, run_id=claim.run_id, skipped=True, elsewhere=claim.holder)
+            outcome = claim(cell, experiment_id, tracking.cell_tags(cell, fingerprint))
+            if outcome.skipped:
+                outcomes[cell.id] = outcome
                 continue
-            stack.enter_context(tracking.heartbeat(claim.run_id))
-            claims[cell.id] = ClaimedCell(cell, claim.run_id, len(splits[cell.id]))
+            stack.enter_context(tracking.heartbeat(outcome.run_id))
+            claims[cell.id] = ClaimedCell(cell, outcome.run_id, len(splits[cell.id]))
         tasks = [
             FoldTask(c.cell, fold.index, c.n_folds, c.run_id, experiment_id, uri) for c in claims.values() for fold in splits[c.cell.id]
         ]
@@ -268,9 +265,5 @@ def report_fold(task: FoldTask, result: TaskResult, claimed: ClaimedCell) -> Non
         console.print(f"  [red]{task.cell.id} {label} fold {task.fold + 1}/{task.n_folds} failed[/]: {result}", highlight=False)
         return
     claimed.results[task.fold] = result
-    console.print(
-        f"  [dim]{task.cell.id}[/] {label} fold {task.fold + 1}/{task.n_folds}: test psnr {result['test_psnr']:.2f} "
-        f"({result['train_seconds']:.0f} s)",
-        highlight=False,
-    )
+    print_fold(task.cell, task.fold, task.n_folds, result)
 

@@ -6,7 +6,6 @@ import csv
 import hashlib
 import math
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +136,9 @@ def train_fold(
     epoch_task: TaskID,
     after_epoch: EpochCallback | None = None,
 ) -> dict[str, float]:
-    """Train one fold inside its (active) MLflow run; return its test metrics. `after_epoch` sees each epoch's record once logged."""
+    """Train one fold inside its (active) MLflow run; return its test metrics.
+
+    After each epoch the record is logged, passed to `after_epoch` (e.g. a search's pruner), then checked for divergence."""
     torch.manual_seed(cell.train.seed)
     objective = LOSSES.build(cell.loss.name, cell.loss.options)
     model = build_model(cell.backbone.name, cell.backbone.options, objective.out_channels).to(device)
@@ -151,6 +152,7 @@ def train_fold(
         bar.update(epoch_task, advance=1, status=f"train {record['train_loss']:.4f} val {record['val_loss']:.4f}")
         if after_epoch:
             after_epoch(record)
+        check_divergence(record, cell.train.lr)
 
     result = fit(model, objective, train_images, val_images, cell.train, on_epoch)
     test_metrics, per_image = evaluate(model, objective, torch.from_numpy(data.test.images), cell.train.batch_size, all_variants=True)
@@ -192,6 +194,28 @@ def check_divergence(record: dict[str, float], lr: float) -> None:
     )
 
 
+def claim(cell: Cell, experiment_id: str, tags: dict[str, str]) -> CellOutcome:
+    """Close the cell's dead runs and claim it (`tracking.claim_cell`): an outcome holding the claimed run id, or a skipped
+    one naming the process that holds or finished the cell."""
+    stale = tracking.close_stale_runs(experiment_id, cell.id)
+    if stale:
+        console.print(f"  closed {stale} interrupted run(s) of cell {cell.id} as KILLED")
+    result = tracking.claim_cell(experiment_id, cell.id, " | ".join(cell.labels()), tags)
+    if result.won:
+        return CellOutcome(cell, run_id=result.run_id)
+    state = "was trained" if result.finished else "is being trained"
+    console.print(f"  cell {cell.id} {state} by another process ({result.holder}, run {result.run_id}); skipping", highlight=False)
+    return CellOutcome(cell, run_id=result.run_id, skipped=True, elsewhere=result.holder)
+
+
+def print_fold(cell: Cell, index: int, n_folds: int, result: dict[str, float]) -> None:
+    """One line per trained fold: its test PSNR and colourfulness ratio, best epoch, training time."""
+    console.print(
+        f"  [dim]{cell.id}[/] {' | '.join(cell.labels())} fold {index + 1}/{n_folds}: test psnr {result['test_psnr']:.2f}, "
+        f"colorfulness ratio {result['test_colorfulness_ratio']:.2f} (best epoch {result['best_epoch']}, {result['train_seconds']:.0f} s)"
+    )
+
+
 def run_cell(
     cell: Cell,
     experiment_id: str,
@@ -208,30 +232,19 @@ def run_cell(
     params = cell.flat_params()
     label = " | ".join(cell.labels())
     tags = tracking.cell_tags(cell, data.fingerprint)
-    stale = tracking.close_stale_runs(experiment_id, cell.id)
-    if stale:
-        console.print(f"  closed {stale} interrupted run(s) of cell {cell.id} as KILLED")
-    claim = tracking.claim_cell(experiment_id, cell.id, label, tags)
-    if not claim.won:
-        state = "was trained" if claim.finished else "is being trained"
-        console.print(f"  cell {cell.id} {state} by another process ({claim.holder}, run {claim.run_id}); skipping", highlight=False)
-        return CellOutcome(cell, run_id=claim.run_id, skipped=True, elsewhere=claim.holder)
-    outcome = CellOutcome(cell, run_id=claim.run_id)
+    outcome = claim(cell, experiment_id, tags)
+    if outcome.skipped:
+        return outcome
     try:
-        with tracking.run(label, tags, params, run_id=claim.run_id) as parent_id, tracking.heartbeat(parent_id):
+        with tracking.run(label, tags, params, run_id=outcome.run_id) as parent_id, tracking.heartbeat(parent_id):
             results = []
             bar.reset(tasks["fold"], total=len(folds), status=label)
             for fold in folds:
                 fold_tags = {**tags, tracking.TAG_ROLE: "fold", tracking.TAG_FOLD: str(fold.index)}
                 with tracking.run(f"{label} | fold {fold.index}", fold_tags, params, nested=True):
-                    guard = partial(check_divergence, lr=cell.train.lr)
-                    results.append(train_fold(cell, fold, data, device, bar, tasks["epoch"], after_epoch=guard))
+                    results.append(train_fold(cell, fold, data, device, bar, tasks["epoch"]))
                 bar.advance(tasks["fold"])
-                console.print(
-                    f"  [dim]{cell.id}[/] {label} fold {fold.index + 1}/{len(folds)}: test psnr {results[-1]['test_psnr']:.2f}, "
-                    f"colorfulness ratio {results[-1]['test_colorfulness_ratio']:.2f} (best epoch {results[-1]['best_epoch']}, "
-                    f"{results[-1]['train_seconds']:.0f} s)"
-                )
+                print_fold(cell, fold.index, len(folds), results[-1])
             outcome.metrics = log_cell_summary(parent_id, results, gray)
     except DivergedError as err:
         outcome.failure = str(err)
