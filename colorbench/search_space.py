@@ -92,7 +92,6 @@ class Search:
 
     config: SearchConfig
     params: tuple[Param, ...]
-    source: str = "search"
 
     def sample(self, trial: optuna.Trial) -> dict[str, Any]:
         """Suggest every entry whose conditions hold (component names count as chosen even when fixed)."""
@@ -231,7 +230,7 @@ def parse_search(raw: Any, where: str = "search") -> Search:
         params.append(param)
     for param in params:
         check_target(param, params, cfg, f"{where}: space.{param.key}")
-    search = Search(cfg, tuple(params), where)
+    search = Search(cfg, tuple(params))
     SAMPLERS.build(cfg.sampler.name, cfg.sampler.options)(0, search.params)  # fails now, not after data loading
     PRUNERS.build(cfg.pruner.name, cfg.pruner.options)
     return search
