@@ -203,6 +203,15 @@ def soft_encode(ab: torch.Tensor, centres: torch.Tensor, k: int = 5, sigma: floa
     return idx, torch.softmax(-d2 / (2 * sigma**2), dim=1)
 
 
+def softmax_channels(x: torch.Tensor, log: bool = False) -> torch.Tensor:
+    """(log-)softmax over dim 1 of (B,C,H,W) along memory order, so a channels-last tensor (what a channels-last
+    model outputs) is not first copied to contiguous, as `torch.softmax(x, dim=1)` does on a CPU."""
+    softmax = torch.log_softmax if log else torch.softmax
+    if x.ndim != 4 or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+        return softmax(x, dim=1)
+    return softmax(x.permute(0, 2, 3, 1), dim=-1).permute(0, 3, 1, 2)
+
+
 def annealed_mean(logits: torch.Tensor, centres: torch.Tensor, temperature: float = 0.38) -> torch.Tensor:
     """logits (B,Q,H,W) -> ab (B,2,H,W) = sum_q softmax(logits/T)_q * centre_q.
 
@@ -214,4 +223,4 @@ def annealed_mean(logits: torch.Tensor, centres: torch.Tensor, temperature: floa
     centres = centres.to(logits)
     if temperature == 0:
         return centres[logits.argmax(1)].permute(0, 3, 1, 2)
-    return torch.einsum("bqhw,qc->bchw", torch.softmax(logits / temperature, dim=1), centres)
+    return torch.einsum("bqhw,qc->bchw", softmax_channels(logits / temperature), centres)

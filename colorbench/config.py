@@ -67,7 +67,7 @@ class TrainConfig(BaseModel):
     device: str = "auto"
     crop: float = Field(1.0, gt=0, le=1)  # random crop: smallest side as a fraction of the image's (1 = no cropping)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA GPUs that support it, else fp32
-    channels_last: bool = True  # NHWC model and inputs on CUDA (ignored elsewhere)
+    channels_last: bool = True  # NHWC model on any device
     compile: bool = False  # torch.compile the training forward pass
 
 

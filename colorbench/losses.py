@@ -7,7 +7,7 @@ from typing import Annotated
 import torch
 from pydantic import Field
 
-from colorbench.color import ab_gamut_bins, annealed_mean, nearest_bins, soft_encode
+from colorbench.color import ab_gamut_bins, annealed_mean, nearest_bins, soft_encode, softmax_channels
 from colorbench.data import lab_batch
 from colorbench.errors import ConfigError
 from colorbench.registry import Registry
@@ -111,7 +111,7 @@ class CrossEntropy(Objective):
         s = self.loss_stride
         pred, target_ab = pred[..., ::s, ::s], target_ab[..., ::s, ::s]
         idx, soft = soft_encode(target_ab.float(), self._centres_on(pred.device), self.neighbours, self.sigma)
-        logp = torch.log_softmax(pred.float(), dim=1).gather(1, idx)
+        logp = softmax_channels(pred.float(), log=True).gather(1, idx)
         per_pixel = -(soft * logp).sum(1, keepdim=True)
         rebalance = self.class_weights(idx[:, :1])  # soft_encode sorts nearest first
         if rebalance is not None:

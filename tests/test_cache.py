@@ -185,3 +185,5 @@ def test_bf16_autocast_and_crops_train_on_cpu() -> None:
     record = fit(model, objective, images[:8], images[8:12], cfg).history[0]
     assert np.isfinite(record["train_loss"]) and np.isfinite(record["val_loss"]) and record["train_images_per_s"] > 0
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast leaves the weights in fp32
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[1] > 1 and m.kernel_size != (1, 1)]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in convs)

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from colorbench import color
-from colorbench.color import ab_gamut_bins, annealed_mean, lab_to_rgb, nearest_bins, rgb_to_lab, soft_encode
+from colorbench.color import ab_gamut_bins, annealed_mean, lab_to_rgb, nearest_bins, rgb_to_lab, soft_encode, softmax_channels
 
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "bsds500"
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -197,3 +197,16 @@ def test_annealed_mean(device: str) -> None:
     assert torch.equal(annealed_mean(sharp, centres, temperature=0), centres[3].view(1, 2, 1, 1))
     lowered = annealed_mean(sharp, centres, temperature=0.38)
     assert (lowered - centres[3].view(1, 2, 1, 1)).norm() < (annealed_mean(sharp, centres, 1.0) - centres[3].view(1, 2, 1, 1)).norm()
+
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_softmax_channels_equals_softmax_over_dim_1_in_any_layout(log: bool) -> None:
+    softmax = torch.log_softmax if log else torch.softmax
+    logits = torch.randn(2, 261, 6, 5, generator=torch.Generator().manual_seed(1))
+    nhwc = logits.contiguous(memory_format=torch.channels_last)
+    for x in (logits, nhwc, nhwc[..., ::2, ::2]):
+        assert torch.allclose(softmax_channels(x, log), softmax(x.contiguous(), dim=1), atol=1e-6)
+    assert softmax_channels(nhwc, log).is_contiguous(memory_format=torch.channels_last)  # computed in memory order, no copy
+    centres = ab_gamut_bins()
+    assert torch.allclose(annealed_mean(nhwc, centres), annealed_mean(logits, centres), atol=1e-4)

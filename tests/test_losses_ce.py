@@ -196,3 +196,17 @@ def test_rebalanced_grid_logs_every_decoding(tiny_grid: dict, tracking_uri: str)
         assert math.isfinite(fold[f"metrics.{metric}"]), metric
         assert parent[f"metrics.{metric}_mean"] == pytest.approx(fold[f"metrics.{metric}"])
     assert fold["metrics.test_psnr_mode"] != fold["metrics.test_psnr_mean"]
+
+
+def test_channels_last_predictions_give_the_same_loss_and_gradient() -> None:
+    ab = lab_batch(torch.randint(0, 256, (2, 8, 8, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)))[1]
+    loss = CrossEntropy()
+    logits = torch.randn(2, loss.out_channels, 8, 8, generator=torch.Generator().manual_seed(1))
+    values, grads = [], []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        pred = logits.clone(memory_format=layout).requires_grad_()
+        value = loss(pred, ab)
+        value.backward()
+        values.append(value.detach())
+        grads.append(pred.grad.contiguous())
+    assert torch.allclose(values[0], values[1], atol=1e-6) and torch.allclose(grads[0], grads[1], atol=1e-7)
