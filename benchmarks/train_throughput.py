@@ -1,20 +1,20 @@
 """Training throughput (images/s) of three pipelines on the same images and the same model (resnet18-6, mse).
 
-1. seed: the seed project's data path: a Dataset that opens each JPEG with PIL per item, RandomResizedCrop and
+1. seed: the seed project's pipeline: a Dataset that opens each JPEG with PIL per item, RandomResizedCrop and
    RandomHorizontalFlip (torchvision), float64 `skimage.color.rgb2lab` per image, batched by a DataLoader
-   (`--workers`, default 0: in the training process, as the seed did), then the same training step as 3.
+   (`--workers`, default 0: in the training process, as the seed did), and the seed's training step (contiguous
+   NCHW model; autocast when the row is bf16).
 2. colorbench: `colorbench.train.fit` end to end (images from the decode-once cache, seeded shuffle, random crop
-   (`crop` 0.5) and flip on uint8 tensors on the device, batched Lab on the device, Adam step); the rate is fit's own
-   per-epoch `train_images_per_s`, which leaves out the per-epoch validation.
-3. bound: the model alone: forward, loss, backward and Adam step on one batch already on the device in Lab.
+   (`crop` 0.5) and flip on uint8 tensors on the device, batched Lab on the device, channels_last model, Adam step);
+   the rate is fit's own per-epoch `train_images_per_s`, which leaves out the per-epoch validation.
+3. bound: the model alone: colorbench's step (forward, loss, backward, Adam) on one batch already on the device.
 
-Each is measured `--repeats` times (the first epoch / batch is a warm-up) and the best rate is kept, which damps
-the noise of a shared machine. Also printed: the cost of building the cache (decoding every file once) against
-loading it and against a later epoch, and peak memory: the process's peak RSS after each stage (it only grows, so
-stages are run colorbench first) and, on CUDA, each pipeline's own peak allocation. The last lines read
-`ratio device=... precision=... vs_seed=2/1 vs_bound=2/3` at the batch its target names: the small batch on a CPU
-(16: data there costs a fixed time per image, so its share shrinks as larger batches cost more per image), the large
-batch on CUDA (256).
+The three are measured in interleaved rounds (`--rounds`): after each of fit's epochs (the first warms up) the bound
+and the seed are measured once, so a drift of the machine's speed hits a round's three figures alike. Printed: each
+pipeline's median rate, each round's ratios and their medians; the cost of building the cache (decoding every file
+once) against loading it and against a later epoch; peak RSS of the process and, on CUDA, each pipeline's peak
+allocation. The last lines read `ratio device=... precision=... vs_seed=2/1 vs_bound=2/3` (medians of the rounds'
+ratios) at the batch its target names: the small batch on a CPU (16), the large batch on CUDA (256).
 
     python benchmarks/train_throughput.py [--data ../shared/data] [--limit 64] [--size 256] [--batch 16] [--large-batch 64]
 """
@@ -22,12 +22,14 @@ batch on CUDA (256).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import resource
 import shutil
+import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -70,9 +72,12 @@ class SeedStyle(torch.utils.data.Dataset):
 
 
 class Step:
-    """The one training step all three pipelines share: forward under autocast, fp32 loss, backward, Adam; loss summed on the device."""
+    """One training step: forward under autocast, fp32 loss, backward, Adam; loss summed on the device.
 
-    def __init__(self, device: torch.device, precision: str, compile_model: bool) -> None:
+    `channels_last` as colorbench trains (its default) or not, as the seed did.
+    """
+
+    def __init__(self, device: torch.device, precision: str, compile_model: bool, channels_last: bool) -> None:
         from colorbench.backbones import build_model
         from colorbench.losses import LOSSES
         from colorbench.train import autocast_dtype
@@ -81,7 +86,7 @@ class Step:
         self.device, self.amp = device, autocast_dtype(precision, device)
         self.objective = LOSSES.build("mse", {})
         self.model = build_model("resnet18-6", {}, 2).to(device)
-        if device.type == "cuda":
+        if channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.model) if compile_model else self.model
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=3e-4)
@@ -99,64 +104,92 @@ class Step:
         self.total += loss.detach().double()
 
 
-def rate_of(run: Callable[[], None], images: int, device: torch.device) -> float:
-    """Images per second of `run()`, which trains on `images` images."""
-    sync(device)
-    started = time.perf_counter()
-    run()
-    sync(device)
-    return images / (time.perf_counter() - started)
+class Timed:
+    """A pipeline measured in rounds: `measure()` trains `steps` batches and returns images/s (after one warm-up batch)."""
+
+    def __init__(self, step: Step, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], batch: int, steps: int) -> None:
+        self.step, self.batches, self.images, self.steps = step, batches, batch * steps, steps
+        self.run(1)
+
+    def run(self, n: int) -> None:
+        for _ in range(n):
+            L, ab = next(self.batches)
+            self.step(L.to(self.step.device, non_blocking=True), ab.to(self.step.device, non_blocking=True))
+        self.step.total.item()
+
+    def measure(self) -> float:
+        device = self.step.device
+        sync(device)
+        started = time.perf_counter()
+        self.run(self.steps)
+        sync(device)
+        return self.images / (time.perf_counter() - started)
 
 
-def seed_pipeline(files: list[Path], args: argparse.Namespace, batch: int, steps: int, device: torch.device, precision: str) -> float:
-    step = Step(device, precision, compile_model=False)
-    length = batch * (1 + steps * args.repeats)
+def seed_pipeline(files: list[Path], args: argparse.Namespace, batch: int, steps: int, device: torch.device, precision: str) -> Timed:
+    """The seed's data path in a DataLoader and the seed's step (contiguous, not channels_last), in `precision`."""
+    step = Step(device, precision, compile_model=False, channels_last=False)
+    length = batch * (1 + steps * args.rounds)
     loader = torch.utils.data.DataLoader(
         SeedStyle(files, args.size, length), batch_size=batch, shuffle=True, num_workers=args.workers, pin_memory=device.type == "cuda"
     )
-    batches = iter(loader)
-
-    def run(n: int) -> None:
-        for _ in range(n):
-            L, ab = next(batches)
-            step(L.to(device, non_blocking=True), ab.to(device, non_blocking=True))
-        step.total.item()
-
-    run(1)  # warm-up
-    return max(rate_of(lambda: run(steps), batch * steps, device) for _ in range(args.repeats))
+    return Timed(step, iter(loader), batch, steps)
 
 
-def colorbench_pipeline(images: np.ndarray, args: argparse.Namespace, batch: int, steps: int, device: torch.device, precision: str) -> list[float]:
-    """Per-epoch train_images_per_s of fit on steps x batch images (the first epoch warms up)."""
+def bound_pipeline(images: np.ndarray, args: argparse.Namespace, batch: int, steps: int, device: torch.device, precision: str) -> Timed:
+    """colorbench's step (channels_last) on one batch already on the device in Lab."""
+    from colorbench.data import lab_batch
+
+    step = Step(device, precision, args.compile, channels_last=True)
+    L, ab = lab_batch(torch.from_numpy(images[np.arange(batch) % len(images)]).to(device))
+    return Timed(step, itertools.repeat((L, ab)), batch, steps)
+
+
+def measure_row(files: list[Path], images: np.ndarray, args: argparse.Namespace, batch: int, steps: tuple[int, int], device: torch.device, precision: str) -> dict[str, list[float]]:
+    """Images/s per round of the three pipelines, interleaved: colorbench's epoch k, then bound and seed once each.
+
+    colorbench runs `fit` for 1 + `args.rounds` epochs on steps x batch images (its first epoch warms up); its rate
+    is fit's own per-epoch `train_images_per_s`. Interleaving puts the three measurements of a round within the same
+    minute, so a drift of the machine's speed moves all three together and cancels in the round's ratios.
+    """
     from colorbench.backbones import build_model
     from colorbench.config import TrainConfig
     from colorbench.losses import LOSSES
     from colorbench.train import fit
 
+    cuda = device.type == "cuda"
+    others = {"bound": bound_pipeline(images, args, batch, steps[0], device, precision), "seed": seed_pipeline(files, args, batch, steps[1], device, precision)}
+    rates: dict[str, list[float]] = {"colorbench": [], "bound": [], "seed": [], "epoch1": []}
+    peaks: dict[str, float] = {}
+
+    def after_epoch(record: dict[str, float]) -> None:
+        if cuda:
+            peaks["colorbench"] = max(peaks.get("colorbench", 0), torch.cuda.max_memory_allocated(device) / MIB)
+        if record["epoch"] == 1:
+            rates["epoch1"].append(record["train_images_per_s"])
+        else:
+            rates["colorbench"].append(record["train_images_per_s"])
+            for name, pipeline in others.items():
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats(device)
+                rates[name].append(pipeline.measure())
+                if cuda:
+                    peaks[name] = max(peaks.get(name, 0), torch.cuda.max_memory_allocated(device) / MIB)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+
     torch.manual_seed(0)
-    pool = torch.from_numpy(images[np.arange(batch * steps) % len(images)])
+    pool = torch.from_numpy(images[np.arange(batch * steps[0]) % len(images)])
     cfg = TrainConfig(
-        epochs=1 + args.repeats, batch_size=batch, lr=3e-4, crop=0.5, precision=precision, channels_last=True, compile=args.compile, device=str(device)
+        epochs=1 + args.rounds, batch_size=batch, lr=3e-4, crop=0.5, precision=precision, channels_last=True, compile=args.compile, device=str(device)
     )
     objective = LOSSES.build("mse", {})
     model = build_model("resnet18-6", {}, objective.out_channels).to(device)
-    result = fit(model, objective, pool, torch.from_numpy(np.array(images[:batch])), cfg)
-    return [r["train_images_per_s"] for r in result.history]
-
-
-def bound_pipeline(images: np.ndarray, args: argparse.Namespace, batch: int, steps: int, device: torch.device, precision: str) -> float:
-    from colorbench.data import lab_batch
-
-    step = Step(device, precision, args.compile)
-    L, ab = lab_batch(torch.from_numpy(images[np.arange(batch) % len(images)]).to(device))
-
-    def run(n: int) -> None:
-        for _ in range(n):
-            step(L, ab)
-        step.total.item()
-
-    run(1)  # warm-up
-    return max(rate_of(lambda: run(steps), batch * steps, device) for _ in range(args.repeats))
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    fit(model, objective, pool, torch.from_numpy(np.array(images[:batch])), cfg, on_epoch=after_epoch)
+    rates["gpu_peak_mib"] = [peaks.get(name, 0.0) for name in ("colorbench", "bound", "seed")]
+    return rates
 
 
 def cache_costs(files: list[Path], root: Path, size: int) -> tuple[np.ndarray, float, float]:
@@ -181,7 +214,7 @@ def main() -> None:
     parser.add_argument("--large-batch", type=int, help="large batch (default: 64 on CPU, 256 on CUDA)")
     parser.add_argument("--steps", type=int, help="timed steps per measurement (default: 3 on CPU, 20 on CUDA)")
     parser.add_argument("--seed-steps", type=int, help="timed steps per measurement of the slow seed pipeline (default: 3 on CPU, 4 on CUDA)")
-    parser.add_argument("--repeats", type=int, default=2, help="measurements per pipeline, best kept (default: 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved measurements per pipeline; medians reported (default: 3)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of the seed pipeline (default: 0, as the seed)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     parser.add_argument("--precision", nargs="+", help="precisions to measure (default: fp32 on CPU, fp32 and bf16 on CUDA)")
@@ -204,7 +237,7 @@ def main() -> None:
     files = find_images(root, ("*",), ())[:limit]
     where = torch.cuda.get_device_name(device) if cuda else f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
     print(f"device {device} ({where}); torch {torch.__version__}; {len(files)} images from {root}, {args.size} px; load {os.getloadavg()[0]:.2f}")
-    print(f"steps {steps} (seed {seed_steps}) x {args.repeats} repeats; seed DataLoader workers {args.workers}; compile {args.compile}\n")
+    print(f"steps {steps} (seed {seed_steps}) x {args.rounds} rounds; seed DataLoader workers {args.workers}; compile {args.compile}\n")
 
     cache = tempfile.mkdtemp(prefix="colorbench-bench-cache-")
     os.environ["COLORBENCH_CACHE_DIR"] = cache
@@ -214,36 +247,32 @@ def main() -> None:
         shutil.rmtree(cache, ignore_errors=True)
     print(f"cache: build (decode {len(files)} files once) {built:.2f} s, load again {loaded:.3f} s; peak RSS {peak_rss_mib():.0f} MiB")
 
-    results: dict[tuple[str, int], dict[str, float]] = {}
+    ratios: dict[tuple[str, int], tuple[float, float]] = {}
     for precision in precisions:
         for batch in batches:
-            row: dict[str, float] = {}
-            memory = []
-            for name in ("colorbench", "bound", "seed"):
-                if cuda:
-                    torch.cuda.reset_peak_memory_stats(device)
-                if name == "colorbench":
-                    epochs = colorbench_pipeline(images, args, batch, steps, device, precision)
-                    row[name] = max(epochs[1:])
-                    n = batch * steps
-                    if (precision, batch) == (precisions[0], batches[0]):
-                        print(f"first epoch: cache build {built:.2f} s + epoch 1 {n / epochs[0]:.2f} s; later epoch {n / row[name]:.2f} s ({n} images)")
-                elif name == "bound":
-                    row[name] = bound_pipeline(images, args, batch, steps, device, precision)
-                else:
-                    row[name] = seed_pipeline(files, args, batch, seed_steps, device, precision)
-                gpu = f", GPU peak {torch.cuda.max_memory_allocated(device) / MIB:.0f} MiB" if cuda else ""
-                memory.append(f"{name} RSS {peak_rss_mib():.0f} MiB{gpu}")
-            results[precision, batch] = row
+            rates = measure_row(files, images, args, batch, (steps, seed_steps), device, precision)
+            if (precision, batch) == (precisions[0], batches[0]):
+                n = batch * steps
+                later = statistics.median(rates["colorbench"])
+                print(f"first epoch: cache build {built:.2f} s + epoch 1 {n / rates['epoch1'][0]:.2f} s; later epoch {n / later:.2f} s ({n} images)")
+            median = {name: statistics.median(rates[name]) for name in ("seed", "colorbench", "bound")}
+            vs_seed = [c / s for c, s in zip(rates["colorbench"], rates["seed"], strict=True)]
+            vs_bound = [c / b for c, b in zip(rates["colorbench"], rates["bound"], strict=True)]
+            ratios[precision, batch] = statistics.median(vs_seed), statistics.median(vs_bound)
+            gpu = "; GPU peak " + " / ".join(f"{m:.0f}" for m in rates["gpu_peak_mib"]) + " MiB" if cuda else ""
             print(
-                f"{precision} batch {batch:4d}: seed {row['seed']:8.1f}  colorbench {row['colorbench']:8.1f}  bound {row['bound']:8.1f} img/s"
-                f"  | 2/1 {row['colorbench'] / row['seed']:.2f}  2/3 {row['colorbench'] / row['bound']:.2f}  | peak: {'; '.join(memory)}"
+                f"{precision} batch {batch:4d}: seed {median['seed']:8.1f}  colorbench {median['colorbench']:8.1f}  bound {median['bound']:8.1f} img/s"
+                f"  | 2/1 {ratios[precision, batch][0]:.2f}  2/3 {ratios[precision, batch][1]:.2f}  | peak RSS {peak_rss_mib():.0f} MiB{gpu}"
             )
+            print(f"    per round: seed {fmt(rates['seed'])}  colorbench {fmt(rates['colorbench'])}  bound {fmt(rates['bound'])}  2/1 {fmt(vs_seed, 2)}  2/3 {fmt(vs_bound, 2)}")
     print()
     for precision in precisions:
-        row = results[precision, batches[1] if cuda else batches[0]]
-        print(f"ratio device={device.type} precision={precision} vs_seed={row['colorbench'] / row['seed']:.2f} vs_bound={row['colorbench'] / row['bound']:.2f}")
+        vs_seed, vs_bound = ratios[precision, batches[1] if cuda else batches[0]]
+        print(f"ratio device={device.type} precision={precision} vs_seed={vs_seed:.2f} vs_bound={vs_bound:.2f}")
 
+
+def fmt(values: list[float], digits: int = 1) -> str:
+    return " ".join(f"{v:.{digits}f}" for v in values)
 
 if __name__ == "__main__":
     main()
