@@ -29,7 +29,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +104,15 @@ class Step:
         self.total += loss.detach().double()
 
 
+def images_per_s(run: Callable[[], int], device: torch.device) -> float:
+    """Images per second of `run()`, which returns how many images it went through."""
+    sync(device)
+    started = time.perf_counter()
+    images = run()
+    sync(device)
+    return images / (time.perf_counter() - started)
+
+
 class Timed:
     """A pipeline measured in rounds: `measure()` trains `steps` batches and returns images/s (after one warm-up batch)."""
 
@@ -111,29 +120,44 @@ class Timed:
         self.step, self.batches, self.images, self.steps = step, batches, batch * steps, steps
         self.run(1)
 
-    def run(self, n: int) -> None:
+    def run(self, n: int) -> int:
         for _ in range(n):
             L, ab = next(self.batches)
             self.step(L.to(self.step.device, non_blocking=True), ab.to(self.step.device, non_blocking=True))
         self.step.total.item()
+        return self.images
 
     def measure(self) -> float:
-        device = self.step.device
-        sync(device)
-        started = time.perf_counter()
-        self.run(self.steps)
-        sync(device)
-        return self.images / (time.perf_counter() - started)
+        return images_per_s(lambda: self.run(self.steps), self.step.device)
+
+
+class DataOnly:
+    """A data path alone: `measure()` draws one set of batches from `batches()` onto the device and returns images/s."""
+
+    def __init__(self, batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]], device: torch.device) -> None:
+        self.batches, self.device = batches, device
+
+    def run(self) -> int:
+        images = 0
+        for L, ab in self.batches():
+            L.to(self.device, non_blocking=True), ab.to(self.device, non_blocking=True)
+            images += len(L)
+        return images
+
+    def measure(self) -> float:
+        return images_per_s(self.run, self.device)
+
+
+def seed_loader(files: list[Path], args: argparse.Namespace, batch: int, batches: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """`batches` batches of the seed's data path: a shuffling DataLoader over `SeedStyle`."""
+    dataset = SeedStyle(files, args.size, batch * batches)
+    return iter(torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=args.workers, pin_memory=device.type == "cuda"))
 
 
 def seed_pipeline(files: list[Path], args: argparse.Namespace, batch: int, steps: int, device: torch.device, precision: str) -> Timed:
     """The seed's data path in a DataLoader and the seed's step (contiguous, not channels_last), in `precision`."""
     step = Step(device, precision, compile_model=False, channels_last=False)
-    length = batch * (1 + steps * args.rounds)
-    loader = torch.utils.data.DataLoader(
-        SeedStyle(files, args.size, length), batch_size=batch, shuffle=True, num_workers=args.workers, pin_memory=device.type == "cuda"
-    )
-    return Timed(step, iter(loader), batch, steps)
+    return Timed(step, seed_loader(files, args, batch, 1 + steps * args.rounds, device), batch, steps)
 
 
 def bound_pipeline(images: np.ndarray, args: argparse.Namespace, batch: int, steps: int, device: torch.device, precision: str) -> Timed:
@@ -146,20 +170,35 @@ def bound_pipeline(images: np.ndarray, args: argparse.Namespace, batch: int, ste
 
 
 def measure_row(files: list[Path], images: np.ndarray, args: argparse.Namespace, batch: int, steps: tuple[int, int], device: torch.device, precision: str) -> dict[str, list[float]]:
-    """Images/s per round of the three pipelines, interleaved: colorbench's epoch k, then bound and seed once each.
+    """Images/s per round of the three pipelines and of the two data paths alone, interleaved: colorbench's epoch k,
+    then bound, seed, colorbench's data path and the seed's data path once each.
 
     colorbench runs `fit` for 1 + `args.rounds` epochs on steps x batch images (its first epoch warms up); its rate
-    is fit's own per-epoch `train_images_per_s`. Interleaving puts the three measurements of a round within the same
-    minute, so a drift of the machine's speed moves all three together and cancels in the round's ratios.
+    is fit's own per-epoch `train_images_per_s`. Interleaving puts a round's measurements within the same minute, so
+    a drift of the machine's speed moves them together and cancels in the round's ratios. The data paths alone give
+    each pipeline's data share of a step directly (pipeline rate / data rate), which end-to-end ratios on a noisy
+    machine cannot resolve when the share is a few per cent.
     """
     from colorbench.backbones import build_model
     from colorbench.config import TrainConfig
     from colorbench.losses import LOSSES
-    from colorbench.train import fit
+    from colorbench.train import fit, stage, train_batches
 
     cuda = device.type == "cuda"
-    others = {"bound": bound_pipeline(images, args, batch, steps[0], device, precision), "seed": seed_pipeline(files, args, batch, steps[1], device, precision)}
-    rates: dict[str, list[float]] = {"colorbench": [], "bound": [], "seed": [], "epoch1": []}
+    torch.manual_seed(0)
+    pool = torch.from_numpy(images[np.arange(batch * steps[0]) % len(images)])
+    cfg = TrainConfig(
+        epochs=1 + args.rounds, batch_size=batch, lr=3e-4, crop=0.5, precision=precision, channels_last=True, compile=args.compile, device=str(device)
+    )
+    staged, draws = stage(pool, device), torch.Generator().manual_seed(1)
+    seed_data = seed_loader(files, args, batch, steps[1] * args.rounds, device)
+    others = {
+        "bound": bound_pipeline(images, args, batch, steps[0], device, precision),
+        "seed": seed_pipeline(files, args, batch, steps[1], device, precision),
+        "colorbench data": DataOnly(lambda: train_batches(staged, cfg, draws, device), device),
+        "seed data": DataOnly(lambda: itertools.islice(seed_data, steps[1]), device),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in ("colorbench", "epoch1", *others)}
     peaks: dict[str, float] = {}
 
     def after_epoch(record: dict[str, float]) -> None:
@@ -178,11 +217,6 @@ def measure_row(files: list[Path], images: np.ndarray, args: argparse.Namespace,
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
 
-    torch.manual_seed(0)
-    pool = torch.from_numpy(images[np.arange(batch * steps[0]) % len(images)])
-    cfg = TrainConfig(
-        epochs=1 + args.rounds, batch_size=batch, lr=3e-4, crop=0.5, precision=precision, channels_last=True, compile=args.compile, device=str(device)
-    )
     objective = LOSSES.build("mse", {})
     model = build_model("resnet18-6", {}, objective.out_channels).to(device)
     if cuda:
@@ -265,6 +299,11 @@ def main() -> None:
                 f"  | 2/1 {ratios[precision, batch][0]:.2f}  2/3 {ratios[precision, batch][1]:.2f}  | peak RSS {peak_rss_mib():.0f} MiB{gpu}"
             )
             print(f"    per round: seed {fmt(rates['seed'])}  colorbench {fmt(rates['colorbench'])}  bound {fmt(rates['bound'])}  2/1 {fmt(vs_seed, 2)}  2/3 {fmt(vs_bound, 2)}")
+            data = {name: statistics.median(rates[f"{name} data"]) for name in ("seed", "colorbench")}
+            print(
+                f"    data path alone: seed {data['seed']:.1f} img/s ({median['seed'] / data['seed']:.1%} of its pipeline's time), "
+                f"colorbench {data['colorbench']:.1f} img/s ({median['colorbench'] / data['colorbench']:.1%})"
+            )
     print()
     for precision in precisions:
         vs_seed, vs_bound = ratios[precision, batches[1] if cuda else batches[0]]
