@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from train_throughput import sync  # this folder is on sys.path when a script here runs
 
 # (backbone, loss, image size, batch)
 CASES = [
@@ -31,12 +32,10 @@ LAYOUTS = {"NCHW": torch.contiguous_format, "NHWC": torch.channels_last}
 
 def timed(run: Callable[[], None], device: torch.device) -> float:
     """Seconds that `run()` takes, device work included."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     started = time.perf_counter()
     run()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     return time.perf_counter() - started
 
 
