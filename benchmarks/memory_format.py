@@ -12,11 +12,9 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
-import time
-from collections.abc import Callable
 
 import torch
-from train_throughput import sync  # this folder is on sys.path when a script here runs
+from train_throughput import timed  # this folder is on sys.path when a script here runs
 
 # (backbone, loss, image size, batch)
 CASES = [
@@ -28,15 +26,6 @@ CASES = [
     ("resnet18-6", "mse", 256, 16),
 ]
 LAYOUTS = {"NCHW": torch.contiguous_format, "NHWC": torch.channels_last}
-
-
-def timed(run: Callable[[], None], device: torch.device) -> float:
-    """Seconds that `run()` takes, device work included."""
-    sync(device)
-    started = time.perf_counter()
-    run()
-    sync(device)
-    return time.perf_counter() - started
 
 
 def compare(backbone: str, loss_name: str, size: int, batch: int, steps: int, device: torch.device) -> dict[str, tuple[float, float]]:
@@ -72,7 +61,7 @@ def compare(backbone: str, loss_name: str, size: int, batch: int, steps: int, de
     for step in range(steps + 1):
         for name in LAYOUTS:
             for kind, run in (("train", train), ("eval", evaluate)):
-                took = timed(functools.partial(run, name), device)
+                took = timed(functools.partial(run, name), device)[1]
                 if step:  # the first round warms up
                     seconds[name, kind].append(took)
     return {name: tuple(batch / statistics.median(seconds[name, kind]) for kind in ("train", "eval")) for name in LAYOUTS}

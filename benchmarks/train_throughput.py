@@ -31,12 +31,14 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 MIB = 2**20
+T = TypeVar("T")
 
 
 def peak_rss_mib() -> float:
@@ -104,13 +106,19 @@ class Step:
         self.total += loss.detach().double()
 
 
-def images_per_s(run: Callable[[], int], device: torch.device) -> float:
-    """Images per second of `run()`, which returns how many images it went through."""
+def timed(run: Callable[[], T], device: torch.device) -> tuple[T, float]:
+    """`run()`'s result and the seconds it took, the device's queued work included."""
     sync(device)
     started = time.perf_counter()
-    images = run()
+    result = run()
     sync(device)
-    return images / (time.perf_counter() - started)
+    return result, time.perf_counter() - started
+
+
+def images_per_s(run: Callable[[], int], device: torch.device) -> float:
+    """Images per second of `run()`, which returns how many images it went through."""
+    images, seconds = timed(run, device)
+    return images / seconds
 
 
 class Timed:
@@ -169,7 +177,7 @@ def bound_pipeline(images: np.ndarray, args: argparse.Namespace, batch: int, ste
     return Timed(step, itertools.repeat((L, ab)), batch, steps)
 
 
-def measure_row(files: list[Path], images: np.ndarray, args: argparse.Namespace, batch: int, steps: tuple[int, int], device: torch.device, precision: str) -> dict[str, list[float]]:
+def measure_row(files: list[Path], images: np.ndarray, args: argparse.Namespace, batch: int, steps: tuple[int, int], device: torch.device, precision: str) -> tuple[dict[str, list[float]], dict[str, float]]:
     """Images/s per round of the three pipelines and of the two data paths alone, interleaved: colorbench's epoch k,
     then bound, seed, colorbench's data path and the seed's data path once each.
 
@@ -177,7 +185,8 @@ def measure_row(files: list[Path], images: np.ndarray, args: argparse.Namespace,
     is fit's own per-epoch `train_images_per_s`. Interleaving puts a round's measurements within the same minute, so
     a drift of the machine's speed moves them together and cancels in the round's ratios. The data paths alone give
     each pipeline's data share of a step directly (pipeline rate / data rate), which end-to-end ratios on a noisy
-    machine cannot resolve when the share is a few per cent.
+    machine cannot resolve when the share is a few per cent. Returns the rates by name and, on CUDA, each
+    pipeline's peak allocation in MiB.
     """
     from colorbench.backbones import build_model
     from colorbench.config import TrainConfig
@@ -201,29 +210,28 @@ def measure_row(files: list[Path], images: np.ndarray, args: argparse.Namespace,
     rates: dict[str, list[float]] = {name: [] for name in ("colorbench", "epoch1", *others)}
     peaks: dict[str, float] = {}
 
-    def after_epoch(record: dict[str, float]) -> None:
+    def note_peak(name: str) -> None:
+        """On CUDA: fold the peak allocation since the last reset into `name`'s, and reset."""
         if cuda:
-            peaks["colorbench"] = max(peaks.get("colorbench", 0), torch.cuda.max_memory_allocated(device) / MIB)
+            peaks[name] = max(peaks.get(name, 0.0), torch.cuda.max_memory_allocated(device) / MIB)
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def after_epoch(record: dict[str, float]) -> None:
+        note_peak("colorbench")
         if record["epoch"] == 1:
             rates["epoch1"].append(record["train_images_per_s"])
-        else:
-            rates["colorbench"].append(record["train_images_per_s"])
-            for name, pipeline in others.items():
-                if cuda:
-                    torch.cuda.reset_peak_memory_stats(device)
-                rates[name].append(pipeline.measure())
-                if cuda:
-                    peaks[name] = max(peaks.get(name, 0), torch.cuda.max_memory_allocated(device) / MIB)
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(device)
+            return
+        rates["colorbench"].append(record["train_images_per_s"])
+        for name, pipeline in others.items():
+            rates[name].append(pipeline.measure())
+            note_peak(name)
 
     objective = LOSSES.build("mse", {})
     model = build_model("resnet18-6", {}, objective.out_channels).to(device)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     fit(model, objective, pool, torch.from_numpy(np.array(images[:batch])), cfg, on_epoch=after_epoch)
-    rates["gpu_peak_mib"] = [peaks.get(name, 0.0) for name in ("colorbench", "bound", "seed")]
-    return rates
+    return rates, peaks
 
 
 def cache_costs(files: list[Path], root: Path, size: int) -> tuple[np.ndarray, float, float]:
@@ -284,7 +292,7 @@ def main() -> None:
     ratios: dict[tuple[str, int], tuple[float, float]] = {}
     for precision in precisions:
         for batch in batches:
-            rates = measure_row(files, images, args, batch, (steps, seed_steps), device, precision)
+            rates, peaks = measure_row(files, images, args, batch, (steps, seed_steps), device, precision)
             if (precision, batch) == (precisions[0], batches[0]):
                 n = batch * steps
                 later = statistics.median(rates["colorbench"])
@@ -293,7 +301,7 @@ def main() -> None:
             vs_seed = [c / s for c, s in zip(rates["colorbench"], rates["seed"], strict=True)]
             vs_bound = [c / b for c, b in zip(rates["colorbench"], rates["bound"], strict=True)]
             ratios[precision, batch] = statistics.median(vs_seed), statistics.median(vs_bound)
-            gpu = "; GPU peak " + " / ".join(f"{m:.0f}" for m in rates["gpu_peak_mib"]) + " MiB" if cuda else ""
+            gpu = "; GPU peak " + " / ".join(f"{peaks.get(name, 0.0):.0f}" for name in ("colorbench", "bound", "seed")) + " MiB" if cuda else ""
             print(
                 f"{precision} batch {batch:4d}: seed {median['seed']:8.1f}  colorbench {median['colorbench']:8.1f}  bound {median['bound']:8.1f} img/s"
                 f"  | 2/1 {ratios[precision, batch][0]:.2f}  2/3 {ratios[precision, batch][1]:.2f}  | peak RSS {peak_rss_mib():.0f} MiB{gpu}"

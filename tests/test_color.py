@@ -199,7 +199,6 @@ def test_annealed_mean(device: str) -> None:
     assert (lowered - centres[3].view(1, 2, 1, 1)).norm() < (annealed_mean(sharp, centres, 1.0) - centres[3].view(1, 2, 1, 1)).norm()
 
 
-
 @pytest.mark.parametrize("log", [False, True])
 def test_softmax_channels_equals_softmax_over_dim_1_in_any_layout(log: bool) -> None:
     softmax = torch.log_softmax if log else torch.softmax
