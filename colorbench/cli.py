@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import signal
 import sys
-from importlib.metadata import entry_points
 
 from rich.table import Table
 
-from colorbench.errors import ColorbenchError, ConfigError
+from colorbench.errors import ColorbenchError
+from colorbench.executors import EXECUTORS, option_help
+from colorbench.plugins import load_plugins
 from colorbench.ui import console, quiet_libraries, stdout
-
-PLUGIN_GROUP = "colorbench.plugins"
-
-
-def load_plugins(modules: list[str]) -> None:
-    """Import installed `colorbench.plugins` entry points and each `--plugin` module (they register components)."""
-    for ep in entry_points(group=PLUGIN_GROUP):
-        ep.load()
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except ImportError as err:
-            raise ConfigError(f"cannot import plugin module {name!r}: {err}; check the name and that it is on PYTHONPATH") from None
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -47,12 +34,19 @@ def fmt(metrics: dict[str, float], key: str) -> str:
     return f"{mean:.3f} ± {std:.3f}" if std else f"{mean:.3f}"
 
 
-EXECUTOR_FLAGS = ("workers", "partition", "gpus_per_task", "time", "cluster", "address", "gpus_per_trial")
+def executor_flags() -> dict[str, str]:
+    """Every option of every registered executor -> its flag's help, naming the executors that take it (`name: help`)."""
+    flags: dict[str, list[str]] = {}
+    for name in EXECUTORS:
+        for key, text in option_help(name).items():
+            flags.setdefault(key, []).append(f"{name}: {text}")
+    return {key: "; ".join(texts) for key, texts in flags.items()}
 
 
 def executor_options(args: argparse.Namespace) -> dict[str, object]:
-    """The executor flags given on the command line (the executor rejects those it does not take)."""
-    return {flag: getattr(args, flag) for flag in EXECUTOR_FLAGS if getattr(args, flag) is not None}
+    """The executor flags given on the command line, as text (the executor checks and converts them, and rejects those it does not
+    take)."""
+    return {key: getattr(args, key) for key in executor_flags() if getattr(args, key, None) is not None}
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -179,14 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("grid", help="grid YAML file, e.g. configs/grid.yaml")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     run.add_argument("--dry-run", action="store_true", help="print the cells and fold count, train nothing")
-    run.add_argument("--executor", default="local", choices=("local", "process", "slurm", "ray"), help="where fold trainings run (default: local)")
-    run.add_argument("--workers", type=int, help="process: number of worker processes (default 2)")
-    run.add_argument("--partition", help="slurm: partition")
-    run.add_argument("--gpus-per-task", type=int, help="slurm: GPUs per fold job (default 0)")
-    run.add_argument("--time", type=int, metavar="MINUTES", help="slurm: time limit per fold job (default 120)")
-    run.add_argument("--cluster", help="slurm: submitit cluster, e.g. local to run the jobs as local processes (default: Slurm)")
-    run.add_argument("--address", help="ray: auto (running cluster), ray://HOST:10001, or omit to start a local Ray")
-    run.add_argument("--gpus-per-trial", type=float, help="ray: GPUs per fold task, fractions allowed (default 0)")
+    run.add_argument("--executor", default="local", choices=list(EXECUTORS), help="where fold trainings run (default: local)")
+    for key, text in executor_flags().items():
+        run.add_argument(f"--{key.replace('_', '-')}", dest=key, metavar=key.upper(), help=text)
     run.set_defaults(func=cmd_run)
     sea = sub.add_parser("search", parents=[common], help="run (or continue) an Optuna study over a search file's space")
     sea.add_argument("file", help="search YAML file, e.g. configs/search.yaml")
@@ -229,12 +218,19 @@ def stop_on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def plugin_modules(argv: list[str] | None) -> list[str]:
+    """The `--plugin` modules of a command line, read before the full parser exists (plugins may add executors and their flags)."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--plugin", action="append", default=[])
+    return early.parse_known_args(argv)[0].plugin
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    quiet_libraries()
     signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
-        load_plugins(args.plugin)
+        load_plugins(plugin_modules(argv))
+        args = build_parser().parse_args(argv)
+        quiet_libraries()
         return args.func(args)
     except ColorbenchError as err:
         console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)

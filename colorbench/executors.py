@@ -1,89 +1,57 @@
-"""Where fold trainings run: one interface, backends on engines users already run (a process pool, Slurm via submitit, Ray).
+"""Where fold trainings run: `local` (this process, the default), `process` (a local pool), `slurm` (submitit), `ray`.
 
-The local process stays the only one that claims cells and writes their parent runs; every fold training is a task that
-writes its own child run (tagged with the parent's id) to the same tracking store and returns its test metrics.
+The lifecycle (`colorbench.lifecycle.run_cells`) claims each cell and writes its parent run in the local process; an executor
+only runs fold tasks, each writing its own child run to the same tracking store, and yields their test metrics. Executors are a
+registry like the components, so a plugin can add one; the CLI builds `--executor` and its option flags from it. This module
+imports the training stack only when a task runs, so the CLI can read the registry quickly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import multiprocessing
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-import mlflow
-from mlflow.tracking import MlflowClient
-
-from colorbench import tracking
-from colorbench.config import Cell
 from colorbench.errors import ConfigError
 from colorbench.registry import Registry
-from colorbench.runner import CellOutcome, claim, log_cell_summary, prepare_data, print_fold, train_fold
-from colorbench.splitters import SPLITTERS, Fold
-from colorbench.train import resolve_device
-from colorbench.ui import console, progress, quiet_libraries
 
-TaskResult = dict[str, float] | BaseException
+if TYPE_CHECKING:
+    from colorbench.lifecycle import Executor, FoldTask, TaskResult, Workbench
 
-
-@dataclass(frozen=True)
-class FoldTask:
-    """One fold training of a claimed cell, self-contained so it can run in another process or on another machine."""
-
-    cell: Cell
-    fold: int
-    n_folds: int
-    parent_run_id: str
-    experiment_id: str
-    tracking_uri: str
+EXECUTORS: Registry[Executor] = Registry("executor")
 
 
-class Executor(Protocol):
-    """Runs fold tasks somewhere and yields each with its metrics (or the exception it raised) as it completes."""
-
-    def run(self, tasks: list[FoldTask]) -> Iterator[tuple[FoldTask, TaskResult]]: ...
-
-
-def close_earlier_attempts(client: MlflowClient, task: FoldTask) -> None:
-    """A retried task (its worker was lost) first closes the runs its earlier attempts left RUNNING."""
-    query = (
-        f"tags.mlflow.parentRunId = '{task.parent_run_id}' and tags.`{tracking.TAG_FOLD}` = '{task.fold}' and attributes.status = 'RUNNING'"
-    )
-    for run in client.search_runs([task.experiment_id], filter_string=query, max_results=100):
-        client.set_tag(run.info.run_id, tracking.TAG_FAILURE, "interrupted: its worker was lost; the task was retried")
-        client.set_terminated(run.info.run_id, status="KILLED")
+def option(default: Any, text: str) -> Any:
+    """An executor option with the help text the CLI shows for its flag."""
+    return field(default=default, metadata={"help": text})
 
 
-def run_fold_task(task: FoldTask) -> dict[str, float]:
-    """Worker side: load the data (the decode-once cache makes this cheap), train the fold in a child run, return its test metrics."""
-    quiet_libraries()
-    mlflow.set_tracking_uri(task.tracking_uri)
-    mlflow.set_experiment(experiment_id=task.experiment_id)
-    cell = task.cell
-    data = prepare_data(cell)
-    fold = SPLITTERS.build(cell.splitter.name, cell.splitter.options).split(data.pool, cell.seed)[task.fold]
-    close_earlier_attempts(MlflowClient(), task)
-    tags = {
-        **tracking.cell_tags(cell, data.fingerprint),
-        tracking.TAG_ROLE: "fold",
-        tracking.TAG_FOLD: str(fold.index),
-        "mlflow.parentRunId": task.parent_run_id,
-    }
-    label = " | ".join(cell.labels())
-    with progress(False) as bar, tracking.run(f"{label} | fold {fold.index}", tags, cell.flat_params()):
-        epochs = bar.add_task("epochs", total=cell.train.epochs, status="")
-        return train_fold(cell, fold, data, resolve_device(cell.train.device), bar, epochs)
+def option_help(name: str) -> dict[str, str]:
+    """Executor `name`'s options -> help text (its dataclass fields' `help`, else the option's name)."""
+    factory = EXECUTORS.get(name)
+    fields = {f.name: f for f in dataclasses.fields(factory)} if dataclasses.is_dataclass(factory) else {}
+    helps = {}
+    for key, param in EXECUTORS.options(name).items():
+        text = fields[key].metadata.get("help", key) if key in fields else key
+        helps[key] = text if param.default in (None, param.empty) else f"{text} (default {param.default})"
+    return helps
 
 
-def absolute_uri(uri: str) -> str:
-    """A relative SQLite URI made absolute, so workers with another working directory reach the same file."""
-    db = tracking.sqlite_path(uri)
-    return f"sqlite:///{db.resolve()}" if db is not None and not db.is_absolute() else uri
+@EXECUTORS.register("local")
+@dataclass
+class LocalExecutor:
+    """This process, one fold after another (the default)."""
+
+    def run(self, tasks: Iterable[FoldTask], bench: Workbench) -> Iterator[tuple[FoldTask, TaskResult]]:
+        from colorbench.lifecycle import run_here
+
+        return run_here(tasks, bench)
 
 
 def require(module: str, extra: str) -> Any:
@@ -92,9 +60,6 @@ def require(module: str, extra: str) -> Any:
         return importlib.import_module(module)
     except ImportError:
         raise ConfigError(f"this executor needs {module}: pip install 'colorbench[{extra}]'") from None
-
-
-EXECUTORS: Registry[Executor] = Registry("executor")
 
 
 def pin_gpu(counter: Any) -> None:
@@ -112,9 +77,11 @@ def pin_gpu(counter: Any) -> None:
 class ProcessExecutor:
     """A pool of `workers` local processes (several GPUs or CPU cores on one machine); they share the decode-once cache."""
 
-    workers: int = 2
+    workers: int = option(2, "number of worker processes")
 
-    def run(self, tasks: list[FoldTask]) -> Iterator[tuple[FoldTask, TaskResult]]:
+    def run(self, tasks: Iterable[FoldTask], bench: Workbench) -> Iterator[tuple[FoldTask, TaskResult]]:
+        from colorbench.lifecycle import run_fold_task
+
         context = multiprocessing.get_context("spawn")
         counter = context.Value("i", 0)
         with ProcessPoolExecutor(self.workers, mp_context=context, initializer=pin_gpu, initargs=(counter,)) as pool:
@@ -128,14 +95,16 @@ class ProcessExecutor:
 class SlurmExecutor:
     """One Slurm job per fold through submitit (`cluster: local` runs the same code path as local processes, without Slurm)."""
 
-    partition: str | None = None
-    gpus_per_task: int = 0
-    cpus_per_task: int = 2
-    time: int = 120  # minutes
-    folder: str = "slurm-logs"
-    cluster: str | None = None  # None: Slurm when available; "local" or "debug" for machines without it
+    partition: str | None = option(None, "partition")
+    gpus_per_task: int = option(0, "GPUs per fold job")
+    cpus_per_task: int = option(2, "CPUs per fold job")
+    time: int = option(120, "time limit per fold job, minutes")
+    folder: str = option("slurm-logs", "folder of the job logs")
+    cluster: str | None = option(None, "submitit cluster, e.g. local to run the jobs as local processes (default: Slurm)")
 
-    def run(self, tasks: list[FoldTask]) -> Iterator[tuple[FoldTask, TaskResult]]:
+    def run(self, tasks: Iterable[FoldTask], bench: Workbench) -> Iterator[tuple[FoldTask, TaskResult]]:
+        from colorbench.lifecycle import run_fold_task
+
         submitit = require("submitit", "slurm")
         executor = submitit.AutoExecutor(folder=self.folder, cluster=self.cluster)
         params: dict[str, Any] = {"timeout_min": self.time, "cpus_per_task": self.cpus_per_task, "gpus_per_node": self.gpus_per_task}
@@ -158,13 +127,15 @@ class SlurmExecutor:
 class RayExecutor:
     """Plain Ray tasks (not Ray Tune): `address` None starts a local Ray, `auto` joins the running cluster, or ray://HOST:10001."""
 
-    address: str | None = None
-    gpus_per_trial: float = 0.0
-    cpus_per_task: float = 1.0
-    max_retries: int = 3  # Ray re-runs a task whose worker died; its earlier attempt's run is closed KILLED
-    num_cpus: int | None = None  # CPUs of a local Ray started here
+    address: str | None = option(None, "auto (running cluster), ray://HOST:10001, or omit to start a local Ray")
+    gpus_per_trial: float = option(0.0, "GPUs per fold task, fractions allowed")
+    cpus_per_task: float = option(1.0, "CPUs per fold task")
+    max_retries: int = option(3, "re-runs of a task whose worker died (its earlier attempt's run is closed KILLED)")
+    num_cpus: int | None = option(None, "CPUs of a local Ray started here")
 
-    def run(self, tasks: list[FoldTask]) -> Iterator[tuple[FoldTask, TaskResult]]:
+    def run(self, tasks: Iterable[FoldTask], bench: Workbench) -> Iterator[tuple[FoldTask, TaskResult]]:
+        from colorbench.lifecycle import run_fold_task
+
         ray = require("ray", "ray")
         if not ray.is_initialized():
             local = {"num_cpus": self.num_cpus, "include_dashboard": False} if self.address is None else {}
@@ -181,89 +152,4 @@ class RayExecutor:
             except ray.exceptions.RayError as err:  # worker lost past its retries, or the cluster went away
                 yield task, err
 
-
-@dataclass
-class ClaimedCell:
-    """A cell this process claimed: its parent run, its folds' results so far, the first failure."""
-
-    cell: Cell
-    run_id: str
-    n_folds: int
-    results: dict[int, dict[str, float]] = field(default_factory=dict)
-    failure: str | None = None
-    done: int = 0
-
-
-def finish(claimed: ClaimedCell, gray: dict[str, float], fingerprint: str) -> dict[str, float]:
-    """All folds reported: log the fold means/stds and the model on the parent run and end it (FAILED with the reason on a failure)."""
-    cell = claimed.cell
-    if claimed.failure:
-        client = MlflowClient()
-        client.set_tag(claimed.run_id, tracking.TAG_FAILURE, claimed.failure[:5000])
-        client.set_terminated(claimed.run_id, status="FAILED")
-        return {}
-    tags = tracking.cell_tags(cell, fingerprint)
-    with tracking.run(" | ".join(cell.labels()), tags, cell.flat_params(), run_id=claimed.run_id) as run_id:
-        return log_cell_summary(run_id, [claimed.results[i] for i in sorted(claimed.results)], gray)
-
-
-def kill_unfinished(claims: dict[str, ClaimedCell]) -> None:
-    """Ctrl-C or a crash of the coordinator: its claimed, unfinished cell runs end KILLED (a rerun retrains them)."""
-    client = MlflowClient()
-    for claimed in claims.values():
-        if claimed.done < claimed.n_folds:
-            client.set_tag(claimed.run_id, tracking.TAG_FAILURE, "interrupted: the coordinating process stopped")
-            client.set_terminated(claimed.run_id, status="KILLED")
-
-
-def run_cells(
-    executor: Executor,
-    cells: list[Cell],
-    splits: dict[str, list[Fold]],
-    experiment_id: str,
-    tracking_uri: str,
-    gray: dict[str, float],
-    fingerprint: str,
-) -> dict[str, CellOutcome]:
-    """Claim each cell, send every fold of the claimed ones to `executor`, finish each cell as its last fold reports."""
-    outcomes: dict[str, CellOutcome] = {}
-    claims: dict[str, ClaimedCell] = {}
-    uri = absolute_uri(tracking_uri)
-    with ExitStack() as stack:
-        for cell in cells:
-            outcome = claim(cell, experiment_id, tracking.cell_tags(cell, fingerprint))
-            if outcome.skipped:
-                outcomes[cell.id] = outcome
-                continue
-            stack.enter_context(tracking.heartbeat(outcome.run_id))
-            claims[cell.id] = ClaimedCell(cell, outcome.run_id, len(splits[cell.id]))
-        tasks = [
-            FoldTask(c.cell, fold.index, c.n_folds, c.run_id, experiment_id, uri) for c in claims.values() for fold in splits[c.cell.id]
-        ]
-        try:
-            with progress() as bar:
-                folds_task = bar.add_task("folds", total=len(tasks), status=type(executor).__name__)
-                for task, result in executor.run(tasks):
-                    claimed = claims[task.cell.id]
-                    claimed.done += 1
-                    report_fold(task, result, claimed)
-                    bar.advance(folds_task)
-                    if claimed.done == claimed.n_folds:
-                        metrics = finish(claimed, gray, fingerprint)
-                        outcomes[task.cell.id] = CellOutcome(claimed.cell, claimed.run_id, metrics, claimed.failure)
-        except BaseException:
-            kill_unfinished(claims)
-            raise
-    return outcomes
-
-
-def report_fold(task: FoldTask, result: TaskResult, claimed: ClaimedCell) -> None:
-    """Record one fold's result on its cell and print it."""
-    label = " | ".join(task.cell.labels())
-    if isinstance(result, BaseException):
-        claimed.failure = claimed.failure or f"fold {task.fold}: {type(result).__name__}: {result}"
-        console.print(f"  [red]{task.cell.id} {label} fold {task.fold + 1}/{task.n_folds} failed[/]: {result}", highlight=False)
-        return
-    claimed.results[task.fold] = result
-    print_fold(task.cell, task.fold, task.n_folds, result)
 

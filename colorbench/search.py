@@ -4,109 +4,27 @@ from __future__ import annotations
 
 import multiprocessing
 import statistics
-import time
+import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import mlflow
 import numpy as np
 import optuna
-import torch
 from mlflow.tracking import MlflowClient
-from rich.progress import Progress, TaskID
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError
 
 from colorbench import tracking
-from colorbench.errors import ConfigError, DivergedError, TrialPruned
-from colorbench.runner import PreparedData, gray_baseline, log_cell_summary, prepare_data, report_skipped, train_fold
+from colorbench.errors import CellFailed, ColorbenchError, ConfigError, TrialPruned
+from colorbench.lifecycle import CellRun, PreparedData, Workbench, abort_all, gray_baseline, prepare_data, report_skipped, run_here
+from colorbench.plugins import load_plugins, loaded_plugins
 from colorbench.search_engines import PRUNERS, SAMPLERS
 from colorbench.search_space import Search
 from colorbench.splitters import SPLITTERS, Fold
+from colorbench.studies import USER_ATTR_RUN, default_storage, open_storage, save_study_figures, shown
+from colorbench.tracking import TAG_SAMPLED, TAG_STATE, TAG_STORAGE, TAG_STUDY, TAG_TRIAL  # noqa: F401 - TAG_STATE: report.py imports it from here
 from colorbench.train import resolve_device
 from colorbench.ui import console, progress, quiet_libraries
-
-TAG_STUDY = "colorbench.study"
-TAG_TRIAL = "colorbench.trial"
-TAG_STATE = "colorbench.trial_state"  # COMPLETE, PRUNED or FAIL, as in Optuna
-TAG_STORAGE = "colorbench.optuna_storage"  # password hidden
-TAG_SAMPLED = "colorbench.sampled"  # the trial's sampled values, `key=value` separated by spaces
-USER_ATTR_RUN = "mlflow_run_id"
-JOURNAL_PREFIX = "journal:"
-STUDY_FIGURES = {
-    "optuna_history.png": "plot_optimization_history",
-    "optuna_importances.png": "plot_param_importances",
-    "optuna_parallel.png": "plot_parallel_coordinate",
-    "optuna_intermediate.png": "plot_intermediate_values",
-}
-
-
-def default_storage(tracking_uri: str, n_workers: int) -> str:
-    """Beside the MLflow SQLite file (else in the working directory): `optuna.db`, or a journal file for several workers.
-
-    SQLite under concurrent writers fails with "database is locked"; Optuna's journal file takes file locks instead.
-    An existing journal file keeps being used, so a study started with several workers resumes with one.
-    """
-    db = tracking.sqlite_path(tracking_uri)
-    folder = db.parent if db is not None else Path(".")
-    journal = folder / "optuna-journal.log"
-    if n_workers > 1 or journal.exists():
-        return f"{JOURNAL_PREFIX}{journal}"
-    return f"sqlite:///{folder / 'optuna.db'}"
-
-
-def shown(storage: str) -> str:
-    """The storage URL with any password hidden (safe to print and to tag runs with)."""
-    if storage.startswith(JOURNAL_PREFIX):
-        return storage
-    try:
-        return make_url(storage).render_as_string(hide_password=True)
-    except ArgumentError:
-        return storage
-
-
-def rdb_storage(url: str, attempts: int = 3) -> optuna.storages.RDBStorage:
-    """An RDB storage with trial heartbeats (a process killed mid-trial stops beating; the next start fails that trial).
-
-    Machines starting together on an empty database race to create Optuna's tables; the loser retries and finds them.
-    """
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-
-    def connect() -> optuna.storages.RDBStorage:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=60, grace_period=180)
-
-    for attempt in range(attempts - 1):
-        try:
-            return connect()
-        except (IntegrityError, ProgrammingError):
-            time.sleep(1 + attempt)
-    return connect()
-
-
-def open_storage(storage: str) -> optuna.storages.BaseStorage:
-    """`journal:PATH` (or a `.log` path) -> a journal file; `dialect://...` -> an RDB storage with trial heartbeats."""
-    try:
-        if storage.startswith(JOURNAL_PREFIX) or storage.endswith(".log"):
-            path = Path(storage.removeprefix(JOURNAL_PREFIX)).expanduser()
-            if not path.parent.is_dir():
-                raise ConfigError(f"folder {path.parent} of the Optuna journal file does not exist; create it or pass another --storage")
-            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-        if "://" not in storage:
-            raise ConfigError(f"--storage {storage!r} is neither a database URL (sqlite:///optuna.db, postgresql://...) nor journal:FILE")
-        return rdb_storage(storage)
-    except ConfigError:
-        raise
-    except Exception as err:  # noqa: BLE001 - missing driver, unreachable server, bad URL: one line before any training
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"cannot open Optuna storage {shown(storage)}: {first}") from None
 
 
 def open_study(search: Search, storage: str, study_name: str) -> optuna.Study:
@@ -158,25 +76,28 @@ class FoldAveragedReporter:
 
 @dataclass
 class TrialContext:
-    """What every trial of one worker shares: the search, the data, the fixed folds, the device, the display."""
+    """What every trial of one worker shares: the search, its study and stores, the data, the fixed folds, the workbench."""
 
     search: Search
     study_name: str
     storage: str
-    data: PreparedData
+    experiment_id: str
+    tracking_uri: str
     folds: list[Fold]
     gray: dict[str, float]
-    device: torch.device
-    bar: Progress
-    tasks: dict[str, TaskID] = field(default_factory=dict)
+    bench: Workbench
+
+    @property
+    def data(self) -> PreparedData:
+        return self.bench.data
 
 
 def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
-    """Train one sampled configuration on every fold inside one MLflow run (one child run per fold); return its objective."""
+    """One sampled configuration through the cell lifecycle: a trial run (a cell run that is not claimed), one child run per fold
+    trained here, then the cell's summary and model; returns its objective. A failed fold raises CellFailed (the trial FAILs, the
+    study goes on); a pruned one TrialPruned."""
     values = ctx.search.sample(trial)
     cell = ctx.search.cell(values)
-    objective = ctx.search.config.objective.metric
-    label = " | ".join(cell.labels())
     tags = {
         **tracking.cell_tags(cell, ctx.data.fingerprint),
         tracking.TAG_ROLE: "trial",
@@ -185,27 +106,24 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
         TAG_STORAGE: shown(ctx.storage),
         TAG_SAMPLED: format_values(values),
     }
-    params = cell.flat_params()
-    state = "FAIL"
-    with tracking.run(f"trial {trial.number} | {label}", tags, params) as run_id:
+    name = f"trial {trial.number}"
+    with tracking.store_guard(ctx.tracking_uri):
+        run_id = tracking.create_run(ctx.experiment_id, f"{name} | {' | '.join(cell.labels())}", tags, cell.flat_params())
         trial.set_user_attr(USER_ATTR_RUN, run_id)
+        held = CellRun(cell, run_id, name, tags, ctx.folds)
+        reporter = FoldAveragedReporter(trial, ctx.search.config.objective.metric, cell.train.epochs, run_id)
         try:
-            reporter = FoldAveragedReporter(trial, objective, cell.train.epochs, run_id)
-            ctx.bar.reset(ctx.tasks["fold"], total=len(ctx.folds), status=label)
-            results = []
-            for fold in ctx.folds:
-                fold_tags = {**tags, tracking.TAG_ROLE: "fold", tracking.TAG_FOLD: str(fold.index)}
-                with tracking.run(f"trial {trial.number} | fold {fold.index}", fold_tags, params, nested=True):
-                    results.append(train_fold(cell, fold, ctx.data, ctx.device, ctx.bar, ctx.tasks["epoch"], reporter))
+            for task, result in run_here(held.tasks(ctx.experiment_id, ctx.tracking_uri), replace(ctx.bench, after_epoch=reporter)):
+                held.record(task, result)
                 reporter.end_fold()
-                ctx.bar.advance(ctx.tasks["fold"])
-            log_cell_summary(run_id, results, ctx.gray, {"objective": reporter.value})
-            state = "COMPLETE"
-        except TrialPruned:
-            state = "PRUNED"
+            held.finish(ctx.gray, {"objective": reporter.value} if held.error is None else None)
+        except BaseException as err:
+            abort_all([held], err)
             raise
-        finally:
-            mlflow.set_tag(TAG_STATE, state)
+    if isinstance(held.error, TrialPruned):
+        raise held.error
+    if held.error is not None:
+        raise CellFailed(held.failure)
     return reporter.value
 
 
@@ -245,8 +163,7 @@ def close_orphan_runs(experiment_id: str, study: optuna.Study) -> int:
     query = f"tags.`{TAG_STUDY}` = '{study.study_name}' and attributes.status = 'RUNNING'"
     orphans = [r for r in client.search_runs([experiment_id], filter_string=query, max_results=10000) if r.data.tags.get(TAG_TRIAL) in ended]
     for run in orphans:
-        client.set_tag(run.info.run_id, tracking.TAG_FAILURE, "interrupted: the process ended before the trial finished")
-        client.set_terminated(run.info.run_id, status="KILLED")
+        tracking.close_run(run.info.run_id, "KILLED", "interrupted: the process ended before the trial finished")
     return len(orphans)
 
 
@@ -277,26 +194,30 @@ def optimize(
         report_skipped(data.skipped)
         console.print(f"Data: {len(data.pool)} training-pool images, {len(data.test)} test images; {len(folds)} fold(s); device {device}.")
     with progress(interactive) as bar:
-        ctx = TrialContext(search, study_name, storage, data, folds, gray_baseline(data.test), device, bar)
-        ctx.tasks = {
-            "trials": bar.add_task("trials", total=n_trials, status=""),
-            "fold": bar.add_task("folds", total=len(folds), status=""),
-            "epoch": bar.add_task("epochs", total=cfg.train.epochs, status=""),
-        }
+        bench = Workbench(data, device, bar)
+        ctx = TrialContext(search, study_name, storage, experiment_id, tracking.absolute_uri(tracking_uri), folds, gray_baseline(data.test), bench)
+        trials_bar = bar.add_task("trials", total=n_trials, status="")
 
         def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-            bar.advance(ctx.tasks["trials"])
+            bar.advance(trials_bar)
             trial_line(study, trial)
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.optimize(trial_objective(ctx), n_trials=n_trials, timeout=timeout, catch=(DivergedError,), callbacks=[after_trial])
+            study.optimize(trial_objective(ctx), n_trials=n_trials, timeout=timeout, catch=(CellFailed,), callbacks=[after_trial])
 
 
-def worker_main(search: Search, storage: str, study_name: str, n_trials: int, timeout: float | None, tracking_uri: str, worker: int) -> None:
-    """Entry point of a worker process (spawned, so CUDA and MLflow start fresh)."""
+def worker_main(
+    search: Search, storage: str, study_name: str, n_trials: int, timeout: float | None, tracking_uri: str, worker: int, plugins: list[str]
+) -> None:
+    """Entry point of a worker process (spawned, so CUDA and MLflow start fresh): the parent's plugins first, errors as one line."""
     quiet_libraries()
-    optimize(search, storage, study_name, n_trials, timeout, tracking_uri, worker, interactive=False)
+    try:
+        load_plugins(plugins)
+        optimize(search, storage, study_name, n_trials, timeout, tracking_uri, worker, interactive=False)
+    except ColorbenchError as err:
+        console.print(f"[red]error:[/] worker {worker}: {err}", highlight=False, soft_wrap=True)
+        sys.exit(1)
 
 
 def run_workers(search: Search, storage: str, study_name: str, n_trials: int, timeout: float | None, tracking_uri: str, n_workers: int) -> None:
@@ -304,7 +225,9 @@ def run_workers(search: Search, storage: str, study_name: str, n_trials: int, ti
     shares = [n_trials // n_workers + (w < n_trials % n_workers) for w in range(n_workers)]
     context = multiprocessing.get_context("spawn")
     workers = [
-        context.Process(target=worker_main, args=(search, storage, study_name, share, timeout, tracking_uri, w), name=f"colorbench-worker-{w}")
+        context.Process(
+            target=worker_main, args=(search, storage, study_name, share, timeout, tracking_uri, w, loaded_plugins()), name=f"colorbench-worker-{w}"
+        )
         for w, share in enumerate(shares)
         if share
     ]
@@ -329,29 +252,6 @@ class SearchOutcome:
     best_run_id: str | None
     figures: list[Path]
     skipped_figures: dict[str, str]
-
-
-def save_study_figures(study: optuna.Study, out_dir: Path) -> tuple[list[Path], dict[str, str]]:
-    """Optuna's own plots (history, importances, parallel coordinates, intermediate values) as PNGs; why any was skipped."""
-    import optuna.visualization.matplotlib as plots
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written, skipped = [], {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for filename, function in STUDY_FIGURES.items():
-            try:
-                axes = getattr(plots, function)(study)
-            except (ValueError, RuntimeError, ZeroDivisionError) as err:
-                skipped[filename] = str(err).splitlines()[0] if str(err) else type(err).__name__
-                continue
-            figure = np.ravel(axes)[0].figure
-            figure.set_size_inches(max(figure.get_size_inches()[0], 9), max(figure.get_size_inches()[1], 5))
-            figure.tight_layout()
-            figure.savefig(out_dir / filename, dpi=110)
-            plt.close(figure)
-            written.append(out_dir / filename)
-    return written, skipped
 
 
 def run_search(

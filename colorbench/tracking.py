@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -13,15 +14,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import mlflow
 import pandas as pd
-from mlflow.entities import Run, RunStatus
+import requests
+from mlflow.entities import Param, Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
+from sqlalchemy.exc import OperationalError
 
 try:
     import fcntl
@@ -29,14 +32,27 @@ except ImportError:  # Windows: claims fall back to the settle delay
     fcntl = None
 
 import colorbench
-from colorbench.config import Cell
-from colorbench.errors import ColorbenchError, ConfigError, TrialPruned
+from colorbench.errors import ColorbenchError, ConfigError, StoreError, TrialPruned
+from colorbench.plugins import loaded_plugins
 
-TAG_ROLE = "colorbench.role"  # "cell" (parent run) or "fold" (child run)
+if TYPE_CHECKING:
+    from colorbench.config import Cell
+
+TAG_ROLE = "colorbench.role"  # "cell" or "trial" (parent run), "fold" (child run)
 PARENT_ROLES = ("cell", "trial")  # runs whose children are fold runs: a grid cell, a search trial
+TAG_PARENT = "mlflow.parentRunId"  # MLflow's own: a fold run's cell or trial run
 TAG_CELL = "colorbench.cell_id"
 TAG_FOLD = "colorbench.fold"
 TAG_FAILURE = "colorbench.failure"
+TAG_VERSION = "colorbench.version"
+TAG_COMMIT = "colorbench.git_commit"
+TAG_FINGERPRINT = "colorbench.data_fingerprint"
+TAG_PLUGINS = "colorbench.plugins"  # plugin modules loaded when the run started, comma-separated (empty: none)
+TAG_STUDY = "colorbench.study"  # search trials (and their fold runs): the Optuna study
+TAG_TRIAL = "colorbench.trial"  # the Optuna trial number
+TAG_STATE = "colorbench.trial_state"  # COMPLETE, PRUNED or FAIL, as in Optuna
+TAG_STORAGE = "colorbench.optuna_storage"  # password hidden
+TAG_SAMPLED = "colorbench.sampled"  # the trial's sampled values, `key=value` separated by spaces
 TAG_CLAIM_HOST = "colorbench.claim.host"  # a cell run's claim: the host and pid of the process training it
 TAG_CLAIM_PID = "colorbench.claim.pid"
 TAG_HEARTBEAT = "colorbench.heartbeat"  # unix time, refreshed every HEARTBEAT_SECONDS while the claim is held
@@ -213,8 +229,7 @@ def close_stale_runs(experiment_id: str, cell_id: str) -> int:
         owner = cells.get(run.info.run_id) or cells.get(run.data.tags.get("mlflow.parentRunId", ""))  # the cell run itself, or a fold's
         if run.info.status != "RUNNING" or owner is None or owner.info.run_id in live:
             continue
-        client.set_tag(run.info.run_id, TAG_FAILURE, f"interrupted: its process ({holder(owner)}) ended before the run finished")
-        client.set_terminated(run.info.run_id, status="KILLED")
+        close_run(run.info.run_id, "KILLED", f"interrupted: its process ({holder(owner)}) ended before the run finished")
         closed += 1
     return closed
 
@@ -264,7 +279,7 @@ def heartbeat(run_id: str, every: float = HEARTBEAT_SECONDS) -> Iterator[None]:
             try:
                 client.set_tag(run_id, TAG_HEARTBEAT, str(time.time()))
             except Exception as err:  # noqa: BLE001 - a missed beat is retried; a claim goes stale only after stale_after() s without one
-                logging.getLogger(__name__).warning("heartbeat of run %s failed: %s", run_id, err)
+                logging.getLogger(__name__).debug("heartbeat of run %s failed: %s", run_id, err)
 
     thread = threading.Thread(target=beat, name=f"colorbench-heartbeat-{run_id[:8]}", daemon=True)
     _held.add(run_id)
@@ -287,36 +302,130 @@ def git_commit() -> str:
 
 
 def cell_tags(cell: Cell, fingerprint: str) -> dict[str, str]:
+    """The tags every run of a cell carries (its cell or trial run and each fold run): id, version, commit, data, plugins."""
     return {
         TAG_CELL: cell.id,
-        "colorbench.version": colorbench.__version__,
-        "colorbench.git_commit": git_commit(),
-        "colorbench.data_fingerprint": fingerprint,
+        TAG_VERSION: colorbench.__version__,
+        TAG_COMMIT: git_commit(),
+        TAG_FINGERPRINT: fingerprint,
+        TAG_PLUGINS: ",".join(loaded_plugins()),
     }
 
 
+def fold_tags(parent_tags: dict[str, str], fold: int, parent_run_id: str) -> dict[str, str]:
+    """A fold run's tags: its cell or trial run's, with role `fold`, the fold index and the parent run."""
+    return {**parent_tags, TAG_ROLE: "fold", TAG_FOLD: str(fold), TAG_PARENT: parent_run_id}
+
+
+def plugins_of(tags: dict[str, str]) -> list[str]:
+    """The plugin modules a run recorded (TAG_PLUGINS)."""
+    return [name for name in tags.get(TAG_PLUGINS, "").split(",") if name]
+
+
+def failure_reason(error: BaseException) -> str:
+    """`Type: message` of the exception that ended a run (tagged as TAG_FAILURE)."""
+    return f"{type(error).__name__}: {str(error) or 'the process was stopped'}"
+
+
 def status_for(error: BaseException | None) -> str:
-    """MLflow run status for how a block ended."""
+    """MLflow run status for how a block ended: KILLED when stopped (Ctrl-C, SIGTERM, pruned, the store failed), else FAILED."""
     if error is None:
         return RunStatus.to_string(RunStatus.FINISHED)
-    if isinstance(error, (KeyboardInterrupt, SystemExit, TrialPruned)):
+    if isinstance(error, (KeyboardInterrupt, SystemExit, TrialPruned, StoreError)) or store_failed(error):
         return RunStatus.to_string(RunStatus.KILLED)
     return RunStatus.to_string(RunStatus.FAILED)
 
 
+def close_run(run_id: str, status: str, reason: str | None = None) -> None:
+    """End run `run_id` with `status` (FINISHED, FAILED, KILLED), tagging `reason` (TAG_FAILURE) first. When it is the active
+    run, it stops being active even if the store fails on the way."""
+    active = mlflow.active_run()
+    try:
+        if reason:
+            MlflowClient().set_tag(run_id, TAG_FAILURE, reason[:5000])
+    finally:
+        if active is not None and active.info.run_id == run_id:
+            mlflow.end_run(status)  # pops the active run before it writes
+        else:
+            MlflowClient().set_terminated(run_id, status)
+
+
+def create_run(experiment_id: str, name: str, tags: dict[str, str], params: dict[str, Any]) -> str:
+    """A new RUNNING run (not the active one) with `tags` and `params`; returns its id."""
+    client = MlflowClient()
+    run_id = client.create_run(experiment_id, tags=resolve_tags(tags), run_name=name).info.run_id
+    log_params(run_id, params)
+    return run_id
+
+
+def log_params(run_id: str, params: dict[str, Any]) -> None:
+    """Log `params` on run `run_id` (which need not be active)."""
+    MlflowClient().log_batch(run_id, params=[Param(key, str(value)) for key, value in params.items()])
+
+
 @contextmanager
-def run(name: str, tags: dict[str, str], params: dict[str, Any], nested: bool = False, run_id: str | None = None) -> Iterator[str]:
-    """Start a run (or resume `run_id`, e.g. a claimed cell run) and end it FINISHED, FAILED (reason tagged) or KILLED (Ctrl-C) as the
-    block ends; yields its id."""
-    active = mlflow.start_run(run_id=run_id, run_name=None if run_id else name, tags=tags, nested=nested)
-    mlflow.log_params(params)
+def run(name: str, tags: dict[str, str], params: dict[str, Any], run_id: str | None = None) -> Iterator[str]:
+    """Start a run (or resume `run_id`, e.g. a cell run at its end) as the active run and end it FINISHED, FAILED (reason tagged) or
+    KILLED (Ctrl-C, SIGTERM, a failed store) as the block ends; yields its id."""
+    active = mlflow.start_run(run_id=run_id, run_name=None if run_id else name, tags=tags)
+    if params:
+        mlflow.log_params(params)
     try:
         yield active.info.run_id
     except BaseException as err:
-        mlflow.set_tag(TAG_FAILURE, f"{type(err).__name__}: {err}"[:5000])
-        mlflow.end_run(status_for(err))
+        close_run(active.info.run_id, status_for(err), failure_reason(err))
         raise
     mlflow.end_run(status_for(None))
+
+
+def absolute_uri(uri: str) -> str:
+    """A relative SQLite URI made absolute, so workers with another working directory reach the same file."""
+    db = sqlite_path(uri)
+    return f"sqlite:///{db.resolve()}" if db is not None and not db.is_absolute() else uri
+
+
+def store_failed(error: BaseException) -> bool:
+    """Whether `error` is the tracking store failing (a locked or full database, a server that does not answer, a full disk) rather
+    than the training."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if isinstance(error, (OperationalError, requests.exceptions.ConnectionError)):
+        return True
+    if isinstance(error, MlflowException):
+        return error.error_code == "TEMPORARILY_UNAVAILABLE" or error.message.startswith("API request to ")
+    return False
+
+
+def store_error(uri: str, error: BaseException) -> StoreError:
+    """One line naming the failed store, what it said and the fix."""
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else type(error).__name__
+    lowered = text.lower()
+    if "full" in lowered or isinstance(error, OSError):
+        fix = "free space on its disk"
+    elif "locked" in lowered:
+        fix = "end the program that holds the database locked (several machines should share an MLflow server, not a SQLite file)"
+    elif "api request" in lowered or "connect" in lowered:
+        fix = "check that the MLflow server is running and reachable"
+    else:
+        fix = "check the store"
+    return StoreError(
+        f"the MLflow tracking store {uri} failed ({first[:300]}): {fix}, then run the same command again to resume; "
+        "the interrupted cells are retrained"
+    )
+
+
+@contextmanager
+def store_guard(uri: str) -> Iterator[None]:
+    """Inside the block, a failure of the tracking store at `uri` becomes one StoreError line (see `store_error`)."""
+    try:
+        yield
+    except ColorbenchError:
+        raise
+    except Exception as err:
+        if not store_failed(err):
+            raise
+        raise store_error(uri, err) from None
 
 
 def log_history(history: list[dict[str, float]]) -> None:

@@ -18,8 +18,8 @@ from colorbench.backbones import build_model
 from colorbench.color import lab_to_rgb
 from colorbench.config import TrainConfig, expand, parse_experiment
 from colorbench.errors import DataError
+from colorbench.lifecycle import prepare_data
 from colorbench.losses import LOSSES
-from colorbench.runner import prepare_data
 from colorbench.splitters import SPLITTERS
 from colorbench.train import autocast_dtype, epoch_draws, fit, stage, train_batches
 

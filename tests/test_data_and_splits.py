@@ -13,7 +13,7 @@ from PIL import Image
 from colorbench.config import expand, parse_experiment
 from colorbench.data import SOURCES
 from colorbench.errors import ConfigError, DataError
-from colorbench.runner import prepare_data
+from colorbench.lifecycle import prepare_data
 from colorbench.splitters import SPLITTERS, carve_test
 
 

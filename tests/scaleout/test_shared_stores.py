@@ -19,7 +19,6 @@ from test_search import TINY_SEARCH
 from colorbench import tracking
 from colorbench.config import parse_experiment
 from colorbench.runner import run_grid
-from colorbench.search import TAG_TRIAL
 
 pytestmark = pytest.mark.scaleout
 
@@ -40,7 +39,7 @@ def test_two_search_processes_extend_one_postgresql_study(postgres: Callable[[st
     for i in range(2):
         client = MlflowClient(f"sqlite:///{tmp_path / f'mlflow{i}.db'}")
         experiment_id = client.get_experiment_by_name("tiny-search").experiment_id
-        trials_per_store.append({int(r.data.tags[TAG_TRIAL]) for r in client.search_runs([experiment_id], f"tags.`{TAG_TRIAL}` != ''")})
+        trials_per_store.append({int(r.data.tags[tracking.TAG_TRIAL]) for r in client.search_runs([experiment_id], f"tags.`{tracking.TAG_TRIAL}` != ''")})
     assert trials_per_store[0] | trials_per_store[1] == {0, 1, 2, 3} and not trials_per_store[0] & trials_per_store[1]
 
 

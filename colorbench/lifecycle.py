@@ -1,0 +1,469 @@
+"""The one lifecycle of a cell, for the grid (`runner`), each search trial (`search`) and every executor (`executors`).
+
+1. Prepare the data once (`prepare_data`; the decode-once cache makes it cheap in a worker too) and the gray baseline.
+2. Hold the cell's parent run: claimed for a grid cell (`claim`), created for a search trial (`CellRun`).
+3. Train its folds where an executor puts them: each `FoldTask` trains in its own fold run (`run_fold`), in this process
+   (`run_here`) or in a worker (`run_fold_task`).
+4. Finish the cell (`CellRun.finish`): fold means/stds, the gray baseline and the best fold's model, run FINISHED.
+
+One failure policy: any exception in a fold fails that cell (its run FAILED, the reason in `colorbench.failure`) and the grid or
+search goes on; a pruned trial ends KILLED (Optuna: PRUNED); Ctrl-C and SIGTERM end the open runs KILLED; a failure of the
+tracking store itself ends the grid with one StoreError line (`tracking.store_guard`).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import mlflow
+import numpy as np
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+from rich.progress import Progress, TaskID
+
+from colorbench import tracking
+from colorbench.atomic import atomic_path
+from colorbench.backbones import ColorizationNet, build_model
+from colorbench.color import lab_to_rgb
+from colorbench.colorize import log_cell_model
+from colorbench.components import LOSSES
+from colorbench.config import Cell, Experiment
+from colorbench.data import SOURCES, ImageSet, gray_rgb, lab_batch
+from colorbench.errors import DivergedError, StoreError, TrialPruned
+from colorbench.losses import Objective
+from colorbench.metrics import ColorizationMetrics
+from colorbench.plots import image_grid, loss_curves
+from colorbench.plugins import load_plugins, loaded_plugins
+from colorbench.splitters import Fold, carve_test
+from colorbench.train import EpochCallback, FoldResult, evaluate, fit, resolve_device
+from colorbench.ui import console, progress, quiet_libraries
+
+SAMPLE_IMAGES = 6  # test images shown in panels and kept as test_samples.npz
+MAX_AB_RMSE = 1000.0  # Lab units: real colours lie within about 260 of each other in ab, so a larger error means the model blew up
+
+
+@dataclass
+class PreparedData:
+    """The training pool and the fixed test set, shared by every cell of an experiment."""
+
+    pool: ImageSet
+    test: ImageSet
+    fingerprint: str
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def prepare_data(exp: Experiment | Cell) -> PreparedData:
+    """Decode the data once and carve out the test set (or load `test_data`) identically for every cell."""
+    data = SOURCES.build(exp.data.source, exp.data.options)
+    skipped = list(data.skipped)
+    if exp.test_data is not None:
+        pool, test = data, SOURCES.build(exp.test_data.source, exp.test_data.options)
+        skipped += test.skipped
+    else:
+        pool_idx, test_idx = carve_test(data, exp.test_fraction, exp.seed)
+        pool, test = data.subset(pool_idx), data.subset(test_idx)
+    fingerprint = hashlib.sha1((pool.fingerprint() + test.fingerprint()).encode()).hexdigest()[:16]
+    return PreparedData(pool, test, fingerprint, skipped)
+
+
+def report_skipped(skipped: list[tuple[str, str]]) -> None:
+    """Name (up to 10) and count the files that could not be used."""
+    if not skipped:
+        return
+    console.print(f"[yellow]Skipped {len(skipped)} file(s):[/]")
+    for name, reason in skipped[:10]:
+        console.print(f"  {name}: {reason}")
+    if len(skipped) > 10:
+        console.print(f"  ... and {len(skipped) - 10} more")
+
+
+@torch.no_grad()
+def predict_rgb(model: ColorizationNet, objective: Objective, images: torch.Tensor) -> np.ndarray:
+    """uint8 (N,H,W,3) -> colorized float RGB (N,H,W,3) in [0,1], from the images' own L."""
+    model.eval()
+    L, _ = lab_batch(images.to(next(model.parameters()).device))
+    ab = objective.decode(model(L))
+    return lab_to_rgb(torch.cat([L, ab], dim=1)).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def gray_baseline(test: ImageSet) -> dict[str, float]:
+    """Metrics of predicting ab = 0 (a plain gray image): the bar every model must clear."""
+    meter = ColorizationMetrics()
+    for start in range(0, len(test), 64):
+        L, ab = lab_batch(torch.from_numpy(test.images[start : start + 64]))
+        meter.update(L, torch.zeros_like(ab), ab)
+    return meter.compute()
+
+
+@dataclass
+class CellOutcome:
+    """How one cell ended: its parent run, fold-mean/std test metrics, or the failure."""
+
+    cell: Cell
+    run_id: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    failure: str | None = None
+    skipped: bool = False
+    elsewhere: str = ""  # host:pid of the process that trained (or is training) it instead of this one
+
+
+def write_fold_artifacts(
+    folder: Path,
+    cell: Cell,
+    fold: Fold,
+    result: FoldResult,
+    per_image: list[dict[str, float]],
+    model: ColorizationNet,
+    objective: Objective,
+    test: ImageSet,
+) -> None:
+    """Loss curve, test panel and samples, checkpoint, resolved config and per-image test metrics of one fold."""
+    loss_curves(result.history, folder / "loss_curve.png", result.best_epoch)
+    truth = test.images[:SAMPLE_IMAGES]
+    predicted = (predict_rgb(model, objective, torch.from_numpy(truth)) * 255).round().astype(np.uint8)
+    names = [Path(n).name for n in test.names[:SAMPLE_IMAGES]]
+    np.savez_compressed(folder / "test_samples.npz", truth=truth, predicted=predicted, names=np.array(names))
+    gray = gray_rgb(truth)
+    image_grid([list(row) for row in zip(gray, predicted, truth, strict=True)], ["gray input", "predicted", "truth"], folder / "test_panel.png", names)
+    checkpoint = {
+        "state_dict": result.best_state,
+        "backbone": cell.backbone.model_dump(),
+        "loss": cell.loss.model_dump(),
+        "image_size": int(test.images.shape[1]),
+        "cell_id": cell.id,
+        "fold": fold.index,
+    }
+    with atomic_path(folder / "checkpoint.pt") as tmp:
+        torch.save(checkpoint, tmp)
+    (folder / "config.yaml").write_text(yaml.safe_dump(cell.model_dump(mode="json"), sort_keys=False))
+    with open(folder / "test_per_image.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["image", *per_image[0]])
+        writer.writeheader()
+        for name, row in zip(test.names, per_image, strict=True):
+            writer.writerow({"image": name, **row})
+
+
+def train_fold(
+    cell: Cell,
+    fold: Fold,
+    data: PreparedData,
+    device: torch.device,
+    bar: Progress,
+    epoch_task: TaskID,
+    after_epoch: EpochCallback | None = None,
+) -> dict[str, float]:
+    """Train one fold inside its (active) MLflow run; return its test metrics.
+
+    After each epoch the record is logged, passed to `after_epoch` (e.g. a search's pruner), then checked for divergence."""
+    torch.manual_seed(cell.train.seed)
+    objective = LOSSES.build(cell.loss.name, cell.loss.options)
+    model = build_model(cell.backbone.name, cell.backbone.options, objective.out_channels).to(device)
+    train_images = torch.from_numpy(data.pool.images[fold.train])
+    val_images = torch.from_numpy(data.pool.images[fold.val])
+    mlflow.log_params({"fold": fold.index, "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(data.test)})
+    bar.reset(epoch_task, total=cell.train.epochs, status="")
+
+    def on_epoch(record: dict[str, float]) -> None:
+        mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]))
+        bar.update(epoch_task, advance=1, status=f"train {record['train_loss']:.4f} val {record['val_loss']:.4f}")
+        if after_epoch:
+            after_epoch(record)
+        check_divergence(record, cell.train.lr)
+
+    result = fit(model, objective, train_images, val_images, cell.train, on_epoch)
+    test_metrics, per_image = evaluate(model, objective, torch.from_numpy(data.test.images), cell.train.batch_size, all_variants=True)
+    summary = {f"test_{k}": v for k, v in test_metrics.items()}
+    summary.update(best_epoch=result.best_epoch, best_val_loss=min(r["val_loss"] for r in result.history), train_seconds=result.seconds)
+    mlflow.log_metrics(summary)
+    with tracking.artifact_dir() as folder:
+        write_fold_artifacts(folder, cell, fold, result, per_image, model, objective, data.test)
+    return summary
+
+
+def fold_summary(results: list[dict[str, float]]) -> dict[str, float]:
+    """`<metric>_mean` and `<metric>_std` (sample std, 0 for one fold) over the folds' results."""
+    summary = {}
+    for key in results[0]:
+        values = np.array([r[key] for r in results], dtype=float)
+        summary[f"{key}_mean"] = float(values.mean())
+        summary[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return summary
+
+
+def log_cell_summary(run_id: str, results: list[dict[str, float]], gray: dict[str, float], extra: dict[str, float] | None = None) -> dict[str, float]:
+    """On the active cell or trial run `run_id`: fold means/stds, the gray baseline (`gray_test_*`), `n_folds`, `extra` metrics and the
+    best fold as its pyfunc model (runs:/<run id>/model); returns the means/stds."""
+    summary = fold_summary(results)
+    mlflow.log_metrics({**summary, **{f"gray_test_{k}": v for k, v in gray.items()}, "n_folds": len(results), **(extra or {})})
+    log_cell_model(run_id)
+    return summary
+
+
+def check_divergence(record: dict[str, float], lr: float) -> None:
+    """After an epoch: raise DivergedError if its losses are not finite or its validation ab error is beyond any real colour's."""
+    losses = [record["train_loss"], record["val_loss"]]
+    if all(math.isfinite(v) for v in losses) and record["val_ab_rmse"] <= MAX_AB_RMSE:
+        return
+    raise DivergedError(
+        f"diverged at epoch {int(record['epoch'])}: train loss {losses[0]:.3g}, val loss {losses[1]:.3g}, val ab RMSE {record['val_ab_rmse']:.3g}; "
+        f"lower train.lr (now {lr})"
+    )
+
+
+def print_fold(cell: Cell, index: int, n_folds: int, result: dict[str, float]) -> None:
+    """One line per trained fold: its test PSNR and colourfulness ratio, best epoch, training time."""
+    console.print(
+        f"  [dim]{cell.id}[/] {' | '.join(cell.labels())} fold {index + 1}/{n_folds}: test psnr {result['test_psnr']:.2f}, "
+        f"colorfulness ratio {result['test_colorfulness_ratio']:.2f} (best epoch {result['best_epoch']}, {result['train_seconds']:.0f} s)"
+    )
+
+
+@dataclass(frozen=True)
+class FoldTask:
+    """One fold training of a held cell, self-contained so it can run in another process or on another machine."""
+
+    cell: Cell
+    fold: Fold
+    n_folds: int
+    parent_run_id: str
+    experiment_id: str
+    tracking_uri: str
+    name: str  # the fold run is named "<name> | fold <index>"
+    tags: dict[str, str]  # the cell or trial run's tags, which the fold run carries too (`tracking.fold_tags`)
+    plugins: tuple[str, ...] = ()  # plugin modules the worker imports first
+
+
+TaskResult = dict[str, float] | BaseException
+
+
+@dataclass
+class Workbench:
+    """What a fold needs to train in this process: the prepared data, the device, the progress display and, for a search trial,
+    the pruner's per-epoch callback."""
+
+    data: PreparedData
+    device: torch.device
+    bar: Progress
+    epoch_task: TaskID | None = None
+    after_epoch: EpochCallback | None = None
+
+
+class Executor(Protocol):
+    """Runs fold tasks somewhere and yields each with its metrics (or the exception it raised) as it completes. It may consume
+    `tasks` lazily (one after another in this process: each cell is claimed just before it trains) or at once (a pool)."""
+
+    def run(self, tasks: Iterable[FoldTask], bench: Workbench) -> Iterator[tuple[FoldTask, TaskResult]]: ...
+
+
+def run_fold(task: FoldTask, bench: Workbench) -> dict[str, float]:
+    """Train the task's fold in its own fold run (a child of the cell or trial run, tagged like it); return its test metrics."""
+    fold = task.fold
+    if bench.epoch_task is None:
+        bench.epoch_task = bench.bar.add_task("epochs", total=task.cell.train.epochs, status="")
+    with tracking.store_guard(task.tracking_uri):
+        tags = tracking.fold_tags(task.tags, fold.index, task.parent_run_id)
+        with tracking.run(f"{task.name} | fold {fold.index}", tags, task.cell.flat_params()):
+            return train_fold(task.cell, fold, bench.data, bench.device, bench.bar, bench.epoch_task, bench.after_epoch)
+
+
+def run_here(tasks: Iterable[FoldTask], bench: Workbench) -> Iterator[tuple[FoldTask, TaskResult]]:
+    """Train each task in this process, one after another: a fold's exception is its result (KeyboardInterrupt and SystemExit end
+    everything)."""
+    for task in tasks:
+        try:
+            result: TaskResult = run_fold(task, bench)
+        except Exception as err:  # noqa: BLE001 - a failed fold fails its cell, not the grid
+            result = err
+        yield task, result
+
+
+def close_earlier_attempts(task: FoldTask) -> None:
+    """A retried task (its worker was lost) first closes the runs its earlier attempts left RUNNING."""
+    query = (
+        f"tags.`{tracking.TAG_PARENT}` = '{task.parent_run_id}' and tags.`{tracking.TAG_FOLD}` = '{task.fold.index}' "
+        "and attributes.status = 'RUNNING'"
+    )
+    for run in MlflowClient().search_runs([task.experiment_id], filter_string=query, max_results=100):
+        tracking.close_run(run.info.run_id, "KILLED", "interrupted: its worker was lost; the task was retried")
+
+
+def run_fold_task(task: FoldTask) -> dict[str, float]:
+    """Worker side (another process or machine): import the plugins, load the data (the decode-once cache makes this cheap),
+    train the fold; return its test metrics."""
+    quiet_libraries()
+    load_plugins(task.plugins)
+    data = prepare_data(task.cell)
+    with tracking.store_guard(task.tracking_uri):
+        mlflow.set_tracking_uri(task.tracking_uri)
+        mlflow.set_experiment(experiment_id=task.experiment_id)
+        close_earlier_attempts(task)
+    with progress(False) as bar:
+        return run_fold(task, Workbench(data, resolve_device(task.cell.train.device), bar))
+
+
+@dataclass
+class CellRun:
+    """A cell (or search trial) whose parent run this process holds: its fold tasks, their results so far, the first failure."""
+
+    cell: Cell
+    run_id: str
+    name: str  # its fold runs are named "<name> | fold <index>"
+    tags: dict[str, str]  # the parent run's tags, copied onto its fold runs
+    folds: list[Fold]
+    results: dict[int, dict[str, float]] = field(default_factory=dict)
+    error: BaseException | None = None
+    sent: int = 0
+    done: int = 0
+    all_sent: bool = False
+    closed: bool = False
+    held: ExitStack = field(default_factory=ExitStack)  # the claim's heartbeat, for a grid cell
+
+    def tasks(self, experiment_id: str, tracking_uri: str) -> Iterator[FoldTask]:
+        """Its fold tasks, stopping after a failed fold (so folds trained one after another do not train the rest)."""
+        plugins = tuple(loaded_plugins())
+        for fold in self.folds:
+            if self.error is not None:
+                break
+            self.sent += 1
+            yield FoldTask(self.cell, fold, len(self.folds), self.run_id, experiment_id, tracking_uri, self.name, self.tags, plugins)
+        self.all_sent = True
+
+    @property
+    def settled(self) -> bool:
+        """Every fold task it sent has reported."""
+        return self.all_sent and self.done == self.sent
+
+    def record(self, task: FoldTask, result: TaskResult) -> None:
+        """Note one fold's result and print it; a failure of the store itself ends everything (StoreError)."""
+        self.done += 1
+        if isinstance(result, StoreError):
+            raise result
+        if isinstance(result, BaseException):
+            self.error = self.error or result
+            if not isinstance(result, TrialPruned):
+                where = f"{self.cell.id} {' | '.join(self.cell.labels())} fold {task.fold.index + 1}/{task.n_folds}"
+                console.print(f"  [red]{where} failed[/]: {result}", highlight=False)
+            return
+        self.results[task.fold.index] = result
+        print_fold(self.cell, task.fold.index, task.n_folds, result)
+
+    @property
+    def failure(self) -> str | None:
+        """The first failed fold's message, if any."""
+        return None if self.error is None else str(self.error) or type(self.error).__name__
+
+    def finish(self, gray: dict[str, float], extra: dict[str, float] | None = None) -> dict[str, float]:
+        """All folds reported: log the fold means/stds, the gray baseline and the best fold's model and end the run FINISHED; after a
+        failed fold end it FAILED (KILLED when pruned) with the reason instead. Returns the means/stds ({} on a failure)."""
+        self.held.close()
+        self.closed = True
+        self.set_state("COMPLETE" if self.error is None else "PRUNED" if isinstance(self.error, TrialPruned) else "FAIL")
+        if self.error is not None:
+            tracking.close_run(self.run_id, tracking.status_for(self.error), tracking.failure_reason(self.error))
+            return {}
+        with tracking.run(self.name, {}, {}, run_id=self.run_id) as run_id:
+            return log_cell_summary(run_id, [self.results[i] for i in sorted(self.results)], gray, extra)
+
+    def abort(self, error: BaseException) -> None:
+        """Interrupted (Ctrl-C, SIGTERM) or the store failed: end the run KILLED with the reason, as far as the store still allows."""
+        self.held.close()
+        if self.closed:
+            return
+        self.closed = True
+        with tracking.preflight():  # a server that is gone fails at once instead of after minutes of retries
+            self.set_state("FAIL")
+            tracking.close_run(self.run_id, tracking.status_for(error), tracking.failure_reason(error))
+
+    def set_state(self, state: str) -> None:
+        """A search trial's run records how its Optuna trial ended (`tracking.TAG_STATE`)."""
+        if self.tags.get(tracking.TAG_ROLE) == "trial":
+            MlflowClient().set_tag(self.run_id, tracking.TAG_STATE, state)
+
+
+def abort_all(cells: Iterable[CellRun], error: BaseException) -> None:
+    """Close every open cell run KILLED (`CellRun.abort`); once the store refuses a write, the rest are left to the next run, which
+    closes them as stale."""
+    for held in cells:
+        try:
+            held.abort(error)
+        except Exception:  # noqa: BLE001 - the store is down: the same command closes them when it works again
+            return
+
+
+def claim(cell: Cell, experiment_id: str, tags: dict[str, str]) -> CellOutcome:
+    """Close the cell's dead runs and claim it (`tracking.claim_cell`): an outcome holding the claimed run id, or a skipped
+    one naming the process that holds or finished the cell."""
+    stale = tracking.close_stale_runs(experiment_id, cell.id)
+    if stale:
+        console.print(f"  closed {stale} interrupted run(s) of cell {cell.id} as KILLED")
+    result = tracking.claim_cell(experiment_id, cell.id, " | ".join(cell.labels()), tags)
+    if result.won:
+        return CellOutcome(cell, run_id=result.run_id)
+    state = "was trained" if result.finished else "is being trained"
+    console.print(f"  cell {cell.id} {state} by another process ({result.holder}, run {result.run_id}); skipping", highlight=False)
+    return CellOutcome(cell, run_id=result.run_id, skipped=True, elsewhere=result.holder)
+
+
+def run_cells(
+    executor: Executor,
+    cells: list[Cell],
+    splits: dict[str, list[Fold]],
+    experiment_id: str,
+    tracking_uri: str,
+    data: PreparedData,
+    gray: dict[str, float],
+    device: torch.device,
+) -> dict[str, CellOutcome]:
+    """The grid's lifecycle: claim each cell just before `executor` takes its first fold task (a pool takes them all at once), send
+    its folds, finish each cell when its last fold reports. A failed fold fails its cell only; Ctrl-C, SIGTERM or a failed store
+    end the open cell runs KILLED and stop the grid."""
+    uri = tracking.absolute_uri(tracking_uri)
+    outcomes: dict[str, CellOutcome] = {}
+    open_cells: dict[str, CellRun] = {}
+    with progress() as bar:
+        cells_bar = bar.add_task("cells", total=len(cells), status="")
+        folds_bar = bar.add_task("folds", total=sum(len(splits[c.id]) for c in cells), status=type(executor).__name__)
+
+        def settle(held: CellRun) -> None:
+            if held.settled:
+                metrics = held.finish(gray)
+                outcomes[held.cell.id] = CellOutcome(held.cell, held.run_id, metrics, held.failure)
+                del open_cells[held.cell.id]
+                bar.advance(cells_bar)
+
+        def tasks() -> Iterator[FoldTask]:
+            for cell in cells:
+                tags = {**tracking.cell_tags(cell, data.fingerprint), tracking.TAG_ROLE: "cell"}
+                outcome = claim(cell, experiment_id, tags)
+                if outcome.skipped:
+                    outcomes[cell.id] = outcome
+                    bar.advance(cells_bar)
+                    bar.advance(folds_bar, len(splits[cell.id]))
+                    continue
+                label = " | ".join(cell.labels())
+                tracking.log_params(outcome.run_id, cell.flat_params())
+                held = open_cells[cell.id] = CellRun(cell, outcome.run_id, label, tags, splits[cell.id])
+                held.held.enter_context(tracking.heartbeat(outcome.run_id))
+                bar.update(folds_bar, status=label)
+                yield from held.tasks(experiment_id, uri)
+                settle(held)
+
+        try:
+            with tracking.store_guard(uri):
+                for task, result in executor.run(tasks(), Workbench(data, device, bar)):
+                    held = open_cells[task.cell.id]
+                    held.record(task, result)
+                    bar.advance(folds_bar)
+                    settle(held)
+        except BaseException as err:
+            abort_all(list(open_cells.values()), err)
+            raise
+    return outcomes

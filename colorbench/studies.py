@@ -1,0 +1,113 @@
+"""Optuna storages and study figures, without the training stack (no torch): what `search` and `report` share."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import optuna
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError
+
+from colorbench import tracking
+from colorbench.errors import ConfigError
+
+USER_ATTR_RUN = "mlflow_run_id"  # an Optuna trial's user attribute: the id of its MLflow run
+JOURNAL_PREFIX = "journal:"
+STUDY_FIGURES = {
+    "optuna_history.png": "plot_optimization_history",
+    "optuna_importances.png": "plot_param_importances",
+    "optuna_parallel.png": "plot_parallel_coordinate",
+    "optuna_intermediate.png": "plot_intermediate_values",
+}
+
+
+def default_storage(tracking_uri: str, n_workers: int) -> str:
+    """Beside the MLflow SQLite file (else in the working directory): `optuna.db`, or a journal file for several workers.
+
+    SQLite under concurrent writers fails with "database is locked"; Optuna's journal file takes file locks instead.
+    An existing journal file keeps being used, so a study started with several workers resumes with one.
+    """
+    db = tracking.sqlite_path(tracking_uri)
+    folder = db.parent if db is not None else Path(".")
+    journal = folder / "optuna-journal.log"
+    if n_workers > 1 or journal.exists():
+        return f"{JOURNAL_PREFIX}{journal}"
+    return f"sqlite:///{folder / 'optuna.db'}"
+
+
+def shown(storage: str) -> str:
+    """The storage URL with any password hidden (safe to print and to tag runs with)."""
+    if storage.startswith(JOURNAL_PREFIX):
+        return storage
+    try:
+        return make_url(storage).render_as_string(hide_password=True)
+    except ArgumentError:
+        return storage
+
+
+def rdb_storage(url: str, attempts: int = 3) -> optuna.storages.RDBStorage:
+    """An RDB storage with trial heartbeats (a process killed mid-trial stops beating; the next start fails that trial).
+
+    Machines starting together on an empty database race to create Optuna's tables; the loser retries and finds them.
+    """
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+
+    def connect() -> optuna.storages.RDBStorage:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=60, grace_period=180)
+
+    for attempt in range(attempts - 1):
+        try:
+            return connect()
+        except (IntegrityError, ProgrammingError):
+            time.sleep(1 + attempt)
+    return connect()
+
+
+def open_storage(storage: str) -> optuna.storages.BaseStorage:
+    """`journal:PATH` (or a `.log` path) -> a journal file; `dialect://...` -> an RDB storage with trial heartbeats."""
+    try:
+        if storage.startswith(JOURNAL_PREFIX) or storage.endswith(".log"):
+            path = Path(storage.removeprefix(JOURNAL_PREFIX)).expanduser()
+            if not path.parent.is_dir():
+                raise ConfigError(f"folder {path.parent} of the Optuna journal file does not exist; create it or pass another --storage")
+            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+        if "://" not in storage:
+            raise ConfigError(f"--storage {storage!r} is neither a database URL (sqlite:///optuna.db, postgresql://...) nor journal:FILE")
+        return rdb_storage(storage)
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - missing driver, unreachable server, bad URL: one line before any training
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"cannot open Optuna storage {shown(storage)}: {first}") from None
+
+
+def save_study_figures(study: optuna.Study, out_dir: Path) -> tuple[list[Path], dict[str, str]]:
+    """Optuna's own plots (history, importances, parallel coordinates, intermediate values) as PNGs; why any was skipped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna.visualization.matplotlib as plots
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written, skipped = [], {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for filename, function in STUDY_FIGURES.items():
+            try:
+                axes = getattr(plots, function)(study)
+            except (ValueError, RuntimeError, ZeroDivisionError) as err:
+                skipped[filename] = str(err).splitlines()[0] if str(err) else type(err).__name__
+                continue
+            figure = np.ravel(axes)[0].figure
+            figure.set_size_inches(max(figure.get_size_inches()[0], 9), max(figure.get_size_inches()[1], 5))
+            figure.tight_layout()
+            figure.savefig(out_dir / filename, dpi=110)
+            plt.close(figure)
+            written.append(out_dir / filename)
+    return written, skipped
