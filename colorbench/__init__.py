@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -10,8 +11,11 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 
-def load(model: str, device: str = "auto", size: int | None = None) -> Colorizer:
-    """A Colorizer from a checkpoint file, an MLflow run id (cell run = its best fold) or a `runs:/` URI (imported lazily)."""
+def load(model: str, device: str = "auto", size: int | None = None, plugins: Iterable[str] = ()) -> Colorizer:
+    """A Colorizer from a checkpoint file, an MLflow run id (cell run = its best fold) or a `runs:/` URI (imported lazily), after
+    the installed plugins and the `plugins` modules (a model may use their components)."""
     from colorbench.colorize import load as load_colorizer
+    from colorbench.plugins import load_plugins
 
+    load_plugins(plugins)
     return load_colorizer(model, device, size)

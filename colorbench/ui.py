@@ -44,7 +44,7 @@ def track(items: Sequence[T] | Iterable[T], description: str) -> Iterator[T]:
 
 
 def quiet_libraries() -> None:
-    """Keep MLflow's, Alembic's and Optuna's info logging out of colorbench's own output."""
+    """Keep MLflow's, Alembic's and Optuna's info logging (and MLflow's database tracebacks) out of colorbench's own output."""
     import logging
 
     import mlflow  # noqa: F401 - MLflow configures its loggers on import: import first, then quiet them
@@ -52,4 +52,5 @@ def quiet_libraries() -> None:
 
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)  # its database errors arrive as one StoreError line instead
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -1,0 +1,51 @@
+"""Scenario 10: the tracking store fails in the middle of a grid (here another program holds the SQLite database locked, as a
+backup tool or a second writer does): the grid ends with one line naming the store and the fix, the open runs are closed as far as
+the store allows, and the same command resumes once the lock is gone."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from reliability_support import Colorbench, cell_ids, cell_runs, fold_runs, slow_grid, statuses, training, write_grid
+
+from colorbench import tracking
+
+LOCK_SECONDS = 30  # MLflow waits 20 s for a locked SQLite database before a write fails
+
+LOCKER = """
+import sqlite3, sys, time
+connection = sqlite3.connect(sys.argv[1], timeout=60, isolation_level=None)
+connection.execute("BEGIN EXCLUSIVE")  # no other connection reads or writes until the commit
+time.sleep(float(sys.argv[2]))
+connection.execute("COMMIT")
+"""
+
+
+def test_a_store_locked_mid_grid_ends_it_with_one_line_and_the_same_command_resumes(tiny_grid: dict, tracking_uri: str, tmp_path: Path) -> None:
+    grid = slow_grid(tiny_grid, cells=3, epochs=6, seconds=0.2)
+    first, second, third = cell_ids(grid)
+    path = write_grid(tmp_path, grid)
+    locked = Colorbench.start(path, tracking_uri, "locked")
+    locked.wait_until(lambda: statuses(cell_runs(tracking_uri, first)) == ["FINISHED"] and training(tracking_uri, second))
+    locker = subprocess.Popen([sys.executable, "-c", LOCKER, tracking.sqlite_path(tracking_uri), str(LOCK_SECONDS)])
+    assert locked.wait(timeout=240) == 2, locked.stderr
+    assert locker.wait(timeout=60) == 0
+    last = locked.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: the MLflow tracking store {tracking_uri} failed ((sqlite3.OperationalError) database is locked): ")
+    assert "end the program that holds the database locked" in last and "run the same command again to resume" in last
+    assert "Traceback" not in locked.stderr, locked.stderr
+
+    [done] = cell_runs(tracking_uri, first)
+    [interrupted] = cell_runs(tracking_uri, second)  # closed once the lock was gone, the fold run too
+    assert interrupted.info.status == "KILLED"
+    assert interrupted.data.tags[tracking.TAG_FAILURE].startswith("StoreError: the MLflow tracking store")
+    assert statuses(fold_runs(tracking_uri, interrupted.info.run_id)) == ["KILLED"]
+    assert cell_runs(tracking_uri, third) == []  # the grid stopped at the failure
+
+    rerun = Colorbench.start(path, tracking_uri, "rerun")  # the same command, the lock gone
+    assert rerun.wait() == 0, rerun.stderr
+    assert [r.info.run_id for r in cell_runs(tracking_uri, first)] == [done.info.run_id]
+    assert statuses(cell_runs(tracking_uri, second)) == ["FINISHED", "KILLED"]
+    assert statuses(cell_runs(tracking_uri, third)) == ["FINISHED"]
