@@ -20,6 +20,7 @@ from colorbench import tracking
 from colorbench.config import expand, parse_experiment
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
 EXPERIMENT = "reliability"
 VAL_FRACTIONS = (0.2, 0.3, 0.4, 0.5)  # one holdout cell each
 
@@ -53,7 +54,7 @@ class Colorbench:
 
     @classmethod
     def start(cls, grid: Path, uri: str, name: str = "run") -> Colorbench:
-        env = {**os.environ, "PYTHONPATH": str(HERE), "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)]), "OMP_NUM_THREADS": "1"}  # this checkout's colorbench
         out, err = grid.parent / f"{name}.out", grid.parent / f"{name}.err"
         command = [sys.executable, "-m", "colorbench.cli", "run", str(grid), "--plugin", "slow_loss", "--tracking-uri", uri]
         previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a child inherits an ignored SIGINT, never a handled one
