@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from mlflow.tracking import MlflowClient
 from reliability_support import Colorbench, cell_ids, cell_runs, fold_runs, slow_grid, statuses, training, write_grid
 
 from colorbench import tracking
+from colorbench.errors import StoreError
 
 LOCK_SECONDS = 30  # MLflow waits 20 s for a locked SQLite database before a write fails
 
@@ -49,3 +52,21 @@ def test_a_store_locked_mid_grid_ends_it_with_one_line_and_the_same_command_resu
     assert [r.info.run_id for r in cell_runs(tracking_uri, first)] == [done.info.run_id]
     assert statuses(cell_runs(tracking_uri, second)) == ["FINISHED", "KILLED"]
     assert statuses(cell_runs(tracking_uri, third)) == ["FINISHED"]
+
+
+def test_a_server_that_stops_answering_is_a_store_failure_with_its_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    uri = "http://127.0.0.1:9"  # nothing listens there: what a stopped server looks like to a client
+    with pytest.raises(StoreError) as info, tracking.store_guard(uri):
+        MlflowClient(uri).set_tag("0" * 32, tracking.TAG_HEARTBEAT, "1")
+    message = str(info.value)
+    assert message.startswith(f"the MLflow tracking store {uri} failed (API request to {uri}/api/")
+    assert "check that the MLflow server is running and reachable, then run the same command again" in message and "\n" not in message
+    assert tracking.status_for(info.value) == "KILLED"  # the runs it interrupted are closed KILLED, as after Ctrl-C
+
+
+def test_errors_of_the_training_are_not_store_failures() -> None:
+    with pytest.raises(RuntimeError), tracking.store_guard("sqlite:///mlflow.db"):
+        raise RuntimeError("a bug in a loss")
+    with pytest.raises(OSError, match="No such file"), tracking.store_guard("sqlite:///mlflow.db"):
+        open("/nonexistent/file")  # noqa: SIM115 - an OSError that is not a full disk
