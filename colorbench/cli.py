@@ -17,7 +17,7 @@ from colorbench.ui import console, quiet_libraries, stdout
 def cmd_list(args: argparse.Namespace) -> int:
     from colorbench.components import REGISTRIES
 
-    for title, registry in REGISTRIES.items():
+    for title, registry in {**REGISTRIES, "executors (run --executor)": EXECUTORS}.items():
         table = Table(title=title, title_justify="left", show_edge=False)
         for column in ("name", "options (defaults)", "description"):
             table.add_column(column)
