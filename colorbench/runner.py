@@ -144,7 +144,8 @@ def train_fold(
     model = build_model(cell.backbone.name, cell.backbone.options, objective.out_channels).to(device)
     train_images = torch.from_numpy(data.pool.images[fold.train])
     val_images = torch.from_numpy(data.pool.images[fold.val])
-    mlflow.log_params({"fold": fold.index, "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(data.test)})
+    mlflow.log_params({"fold": fold.index, "repeat": fold.repeat, "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(data.test)})
+    mlflow.set_tag(tracking.TAG_REPEAT, str(fold.repeat))
     bar.reset(epoch_task, total=cell.train.epochs, status="")
 
     def on_epoch(record: dict[str, float]) -> None:

@@ -36,6 +36,7 @@ TAG_ROLE = "colorbench.role"  # "cell" (parent run) or "fold" (child run)
 PARENT_ROLES = ("cell", "trial")  # runs whose children are fold runs: a grid cell, a search trial
 TAG_CELL = "colorbench.cell_id"
 TAG_FOLD = "colorbench.fold"
+TAG_REPEAT = "colorbench.repeat"  # a fold run's redrawn partition (0 for splitters drawn once)
 TAG_FAILURE = "colorbench.failure"
 TAG_CLAIM_HOST = "colorbench.claim.host"  # a cell run's claim: the host and pid of the process training it
 TAG_CLAIM_PID = "colorbench.claim.pid"
