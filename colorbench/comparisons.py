@@ -17,6 +17,9 @@ from colorbench.stats import adjust, bootstrap_ci, corrected_ttest, friedman, pr
 P_TTEST, P_WILCOXON = "p_ttest_corrected", "p_wilcoxon_images"
 P_COLUMNS = (P_TTEST, P_WILCOXON)
 ADJUSTED = "p_adj_"  # prefix of every adjusted p-value column
+CHILDREN_COLUMNS = ("n_children", P_TTEST, "p_better_children", "p_better_children_ci_low", "p_better_children_ci_high")
+IMAGE_COLUMNS = ("n_images", "diff_mean", "diff_ci_low", "diff_ci_high", P_WILCOXON, "p_better_images", "p_better_images_ci_low", "p_better_images_ci_high")
+COLUMNS = CHILDREN_COLUMNS + IMAGE_COLUMNS  # what `compare` returns, in this order
 Bad = Callable[[np.ndarray], np.ndarray]  # metric values -> badness (lower is better)
 Images = tuple[list[str], np.ndarray]  # test image names, per-image metric averaged over a cell's children
 
@@ -45,8 +48,7 @@ class Friedman:
 def compare(cell: Sample, base: Sample, bad: Bad, seed: int = 0) -> dict[str, float]:
     """Against the baseline: over paired children (same splits) the corrected t-test and P(cell better); over test images the mean
     difference (cell - baseline) with its paired bootstrap 95% CI, the Wilcoxon test and P(cell better); each with its N."""
-    row: dict[str, float] = {"n_children": 0, P_TTEST: np.nan, "p_better_children": np.nan, "p_better_children_ci_low": np.nan}
-    row["p_better_children_ci_high"] = np.nan
+    row: dict[str, float] = {"n_children": 0, **dict.fromkeys(CHILDREN_COLUMNS[1:], np.nan)}
     paired = cell.split_key == base.split_key and list(cell.children.index) == list(base.children.index) and len(cell.children) >= 2
     if paired:
         c, b = cell.children.to_numpy(float), base.children.to_numpy(float)
@@ -65,8 +67,7 @@ def corrected_p(d: np.ndarray, val_over_train: float) -> float:
 
 def compare_images(cell: Images | None, base: Images | None, bad: Bad, seed: int = 0) -> dict[str, float]:
     """Over the shared test images: n_images, mean difference and its bootstrap CI, Wilcoxon p, P(cell better) with its CI."""
-    keys = ("diff_mean", "diff_ci_low", "diff_ci_high", P_WILCOXON, "p_better_images", "p_better_images_ci_low", "p_better_images_ci_high")
-    row = {"n_images": 0, **dict.fromkeys(keys, np.nan)}
+    row = {"n_images": 0, **dict.fromkeys(IMAGE_COLUMNS[1:], np.nan)}
     if cell is None or base is None or cell[0] != base[0]:
         return row
     c, b = cell[1], base[1]

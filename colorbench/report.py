@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 from colorbench import tracking, validation_report
 from colorbench.comparisons import (
     ADJUSTED,
+    COLUMNS,
     P_TTEST,
     P_WILCOXON,
     Friedman,
@@ -201,7 +202,7 @@ def significance(runs: Runs, baseline: str, metric: str) -> tuple[pd.DataFrame, 
         images = {cid: per_image(runs.folds_of(cell), metric, Path(tmp)) for cid, cell in by_id.iterrows()}
     samples = {cid: sample(runs, cell, metric, images[cid]) for cid, cell in by_id.iterrows()}
     rows = {cid: compare(samples[cid], samples[baseline], bad_values(metric)) for cid in by_id.index if cid != baseline}
-    return pd.DataFrame.from_dict(rows, orient="index"), images
+    return pd.DataFrame.from_dict(rows, orient="index").reindex(columns=COLUMNS), images
 
 
 def bad_values(metric: str) -> Callable[[np.ndarray], np.ndarray]:
