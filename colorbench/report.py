@@ -546,11 +546,11 @@ def friedman_lines(report: Report) -> list[str]:
 
 def plot_cd(matrix: pd.DataFrame, table: pd.DataFrame, path: Path) -> None:
     """cd.png: the critical-difference diagram of the cells' per-image ranks (colorbench.stats.cd_diagram)."""
-    names = {row["cell"]: f"{label(row)} ({row['cell'][:6]})" for _, row in table.iterrows() if row["cell"] in matrix}
-    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.35 * matrix.shape[1]))
+    names = {row["cell"]: f"{label(row)} [{row['cell']}]" for _, row in table.iterrows() if row["cell"] in matrix}
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * matrix.shape[1]))
     cd_diagram(matrix.rename(columns=names), ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    ax.set_title("mean rank over the test images (1 = best); a bar joins cells the Nemenyi test cannot tell apart", fontsize=9, pad=24)
+    fig.savefig(path, dpi=100, bbox_inches="tight")  # the labels reach beyond the axes
     plt.close(fig)
 
 
