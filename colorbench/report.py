@@ -484,10 +484,11 @@ def plot_samples(runs: Runs, cells: pd.DataFrame, path: Path) -> None:
 
 
 def rank_lines(report: Report) -> list[str]:
-    """The ranking, best first."""
+    """The ranking, best first, each with its number of children J."""
     cells = report.table[report.table["cell"] != GRAY]
     return [
-        f"{fmt_value(row['rank'])}. `{row['cell']}` {label(row)}: {mean_std(row, f'test_{report.metric}')}" for _, row in cells.iterrows()
+        f"{fmt_value(row['rank'])}. `{row['cell']}` {label(row)}: {mean_std(row, f'test_{report.metric}')} (J = {fmt_value(row['n_folds'])})"
+        for _, row in cells.iterrows()
     ]
 
 
@@ -590,7 +591,7 @@ def summary(report: Report) -> str:
     """summary.md: ranking, significance, comparison with gray, figures, command."""
     parts = [
         f"# {report.experiment}: report on test {report.metric}\n",
-        f"## Ranking on test {report.metric} ({direction(report.metric)}; mean ± std over folds)\n",
+        f"## Ranking on test {report.metric} ({direction(report.metric)}; mean ± std over the J children, {report.n_images} test images)\n",
         *rank_lines(report),
         f"\n## Differences from the baseline `{report.baseline}` (significant at adjusted p < {ALPHA})\n",
         *significance_lines(report),
