@@ -107,10 +107,13 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from colorbench.report import build_report, terminal_rows
 
-    report = build_report(args.experiment, args.out, args.metric, args.baseline, args.tracking_uri, args.storage)
+    report = build_report(args.experiment, args.out, args.metric, args.baseline, args.tracking_uri, args.storage, args.correction)
     header, rows = terminal_rows(report)
     title = f"{report.experiment}: ranked on test {report.metric}, mean ± std over folds"
-    caption = "* baseline; p (t, folds): paired t-test over shared folds; p (W, images): Wilcoxon signed-rank over test images"
+    caption = (
+        "* baseline; p_adj (t): corrected resampled t-test over paired children; p (W, images): Wilcoxon signed-rank over test images; "
+        f"p_adj: adjusted ({report.correction}); intervals, P(better) and N: summary.md"
+    )
     table = Table(title=title, caption=caption, show_edge=False)
     for column in header:
         table.add_column(column)
@@ -194,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--metric", default="psnr", help="test metric to rank and test on (default: psnr)")
     rep.add_argument("--baseline", help="cell id or unique prefix to test against (default: the top-ranked cell)")
     rep.add_argument("--storage", metavar="URL", help="a search's Optuna storage, for its figures (default: as recorded on its trial runs)")
+    rep.add_argument("--correction", choices=("holm", "bh", "none"), default="holm", help="p-value adjustment over the report (default: holm)")
     rep.set_defaults(func=cmd_report)
     col = sub.add_parser("colorize", parents=[common], help="colorize photos with a trained model")
     col.add_argument("model", metavar="MODEL", help="MLflow run id (a cell run uses its best fold), runs:/<run id>/... URI, or checkpoint.pt file")

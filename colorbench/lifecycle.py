@@ -168,7 +168,7 @@ def train_fold(
     model = build_model(cell.backbone.name, cell.backbone.options, objective.out_channels).to(device)
     train_images = torch.from_numpy(data.pool.images[fold.train])
     val_images = torch.from_numpy(data.pool.images[fold.val])
-    mlflow.log_params({"fold": fold.index, "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(data.test)})
+    mlflow.log_params({"fold": fold.index, "repeat": fold.repeat, "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(data.test)})
     bar.reset(epoch_task, total=cell.train.epochs, status="")
 
     def on_epoch(record: dict[str, float]) -> None:
@@ -269,7 +269,7 @@ def run_fold(task: FoldTask, bench: Workbench) -> dict[str, float]:
     if bench.epoch_task is None:
         bench.epoch_task = bench.bar.add_task("epochs", total=task.cell.train.epochs, status="")
     with tracking.store_guard(task.tracking_uri):
-        tags = tracking.fold_tags(task.tags, fold.index, task.parent_run_id)
+        tags = tracking.fold_tags(task.tags, fold.index, fold.repeat, task.parent_run_id)
         with tracking.run(f"{task.name} | fold {fold.index}", tags, task.cell.flat_params()):
             return train_fold(task.cell, fold, bench.data, bench.device, bench.bar, bench.epoch_task, bench.after_epoch)
 

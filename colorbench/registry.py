@@ -58,7 +58,9 @@ class Registry(Generic[T]):
         return {p.name.removesuffix("_"): p for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
 
     def validate(self, name: str, options: Mapping[str, Any]) -> dict[str, Any]:
-        """Check `options` against entry `name`'s signature and return them, by YAML name, with defaults filled in."""
+        """Check `options` against entry `name`'s signature and return them, by YAML name, with defaults filled in.
+
+        An entry may name options in `omit_default` that are left out where they equal their default."""
         params = self.options(name)
         unknown = sorted(set(options) - set(params))
         if unknown:
@@ -70,11 +72,13 @@ class Registry(Generic[T]):
         }
         model = pydantic.create_model(f"{self.kind}_{name}", __config__=pydantic.ConfigDict(extra="forbid"), **fields)
         try:
-            return model(**options).model_dump()
+            filled = model(**options).model_dump()
         except pydantic.ValidationError as err:
             first = err.errors()[0]
             where = ".".join(str(x) for x in first["loc"])
             raise ConfigError(f"{self.kind} {name!r}, option {where!r}: {first['msg']}.") from None
+        omitted = getattr(self.get(name), "omit_default", ())  # options added later stay out at their default (unchanged ids)
+        return {k: v for k, v in filled.items() if not (k in omitted and same(v, params[k].default))}
 
     def build(self, name: str, options: Mapping[str, Any] | None = None) -> T:
         """Validate `options` and call the factory."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shlex
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,15 +20,28 @@ import pandas as pd
 import yaml
 from matplotlib.ticker import MaxNLocator
 from mlflow.tracking import MlflowClient
-from scipy import stats
 
-from colorbench import tracking
+from colorbench import tracking, validation_report
+from colorbench.comparisons import (
+    ADJUSTED,
+    COLUMNS,
+    P_TTEST,
+    P_WILCOXON,
+    Friedman,
+    Images,
+    Sample,
+    adjust_report,
+    compare,
+    friedman_test,
+    rank_matrix,
+)
 from colorbench.components import BACKBONES, LOSSES, SPLITTERS
 from colorbench.data import gray_rgb
 from colorbench.errors import ConfigError
 from colorbench.plots import image_grid
 from colorbench.registry import Registry
 from colorbench.search import TAG_SAMPLED, TAG_STATE, TAG_STORAGE, TAG_STUDY, TAG_TRIAL, open_storage, save_study_figures
+from colorbench.stats import CORRECTIONS, cd_diagram
 from colorbench.ui import console
 
 ALPHA = 0.05
@@ -39,7 +53,6 @@ SPLIT_PARAMS = ("params.seed", "params.test_fraction", "params.data.", "params.t
 TERMINAL_METRICS = ("psnr", "auc_rebalanced", "colorfulness_ratio")
 FIGURES = {"bar.png": "bar chart", "folds.png": "per-fold spread", "val_loss.png": "validation loss", "samples.png": "test samples"}
 SPLIT_COLUMN = re.compile(r"split(\d+)_test_(.+)")  # scikit-learn style per-fold column: fold index, metric
-P_TTEST, P_WILCOXON = "p_ttest_folds", "p_wilcoxon_images"
 SAMPLE_COLUMNS = 8  # cells (best first) shown in samples.png
 
 
@@ -56,6 +69,9 @@ class Report:
     n_images: int = 0
     pruned: int = 0  # search trials stopped by the pruner (not in the table)
     study_figures: list[str] = field(default_factory=list)  # Optuna's plots, for a search experiment
+    correction: str = "holm"  # how the p-values were adjusted (colorbench.stats.CORRECTIONS)
+    friedman: Friedman | None = None  # across all cells, test images as blocks
+    validation: pd.DataFrame | None = None  # the validation schemes' table (validation_report), when the experiment has one
 
 
 ROW = "row"  # a run's row key: the cell id of a grid cell, `trial-N` of a search trial
@@ -164,7 +180,7 @@ def split_key(cell: pd.Series) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((k, str(v)) for k, v in cell.items() if k.startswith(SPLIT_PARAMS) and pd.notna(v)))
 
 
-def per_image(folds: pd.DataFrame, metric: str, tmp: Path) -> tuple[list[str], np.ndarray] | None:
+def per_image(folds: pd.DataFrame, metric: str, tmp: Path) -> Images | None:
     """Test image names and the per-image `metric` averaged over folds; None when it is not logged per image."""
     frames = [pd.read_csv(tracking.download(run_id, "test_per_image.csv", tmp / run_id)) for run_id in folds["run_id"]]
     if metric not in frames[0].columns:
@@ -172,32 +188,26 @@ def per_image(folds: pd.DataFrame, metric: str, tmp: Path) -> tuple[list[str], n
     return frames[0]["image"].tolist(), np.mean([f[metric].to_numpy(float) for f in frames], axis=0)
 
 
-def ttest_p(cell: pd.DataFrame, base: pd.DataFrame, metric: str) -> float:
-    """Paired t-test over folds (same fold index = same split) of the cell's and the baseline's test metric."""
-    return float(stats.ttest_rel(cell[f"metrics.test_{metric}"], base[f"metrics.test_{metric}"]).pvalue)
+def sample(runs: Runs, cell: pd.Series, metric: str, images: Images | None) -> Sample:
+    """What a cell brings to a comparison: its children's test metric by fold, their n_val / n_train, its split key, per-image values."""
+    folds = runs.folds_of(cell)
+    share = (folds["params.n_val"].astype(float) / folds["params.n_train"].astype(float)).mean()
+    return Sample(folds.set_index("fold")[f"metrics.test_{metric}"], float(share), split_key(cell), images)
 
 
-def wilcoxon_p(cell: tuple[list[str], np.ndarray] | None, base: tuple[list[str], np.ndarray] | None) -> float:
-    """Wilcoxon signed-rank test over the shared test images; NaN without per-image values, other images or no difference."""
-    if cell is None or base is None or cell[0] != base[0] or np.array_equal(cell[1], base[1]):
-        return float("nan")
-    return float(stats.wilcoxon(cell[1], base[1]).pvalue)
-
-
-def significance(runs: Runs, baseline: str, metric: str) -> tuple[pd.DataFrame, int]:
-    """Per cell: the fold t-test p (same folds, k >= 2) and the per-image Wilcoxon p against the baseline; test-set size."""
+def significance(runs: Runs, baseline: str, metric: str) -> tuple[pd.DataFrame, dict[str, Images | None]]:
+    """Per cell, its comparison with the baseline (colorbench.comparisons.compare); and every cell's per-image values."""
     by_id = runs.cells.set_index(ROW, drop=False)
-    base_cell, base_folds = by_id.loc[baseline], runs.folds_of(by_id.loc[baseline])
     with tempfile.TemporaryDirectory(prefix="colorbench-report-") as tmp:
         images = {cid: per_image(runs.folds_of(cell), metric, Path(tmp)) for cid, cell in by_id.iterrows()}
-    rows = {}
-    for cid, cell in by_id.iterrows():
-        folds = runs.folds_of(cell)
-        paired = cid != baseline and len(folds) >= 2 and len(folds) == len(base_folds) and split_key(cell) == split_key(base_cell)
-        t = ttest_p(folds, base_folds, metric) if paired else float("nan")
-        rows[cid] = {P_TTEST: t, P_WILCOXON: float("nan") if cid == baseline else wilcoxon_p(images[cid], images[baseline])}
-    n_images = len(images[baseline][0]) if images[baseline] else 0
-    return pd.DataFrame.from_dict(rows, orient="index"), n_images
+    samples = {cid: sample(runs, cell, metric, images[cid]) for cid, cell in by_id.iterrows()}
+    rows = {cid: compare(samples[cid], samples[baseline], bad_values(metric)) for cid in by_id.index if cid != baseline}
+    return pd.DataFrame.from_dict(rows, orient="index").reindex(columns=COLUMNS), images
+
+
+def bad_values(metric: str) -> Callable[[np.ndarray], np.ndarray]:
+    """`badness` of `metric` on arrays."""
+    return lambda values: badness(metric, pd.Series(values, dtype=float)).to_numpy()
 
 
 def fold_columns(runs: Runs, cell: pd.Series, metrics: list[str]) -> dict[str, float]:
@@ -225,24 +235,47 @@ def gray_row(cells: pd.DataFrame, metrics: list[str]) -> dict[str, object]:
     return row | {f"test_{m}_mean": cells[f"metrics.gray_test_{m}"].iloc[0] for m in metrics if f"metrics.gray_test_{m}" in cells}
 
 
-def build_table(runs: Runs, metric: str, baseline: str | None) -> tuple[pd.DataFrame, str, int]:
-    """Cells in rank order with p-values, then the gray baseline row; also the baseline id and test-set size."""
+def build_table(
+    runs: Runs, metric: str, baseline: str | None, correction: str = "holm"
+) -> tuple[pd.DataFrame, str, int, Friedman | None, pd.DataFrame | None]:
+    """Cells in rank order with their comparison to the baseline (raw and adjusted p-values), then the gray baseline row; also the
+    baseline id, the test-set size, the Friedman test and its rank matrix (images x cells)."""
     metrics = metric_names(runs.cells)
     if metric not in metrics:
         raise ConfigError(f"metric {metric!r} is not logged in this experiment; choose one of: {', '.join(metrics)}")
     table = pd.DataFrame([cell_row(runs, cell, metrics) for _, cell in runs.cells.iterrows()])
     table.insert(4, "rank", badness(metric, table[f"test_{metric}_mean"]).rank(method="min").astype("Int64"))
     base = resolve_baseline(table["cell"], table["rank"], baseline)
-    pvalues, n_images = significance(runs, base, metric)
-    table.insert(5, P_TTEST, table["cell"].map(pvalues[P_TTEST]))
-    table.insert(6, P_WILCOXON, table["cell"].map(pvalues[P_WILCOXON]))
+    compared, images = significance(runs, base, metric)
+    table = pd.concat([table.iloc[:, :5], compared.reindex(table["cell"]).set_axis(table.index), table.iloc[:, 5:]], axis=1)
+    matrix = rank_matrix(images, bad_values(metric))
+    omnibus = friedman_test(matrix)
+    table = adjust_report(table, omnibus, correction)
     table.insert(5, "baseline", table["cell"] == base)
     table = table.sort_values(["rank", "cell"], na_position="last")
     splits = {c: m for c in table.columns if (m := SPLIT_COLUMN.fullmatch(c))}
     ordered = sorted(splits, key=lambda c: (metrics.index(splits[c].group(2)), int(splits[c].group(1))))
     table = table[[c for c in table.columns if c not in splits] + ordered]
     table = pd.concat([table, pd.DataFrame([gray_row(runs.cells, metrics)])], ignore_index=True)
-    return table.astype({"n_folds": "Int64", "rank": "Int64"}), base, n_images
+    n_images = len(images[base][0]) if images[base] else 0
+    return table.astype({"n_folds": "Int64", "rank": "Int64", "n_children": "Int64", "n_images": "Int64"}), base, n_images, omnibus, matrix
+
+
+def children(runs: Runs, table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Every finished child run: its cell, configuration (backbone x loss, or a trial's sampled values), splitter, repeat, test
+    `metric` and validation `metric` at its best epoch."""
+    rows = []
+    for _, cell in runs.cells.iterrows():
+        row = table.set_index("cell").loc[cell[ROW]]
+        configuration = row["sampled"] if pd.notna(row.get("sampled")) else f"{row['backbone']} | {row['loss']}"
+        folds = runs.folds_of(cell)
+        repeat = folds.get(f"tags.{tracking.TAG_REPEAT}", pd.Series(0, index=folds.index)).fillna(0).astype(int)
+        rows.append(pd.DataFrame({
+            "cell": cell[ROW], "configuration": configuration, "splitter": row["splitter"], "run_id": folds["run_id"], "fold": folds["fold"],
+            "repeat": repeat, "best_epoch": folds["metrics.best_epoch"], "test": folds[f"metrics.test_{metric}"],
+        }))
+    kids = pd.concat(rows, ignore_index=True)
+    return kids.assign(val=validation_report.validation_values(kids, metric))
 
 
 def split_columns(table: pd.DataFrame, metric: str) -> list[str]:
@@ -278,16 +311,36 @@ def markdown_table(report: Report) -> str:
     metrics = [m for m in metrics if not m.endswith(tuple(s for s in DECODINGS.values() if s))]
     splits = split_columns(report.table, report.metric)
     trials = ["sampled", "objective"] if "sampled" in report.table else []
-    header = ["cell", *trials, "backbone", "loss", "splitter", "rank", "p (t, folds)", "p (W, images)", *metrics, "best epoch", "train s", *splits]
+    header = ["cell", *trials, "backbone", "loss", "splitter", "rank", *COMPARISON_HEADER, *metrics, "best epoch", "train s", *splits]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in report.table.iterrows():
         values = [cell_name(report, row), *(fmt_value(row.get(c)) for c in trials), row["backbone"], row["loss"], row["splitter"]]
-        values.append(fmt_value(row.get("rank")))
-        values += [fmt_p(row.get(P_TTEST)), fmt_p(row.get(P_WILCOXON)), *(mean_std(row, f"test_{m}") for m in metrics)]
+        values += [fmt_value(row.get("rank")), *comparison_values(row), *(mean_std(row, f"test_{m}") for m in metrics)]
         values += [mean_std(row, "best_epoch"), mean_std(row, "train_seconds"), *(fmt_value(row.get(c)) for c in splits)]
         lines.append("| " + " | ".join(values) + " |")
     ranking = f"Ranked on test {report.metric} ({direction(report.metric)}); mean ± std over folds; * = baseline. "
     return "\n".join(lines) + "\n\n" + ranking + tests_note(report) + failed_note(report) + decodings_table(report)
+
+
+P_ADJ_TTEST, P_ADJ_WILCOXON = ADJUSTED + P_TTEST.removeprefix("p_"), ADJUSTED + P_WILCOXON.removeprefix("p_")
+COMPARISON_HEADER = ("J", "p (t corr., children)", "p_adj (t)", "images", "Δ [95% CI] (images)", "p (W, images)", "p_adj (W)", "P(better) images", "P(better) children")
+
+
+def comparison_values(row: pd.Series) -> list[str]:
+    """A row's comparison with the baseline, as COMPARISON_HEADER's cells."""
+    return [
+        fmt_value(row.get("n_children")), fmt_p(row.get(P_TTEST)), fmt_p(row.get(P_ADJ_TTEST)), fmt_value(row.get("n_images")),
+        fmt_ci(row, "diff_mean", "diff_ci"), fmt_p(row.get(P_WILCOXON)), fmt_p(row.get(P_ADJ_WILCOXON)),
+        fmt_ci(row, "p_better_images", "p_better_images_ci"), fmt_ci(row, "p_better_children", "p_better_children_ci"),
+    ]
+
+
+def fmt_ci(row: pd.Series, key: str, ci: str) -> str:
+    """`value [low, high]`, `-` when missing."""
+    value = row.get(key)
+    if value is None or pd.isna(value):
+        return "-"
+    return f"{value:+.3f} [{row[ci + '_low']:+.3f}, {row[ci + '_high']:+.3f}]" if key == "diff_mean" else f"{value:.2f} [{row[ci + '_low']:.2f}, {row[ci + '_high']:.2f}]"
 
 
 DECODINGS = {"annealed mean (the loss's temperature)": "", "mode (T -> 0)": "_mode", "plain mean (T = 1)": "_mean"}
@@ -314,16 +367,25 @@ def cell_name(report: Report, row: pd.Series) -> str:
 
 
 def tests_note(report: Report) -> str:
-    """Which tests the p-value columns hold."""
+    """Which tests and intervals the comparison columns hold, and how the p-values were adjusted."""
     if report.n_images:
         images = f"over the {report.n_images} test images' per-image {report.metric}, averaged over each cell's folds"
     else:
         images = f"over test images: not available, {report.metric} is not logged per image"
+    family = int(report.table[[P_TTEST, P_WILCOXON]].notna().to_numpy().sum()) + (report.friedman is not None)
+    adjusted = "not adjusted (--correction none)" if report.correction == "none" else f"adjusted by {CORRECTION_NAMES[report.correction]}"
     return (
-        f"p-values against the baseline cell {report.baseline}: p (t, folds) = paired t-test over folds (scipy.stats.ttest_rel), "
-        "only for cells trained on the same folds (same splitter and data seed, k >= 2); "
-        f"p (W, images) = Wilcoxon signed-rank test (scipy.stats.wilcoxon) {images}. `-`: not applicable.\n"
+        f"Against the baseline cell {report.baseline}: p (t corr., children) = corrected resampled t-test (Nadeau & Bengio 2003) over "
+        "the J children trained on the same splits (same splitter and data seed, J >= 2), variance inflated by 1/J + n_val/n_train; "
+        f"p (W, images) = Wilcoxon signed-rank test (scipy.stats.wilcoxon) {images}; Δ = mean difference (cell - baseline) over the "
+        f"test images with its paired bootstrap 95% CI (scipy.stats.bootstrap, BCa, 10,000 resamples, seed 0); P(better) = share of "
+        "images (children) on which the cell beats the baseline, ties half (Bouthillier et al. 2021), percentile bootstrap 95% CI. "
+        f"p_adj: the report's {family} p-values (both tests and the Friedman test) {adjusted}; table.csv keeps the raw ones. "
+        "`-`: not applicable.\n"
     )
+
+
+CORRECTION_NAMES = {"holm": "Holm (family-wise error)", "bh": "Benjamini-Hochberg (false discovery rate)"}
 
 
 def failed_note(report: Report) -> str:
@@ -422,10 +484,11 @@ def plot_samples(runs: Runs, cells: pd.DataFrame, path: Path) -> None:
 
 
 def rank_lines(report: Report) -> list[str]:
-    """The ranking, best first."""
+    """The ranking, best first, each with its number of children J."""
     cells = report.table[report.table["cell"] != GRAY]
     return [
-        f"{fmt_value(row['rank'])}. `{row['cell']}` {label(row)}: {mean_std(row, f'test_{report.metric}')}" for _, row in cells.iterrows()
+        f"{fmt_value(row['rank'])}. `{row['cell']}` {label(row)}: {mean_std(row, f'test_{report.metric}')} (J = {fmt_value(row['n_folds'])})"
+        for _, row in cells.iterrows()
     ]
 
 
@@ -438,14 +501,58 @@ def significance_lines(report: Report) -> list[str]:
         value = row[f"test_{report.metric}_mean"]
         score, base_score = badness(report.metric, pd.Series([value, base]))
         verdict = "worse" if score > base_score else "better" if score < base_score else "equal"
-        verdicts = [
-            f"{name} p = {fmt_p(row[col])} ({'significant' if row[col] < ALPHA else 'not significant'})"
-            for name, col in (("paired t-test over folds", P_TTEST), ("Wilcoxon over images", P_WILCOXON))
-            if pd.notna(row[col])
-        ]
-        tests = "; ".join(verdicts) or "no test applies (other folds and no per-image values)"
-        lines.append(f"- `{cid}` {label(row)}: {report.metric} {value:.3f} vs {base:.3f}, {verdict}; {tests}.")
+        tests = []
+        if pd.notna(row[P_WILCOXON]):
+            tests.append(
+                f"over {fmt_value(row['n_images'])} test images Δ = {fmt_ci(row, 'diff_mean', 'diff_ci')}, "
+                f"P(better) = {fmt_ci(row, 'p_better_images', 'p_better_images_ci')}, Wilcoxon {p_words(row[P_WILCOXON], row[P_ADJ_WILCOXON])}"
+            )
+        if pd.notna(row[P_TTEST]):
+            tests.append(
+                f"over J = {fmt_value(row['n_children'])} paired children P(better) = {fmt_ci(row, 'p_better_children', 'p_better_children_ci')}, "
+                f"corrected t-test {p_words(row[P_TTEST], row[P_ADJ_TTEST])}"
+            )
+        tested = "; ".join(tests) or "no test applies (other splits and no per-image values)"
+        lines.append(f"- `{cid}` {label(row)}: {report.metric} {value:.3f} vs {base:.3f}, {verdict}; {tested}.")
     return lines
+
+
+def p_words(raw: float, adjusted: float) -> str:
+    """`p = raw, p_adj = adjusted (significant|not significant)`: the verdict is on the adjusted p."""
+    return f"{p_is('p', raw)}, {p_is('p_adj', adjusted)} ({'significant' if adjusted < ALPHA else 'not significant'})"
+
+
+def p_is(name: str, p: float) -> str:
+    """`name = 0.012`, or `name < 0.001`."""
+    shown = fmt_p(p)
+    return f"{name} {shown.replace('<', '< ')}" if shown.startswith("<") else f"{name} = {shown}"
+
+
+def friedman_lines(report: Report) -> list[str]:
+    """The Friedman test across all cells and the critical-difference diagram."""
+    f = report.friedman
+    if f is None:
+        return []
+    verdict = "the cells differ" if f.p_adj < ALPHA else "no evidence that the cells differ"
+    test = (
+        f"Friedman test (scipy.stats.friedmanchisquare) over {f.n_cells} cells with the {f.n_images} test images as blocks: "
+        f"chi² = {f.statistic:.1f}, {p_is('p', f.p)}, {p_is('p_adj', f.p_adj)} ({verdict}).\n"
+    )
+    figure = (
+        f"![critical-difference diagram](cd.png)\n\n`cd.png`: each cell's mean rank over the test images on {report.metric} (1 = best); "
+        "cells joined by a bar are not significantly different by the Nemenyi post-hoc test at 0.05 (scikit-posthocs; Demšar 2006).\n"
+    )
+    return ["## All cells at once: Friedman test and critical-difference diagram\n", test, figure]
+
+
+def plot_cd(matrix: pd.DataFrame, table: pd.DataFrame, path: Path) -> None:
+    """cd.png: the critical-difference diagram of the cells' per-image ranks (colorbench.stats.cd_diagram)."""
+    names = {row["cell"]: f"{label(row)} [{row['cell']}]" for _, row in table.iterrows() if row["cell"] in matrix}
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * matrix.shape[1]))
+    cd_diagram(matrix.rename(columns=names), ax)
+    ax.set_title("mean rank over the test images (1 = best); a bar joins cells the Nemenyi test cannot tell apart", fontsize=9, pad=24)
+    fig.savefig(path, dpi=100, bbox_inches="tight")  # the labels reach beyond the axes
+    plt.close(fig)
 
 
 def colourfulness_words(ratio: float) -> str:
@@ -476,7 +583,7 @@ def gray_lines(report: Report) -> list[str]:
 def command(report: Report) -> str:
     """The command line that reproduces this report."""
     args = ["colorbench", "report", "--experiment", report.experiment, "--tracking-uri", mlflow.get_tracking_uri()]
-    args += ["--out", str(report.out_dir), "--metric", report.metric, "--baseline", report.baseline]
+    args += ["--out", str(report.out_dir), "--metric", report.metric, "--baseline", report.baseline, "--correction", report.correction]
     return shlex.join(args)
 
 
@@ -484,11 +591,13 @@ def summary(report: Report) -> str:
     """summary.md: ranking, significance, comparison with gray, figures, command."""
     parts = [
         f"# {report.experiment}: report on test {report.metric}\n",
-        f"## Ranking on test {report.metric} ({direction(report.metric)}; mean ± std over folds)\n",
+        f"## Ranking on test {report.metric} ({direction(report.metric)}; mean ± std over the J children, {report.n_images} test images)\n",
         *rank_lines(report),
-        f"\n## Differences from the baseline `{report.baseline}` (significant at p < {ALPHA})\n",
+        f"\n## Differences from the baseline `{report.baseline}` (significant at adjusted p < {ALPHA})\n",
         *significance_lines(report),
         "\n" + tests_note(report),
+        *friedman_lines(report),
+        *(validation_report.summary_section(report.validation, report.metric, direction(report.metric)) if report.validation is not None else []),
         "## Against a plain gray image (ab = 0)\n",
         *gray_lines(report),
         "\nThe full table, with every metric and each fold: [table.md](table.md), [table.csv](table.csv).",
@@ -505,11 +614,11 @@ def terminal_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the compact terminal table."""
     metrics = [report.metric, *(m for m in TERMINAL_METRICS if m != report.metric)]
     described = ["sampled"] if "sampled" in report.table else ["backbone", "loss", "splitter"]  # a trial: its sampled values
-    header = ["cell", *described, *metrics, "p (t, folds)", "p (W, images)", "rank"]
+    header = ["cell", *described, *metrics, "p_adj (t)", "p (W, images)", "p_adj (W)", "rank"]
     rows = []
     for _, row in report.table.iterrows():
         names = [cell_name(report, row), *(fmt_value(row.get(c)) if c == "sampled" else row[c] for c in described)]
-        tests = [fmt_p(row.get(P_TTEST)), fmt_p(row.get(P_WILCOXON)), fmt_value(row.get("rank"))]
+        tests = [fmt_p(row.get(P_ADJ_TTEST)), fmt_p(row.get(P_WILCOXON)), fmt_p(row.get(P_ADJ_WILCOXON)), fmt_value(row.get("rank"))]
         rows.append(names + [mean_std(row, f"test_{m}") for m in metrics] + tests)
     return header, rows
 
@@ -537,17 +646,25 @@ def build_report(
     baseline: str | None = None,
     tracking_uri: str | None = None,
     storage: str | None = None,
+    correction: str = "holm",
 ) -> Report:
     """Read an experiment's runs and write table.csv, table.md, the figures and summary.md into `out_dir`.
 
     A search experiment has one row per finished trial and gets Optuna's figures too (`storage` overrides the study's storage).
     """
+    if correction not in CORRECTIONS:
+        raise ConfigError(f"unknown correction {correction!r}; use one of: {', '.join(CORRECTIONS)}")
     open_store(tracking_uri)
     runs = load_runs(experiment)
-    table, base, n_images = build_table(runs, metric, baseline)
+    table, base, n_images, omnibus, matrix = build_table(runs, metric, baseline, correction)
     out = Path(out_dir) if out_dir is not None else Path("results") / experiment
     out.mkdir(parents=True, exist_ok=True)
-    report = Report(experiment, metric, base, table, out, runs.failed, n_images, runs.pruned, study_figures(runs, out, storage))
+    report = Report(experiment, metric, base, table, out, runs.failed, n_images, runs.pruned, study_figures(runs, out, storage), correction, omnibus)
+    if matrix is not None:
+        plot_cd(matrix, table, out / "cd.png")
+    kids = children(runs, table, metric)
+    if validation_report.needed(kids):
+        report.validation = validation_report.write(kids, metric, bad_values(metric), direction(metric), out)
     table.to_csv(out / "table.csv", index=False)
     (out / "table.md").write_text(markdown_table(report))
     cells, gray = table[table["cell"] != GRAY], table[table["cell"] == GRAY].iloc[0]

@@ -18,11 +18,12 @@ from colorbench.registry import Registry
 
 @dataclass(frozen=True)
 class Fold:
-    """One train/validation split, as indices into the training pool."""
+    """One train/validation split, as indices into the training pool; `repeat` is the redrawn partition it belongs to."""
 
-    index: int
+    index: int  # position among the splitter's folds (unique across repeats)
     train: np.ndarray
     val: np.ndarray
+    repeat: int = 0
 
 
 class Splitter:
@@ -36,6 +37,13 @@ class Splitter:
 
 
 SPLITTERS: Registry[Splitter] = Registry("splitter")
+
+
+def check_photos(pool: ImageSet, needed: int, what: str, fix: str = "add images or lower test_fraction") -> None:
+    """A ConfigError when the pool has fewer than `needed` photos for splitter `what`."""
+    photos = count_photos(pool)
+    if photos < needed:
+        raise ConfigError(f"{what} needs at least {needed} photos in the training pool, found {photos}; {fix}")
 
 
 def count_photos(data: ImageSet) -> int:
@@ -64,29 +72,51 @@ class HoldOut(Splitter):
         return 1
 
     def split(self, pool: ImageSet, seed: int) -> list[Fold]:
-        if count_photos(pool) < 2:
-            raise ConfigError("holdout needs at least 2 photos in the training pool; add images or lower test_fraction")
-        splitter = GroupShuffleSplit(n_splits=1, test_size=self.val_fraction, random_state=seed)
-        train, val = next(splitter.split(pool.images, groups=pool.groups))
-        return [Fold(0, np.sort(train), np.sort(val))]
+        check_photos(pool, 2, "holdout")
+        return shuffled_holdouts(pool, self.val_fraction, 1, seed)
+
+
+def shuffled_holdouts(pool: ImageSet, val_fraction: float, n: int, seed: int) -> list[Fold]:
+    """`n` grouped random train/validation splits (scikit-learn's GroupShuffleSplit), the i-th as repeat i."""
+    splitter = GroupShuffleSplit(n_splits=n, test_size=val_fraction, random_state=seed)
+    return [Fold(i, np.sort(tr), np.sort(va), repeat=i) for i, (tr, va) in enumerate(splitter.split(pool.images, groups=pool.groups))]
+
+
+@SPLITTERS.register("repeated-holdout")
+class RepeatedHoldOut(Splitter):
+    """`n_repeats` hold-out splits, each a new random draw of the validation photos."""
+
+    def __init__(self, val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2, n_repeats: Annotated[int, Field(ge=2)] = 5) -> None:
+        self.val_fraction, self.n_repeats = val_fraction, n_repeats
+
+    def n_splits(self) -> int:
+        return self.n_repeats
+
+    def split(self, pool: ImageSet, seed: int) -> list[Fold]:
+        check_photos(pool, 2, "repeated-holdout")
+        return shuffled_holdouts(pool, self.val_fraction, self.n_repeats, seed)
 
 
 @SPLITTERS.register("kfold")
 class KFold(Splitter):
-    """k folds of the photos, shuffled with the data seed; each photo validates once."""
+    """k folds of the photos, shuffled with the data seed; each photo validates once per repeat, each repeat a new partition."""
 
-    def __init__(self, k: Annotated[int, Field(ge=2)] = 5) -> None:
-        self.k = k
+    omit_default = ("repeats",)  # added later: left out of the config at its default, so earlier cell ids stay the same
+
+    def __init__(self, k: Annotated[int, Field(ge=2)] = 5, repeats: Annotated[int, Field(ge=1)] = 1) -> None:
+        self.k, self.repeats = k, repeats
 
     def n_splits(self) -> int:
-        return self.k
+        return self.k * self.repeats
 
     def split(self, pool: ImageSet, seed: int) -> list[Fold]:
-        photos = count_photos(pool)
-        if photos < self.k:
-            raise ConfigError(f"kfold k={self.k} needs at least {self.k} photos in the training pool, found {photos}; lower k")
-        splitter = GroupKFold(n_splits=self.k, shuffle=True, random_state=seed)
-        return [Fold(i, np.sort(tr), np.sort(va)) for i, (tr, va) in enumerate(splitter.split(pool.images, groups=pool.groups))]
+        check_photos(pool, self.k, f"kfold k={self.k}", "lower k")
+        folds = []
+        for r in range(self.repeats):  # repeat r shuffles with seed + r: repeat 0 is the single partition of `repeats: 1`
+            splitter = GroupKFold(n_splits=self.k, shuffle=True, random_state=seed + r)
+            for tr, va in splitter.split(pool.images, groups=pool.groups):
+                folds.append(Fold(len(folds), np.sort(tr), np.sort(va), repeat=r))
+        return folds
 
 
 @SPLITTERS.register("folders")

@@ -30,7 +30,7 @@ def test_registering_twice_is_refused() -> None:
 def test_validate_fills_defaults_and_describe_lists_them() -> None:
     assert SPLITTERS.validate("kfold", {}) == {"k": 5}
     rows = {name: (opts, doc) for name, opts, doc in SPLITTERS.describe()}
-    assert rows["kfold"][0] == "k=5"
+    assert rows["kfold"][0] == "k=5, repeats=1"
     assert rows["holdout"][0] == "val_fraction=0.2"
     assert rows["kfold"][1]
 

@@ -13,6 +13,7 @@ import pytest
 from conftest import TINY_GRID
 from PIL import Image
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
 from colorbench import cli
 from colorbench.config import parse_experiment
@@ -20,6 +21,7 @@ from colorbench.errors import ConfigError
 from colorbench.losses import LOSSES, MSE
 from colorbench.report import FIGURES, GRAY, Report, badness, build_report, decodings_table
 from colorbench.runner import run_grid
+from colorbench.validation_report import COLUMNS
 
 EXPERIMENT = "tiny-report"
 
@@ -83,7 +85,7 @@ def test_table_has_a_row_per_cell_plus_gray_and_fold_columns(report: Report, sto
     assert set(cells["cell"]) == {cell_id(store, b, s) for b in ("resnet18-6", "resnet18-7") for s in ("holdout", "kfold")}
     assert list(cells["rank"]) == [1, 2, 3, 4]
     assert list(cells["test_psnr_mean"]) == sorted(cells["test_psnr_mean"], reverse=True)
-    assert {"backbone", "loss", "splitter", "test_psnr_std", "best_epoch_mean", "train_seconds_mean", "p_ttest_folds"} <= set(table)
+    assert {"backbone", "loss", "splitter", "test_psnr_std", "best_epoch_mean", "train_seconds_mean", "p_ttest_corrected", "n_children", "n_images"} <= set(table)
     kfold, holdout = cells[cells["splitter"] == "kfold(k=2)"], cells[cells["splitter"] == "holdout(val_fraction=0.3)"]
     assert len(kfold) == len(holdout) == 2
     assert kfold[["split0_test_psnr", "split1_test_psnr"]].notna().all().all()
@@ -120,17 +122,76 @@ def test_p_values_match_scipy_on_the_same_numbers(report: Report, store: str, tm
     base = cell_id(store, "resnet18-6", "kfold")
     assert report.baseline == base
     table = report.table.set_index("cell")
-    assert np.isnan(table.loc[base, "p_ttest_folds"]) and np.isnan(table.loc[base, "p_wilcoxon_images"])
+    assert np.isnan(table.loc[base, "p_ttest_corrected"]) and np.isnan(table.loc[base, "p_wilcoxon_images"])
     other_kfold = cell_id(store, "resnet18-7", "kfold")
-    expected_t = stats.ttest_rel(child_folds(store, other_kfold)["metrics.test_psnr"], child_folds(store, base)["metrics.test_psnr"]).pvalue
-    assert table.loc[other_kfold, "p_ttest_folds"] == pytest.approx(expected_t)
-    for backbone in ("resnet18-6", "resnet18-7"):  # hold-out: other folds, one fold: no t-test
-        assert np.isnan(table.loc[cell_id(store, backbone, "holdout"), "p_ttest_folds"])
+    other, mine = child_folds(store, other_kfold), child_folds(store, base)
+    d = other["metrics.test_psnr"].to_numpy() - mine["metrics.test_psnr"].to_numpy()
+    share = np.mean([float(v) / float(t) for f in (other, mine) for v, t in zip(f["params.n_val"], f["params.n_train"], strict=True)])
+    t = d.mean() / np.sqrt((1 / len(d) + share) * d.var(ddof=1))  # Nadeau & Bengio's corrected resampled t, J - 1 df
+    assert table.loc[other_kfold, "p_ttest_corrected"] == pytest.approx(2 * stats.t.sf(abs(t), len(d) - 1))
+    assert table.loc[other_kfold, "n_children"] == 2
+    for backbone in ("resnet18-6", "resnet18-7"):  # hold-out: other splits, one child: no t-test, J = 0
+        holdout = cell_id(store, backbone, "holdout")
+        assert np.isnan(table.loc[holdout, "p_ttest_corrected"]) and table.loc[holdout, "n_children"] == 0
     base_images = per_image_mean(store, base, tmp_path)
     for cell in table.index.drop([base, GRAY]):
-        expected_w = stats.wilcoxon(per_image_mean(store, cell, tmp_path), base_images).pvalue
-        assert table.loc[cell, "p_wilcoxon_images"] == pytest.approx(expected_w)
+        cell_images = per_image_mean(store, cell, tmp_path)
+        assert table.loc[cell, "p_wilcoxon_images"] == pytest.approx(stats.wilcoxon(cell_images, base_images).pvalue)
+        d = cell_images - base_images
+        ci = stats.bootstrap((d,), np.mean, n_resamples=10_000, random_state=np.random.default_rng(0)).confidence_interval
+        assert table.loc[cell, "diff_mean"] == pytest.approx(d.mean())
+        assert (table.loc[cell, "diff_ci_low"], table.loc[cell, "diff_ci_high"]) == pytest.approx((ci.low, ci.high))
+        assert table.loc[cell, "p_better_images"] == pytest.approx(np.mean(d > 0) + 0.5 * np.mean(d == 0))  # psnr: higher is better
+        assert table.loc[cell, "n_images"] == len(d)
     assert report.n_images == len(base_images) > 1
+
+
+def test_every_p_value_is_adjusted_as_one_family_and_the_csv_keeps_the_raw_ones(report: Report) -> None:
+    table = pd.read_csv(report.out_dir / "table.csv")
+    raw = np.concatenate([table["p_ttest_corrected"], table["p_wilcoxon_images"], [report.friedman.p]])
+    present = ~np.isnan(raw)
+    expected = np.full(len(raw), np.nan)
+    expected[present] = multipletests(raw[present], method="holm")[1]
+    n = len(table)
+    np.testing.assert_allclose(table["p_adj_ttest_corrected"], expected[:n])
+    np.testing.assert_allclose(table["p_adj_wilcoxon_images"], expected[n : 2 * n])
+    assert report.friedman.p_adj == pytest.approx(expected[-1])
+    adjusted = [c for c in table.columns if "adj" in c]
+    assert adjusted == ["p_adj_ttest_corrected", "p_adj_wilcoxon_images"]  # every adjusted column starts with p_adj
+
+
+def test_friedman_over_all_cells_matches_scipy_and_draws_cd_png(report: Report, store: str, tmp_path: Path) -> None:
+    cells = [c for c in report.table["cell"] if c != GRAY]
+    expected = stats.friedmanchisquare(*(per_image_mean(store, c, tmp_path) for c in cells))
+    assert report.friedman.n_cells == 4 and report.friedman.statistic == pytest.approx(expected.statistic)
+    assert report.friedman.p == pytest.approx(expected.pvalue)
+    with Image.open(report.out_dir / "cd.png") as image:
+        assert image.format == "PNG" and image.width > 100
+    assert "](cd.png)" in (report.out_dir / "summary.md").read_text()
+
+
+def test_validation_report_compares_each_splitter_with_the_test_set(report: Report, store: str) -> None:
+    written = pd.read_csv(report.out_dir / "validation.csv")
+    assert tuple(written.columns) == COLUMNS  # no splitter with repeats: no picks_best
+    client = mlflow.tracking.MlflowClient(store)
+    for splitter, name in (("kfold(k=2)", "kfold"), ("holdout(val_fraction=0.3)", "holdout")):
+        errors, spreads = [], []
+        for backbone in ("resnet18-6", "resnet18-7"):
+            folds = child_folds(store, cell_id(store, backbone, name))
+            val = [
+                next(m.value for m in client.get_metric_history(run, "val_psnr") if m.step == best)
+                for run, best in zip(folds["run_id"], folds["metrics.best_epoch"], strict=True)
+            ]
+            errors.append(np.mean(val) - folds["metrics.test_psnr"].mean())
+            spreads.append(np.std(val, ddof=1) if len(val) > 1 else np.nan)
+        row = written.set_index("splitter").loc[splitter]
+        assert row["bias"] == pytest.approx(np.mean(errors)) and row["abs_error"] == pytest.approx(np.mean(np.abs(errors)))
+        assert row["n_configurations"] == 2 and row["n_children"] == (4 if name == "kfold" else 2)
+        assert row["regret"] >= 0 and (np.isnan(row["kendall_tau"]) or row["kendall_tau"] in (-1.0, 1.0))
+        assert row["spread"] == pytest.approx(np.mean(spreads)) if name == "kfold" else np.isnan(row["spread"])
+    with Image.open(report.out_dir / "val_vs_test.png") as image:
+        assert image.format == "PNG"
+    assert "## Validation schemes" in (report.out_dir / "summary.md").read_text() and (report.out_dir / "validation.md").is_file()
 
 
 def test_failed_cell_is_listed_not_ranked(report: Report) -> None:
@@ -153,7 +214,7 @@ def test_summary_ranks_tests_compares_with_gray_and_embeds_figures(report: Repor
     assert "Ranking on test psnr" in text
     positions = [text.index(f"{rank}. `{cell}`") for rank, cell in enumerate(ranked, 1)]
     assert positions == sorted(positions)
-    assert "paired t-test over folds p =" in text and "Wilcoxon over images p =" in text
+    assert "corrected t-test p = " in text and "Wilcoxon p" in text and "p_adj" in text and "95% CI" in text and "J = 2" in text
     assert "vs gray" in text and "colourfulness ratio" in text
     for name in FIGURES:
         assert f"]({name})" in text
@@ -169,6 +230,21 @@ def test_cli_prints_the_table_with_the_top_cell_as_default_baseline(store: str, 
     assert table.loc[table["baseline"].astype(str) == "True", "cell"].item() == top
     assert f"{top} *" in printed and GRAY in printed and "auc_rebalanced" in printed and "p (W, images)" in printed
     assert all(cell in printed for cell in table["cell"])
+
+
+def test_correction_none_from_the_cli_and_bh_match_statsmodels(store: str, tmp_path: Path) -> None:
+    assert cli.main(["report", "--experiment", EXPERIMENT, "--tracking-uri", store, "--out", str(tmp_path / "none"), "--correction", "none"]) == 0
+    none = pd.read_csv(tmp_path / "none" / "table.csv")
+    np.testing.assert_allclose(none["p_adj_wilcoxon_images"], none["p_wilcoxon_images"])
+    bh = build_report(EXPERIMENT, tmp_path / "bh", tracking_uri=store, correction="bh")
+    raw = np.concatenate([bh.table["p_ttest_corrected"], bh.table["p_wilcoxon_images"], [bh.friedman.p]])
+    present = ~np.isnan(raw)
+    expected = np.full(len(raw), np.nan)
+    expected[present] = multipletests(raw[present], method="fdr_bh")[1]
+    np.testing.assert_allclose(bh.table["p_adj_wilcoxon_images"], expected[len(bh.table) : 2 * len(bh.table)])
+    assert "Benjamini-Hochberg" in (tmp_path / "bh" / "summary.md").read_text()
+    with pytest.raises(SystemExit):
+        cli.main(["report", "--experiment", EXPERIMENT, "--tracking-uri", store, "--correction", "bonferroni"])
 
 
 def test_missing_experiment_lists_the_existing_ones(store: str, tmp_path: Path) -> None:
