@@ -1,0 +1,157 @@
+"""No leakage in the wiring: a real grid and a real search trial, spied on at what reaches training, validation and the prior.
+
+`fit` (training and validation images, hence early stopping and the best checkpoint) and every loss's `prepare` (the
+statistics of the training fold) are wrapped with pytest's monkeypatch. The expected rows are recomputed here from the
+data source, `carve_test` and the splitter alone: each fit must get exactly `pool[fold.train]` / `pool[fold.val]`, each
+prepare exactly that fit's training rows, and no photo of the test set may reach any of them. The `n_train`, `n_val` and
+`n_test` logged on every fold run are read back from MLflow. (In-process only: the `process` executor's spawned workers
+start a fresh interpreter that this patch cannot reach.)
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_GRID
+from mlflow.tracking import MlflowClient
+
+from colorbench import tracking
+from colorbench.components import LOSSES, SPLITTERS
+from colorbench.config import Component, DataConfig, parse_experiment
+from colorbench.data import SOURCES, ImageSet
+from colorbench.losses import Objective
+from colorbench.runner import run_grid
+from colorbench.search import run_search
+from colorbench.search_space import parse_search
+from colorbench.splitters import carve_test
+
+# Where the grid and the search look `fit` up when they train a fold (one place to retarget when that code moves).
+FIT_TARGET = "colorbench.runner.fit"
+SEARCH = {
+    "experiment": "leak-search",
+    "data": {"source": "builtin", "image_size": 32, "crops_per_photo": 2},
+    "train": {"epochs": 1, "batch_size": 8, "lr": 1.0e-3},
+    "test_fraction": 0.25,
+    "loss": "ce-rebalanced",
+    "splitter": {"name": "kfold", "k": 2},
+    "space": {"train.lr": {"loguniform": [3.0e-4, 3.0e-3]}},
+    "objective": {"metric": "val_auc_rebalanced", "direction": "maximize"},
+    "sampler": "random",
+    "pruner": "none",
+}
+
+
+def digest(rows: torch.Tensor | np.ndarray) -> str:
+    array = rows.cpu().numpy() if isinstance(rows, torch.Tensor) else rows
+    return hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+@dataclass
+class Spy:
+    """What each fit call received (as arrays), and the rows of each prepare call made during it."""
+
+    fits: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    prepared: list[list[np.ndarray]] = field(default_factory=list)
+
+
+@pytest.fixture
+def spy(monkeypatch: pytest.MonkeyPatch) -> Spy:
+    """Wrap `fit` where the grid and the search call it, and `prepare` of every loss class that defines one."""
+    record = Spy()
+    module, name = FIT_TARGET.rsplit(".", 1)
+    original_fit: Callable = getattr(importlib.import_module(module), name)
+
+    def fit(model, objective, train_images, val_images, cfg, *args, **kwargs):
+        record.fits.append((train_images.cpu().numpy().copy(), val_images.cpu().numpy().copy()))
+        record.prepared.append([])
+        return original_fit(model, objective, train_images, val_images, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(FIT_TARGET, fit)
+    classes = {Objective, *(LOSSES.get(name) for name in LOSSES if isinstance(LOSSES.get(name), type))}
+    for cls in classes:
+        if "prepare" in vars(cls):
+            monkeypatch.setattr(cls, "prepare", wrap_prepare(vars(cls)["prepare"], record))
+    return record
+
+
+def wrap_prepare(original: Callable, record: Spy) -> Callable:
+    def prepare(self, train_rgb: torch.Tensor) -> None:
+        assert record.prepared, "prepare was called outside fit"
+        record.prepared[-1].append(train_rgb.cpu().numpy().copy())
+        return original(self, train_rgb)
+
+    return prepare
+
+
+@dataclass
+class Expected:
+    data: ImageSet
+    pool: ImageSet
+    test: np.ndarray  # indices into data
+
+
+def expected_split(source: DataConfig, test_fraction: float, seed: int) -> Expected:
+    data = SOURCES.build(source.source, source.options)
+    rest, test = carve_test(data, test_fraction, seed)
+    return Expected(data, data.subset(rest), test)
+
+
+def check_no_leak(spy: Spy, expected: Expected, splitters: list[Component], seed: int) -> None:
+    """The fits got exactly the folds' rows (as a multiset), each prepare its fit's training rows, no test photo anywhere."""
+    name_of = {digest(row): name for row, name in zip(expected.data.images, expected.data.names, strict=True)}
+    test_photos = {expected.data.names[i] for i in expected.test}
+    for train, val in spy.fits:
+        seen = [name_of.get(digest(row)) for row in np.concatenate([train, val])]
+        assert None not in seen, "fit got a row that is not an image of the data source"
+        assert not test_photos & set(seen), f"test photos reached training or validation: {sorted(test_photos & set(seen))}"
+    pool = expected.pool
+    folds = [fold for s in splitters for fold in SPLITTERS.build(s.name, s.options).split(pool, seed)]
+    want = sorted((digest(pool.images[f.train]), digest(pool.images[f.val])) for f in folds)
+    got = sorted((digest(train), digest(val)) for train, val in spy.fits)
+    assert got == want, "the rows given to fit are not exactly pool[fold.train] / pool[fold.val] of the folds"
+    for (train, _), prepared in zip(spy.fits, spy.prepared, strict=True):
+        assert prepared and all(np.array_equal(rows, train) for rows in prepared), "prepare saw other rows than the fold's training rows"
+
+
+def check_logged_counts(experiment: str, usable: int, n_test: int, n_folds: int) -> None:
+    """Every fold run logs n_train + n_val + n_test = the usable images, with the test set's size as n_test."""
+    client = MlflowClient()
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    runs = client.search_runs([experiment_id], f"tags.`{tracking.TAG_ROLE}` = 'fold'")
+    assert len(runs) == n_folds
+    for run in runs:
+        params = {k: int(run.data.params[k]) for k in ("n_train", "n_val", "n_test")}
+        assert params["n_test"] == n_test and sum(params.values()) == usable, params
+
+
+def test_grid_trains_and_validates_on_the_fold_rows_only(spy: Spy, tracking_uri: str) -> None:
+    grid = copy.deepcopy(TINY_GRID)
+    grid["train"]["epochs"] = 1
+    exp = parse_experiment(grid)
+    outcomes, _ = run_grid(exp, tracking_uri)
+    assert not any(o.failure for o in outcomes)
+    expected = expected_split(exp.data, exp.test_fraction, exp.seed)
+    check_no_leak(spy, expected, [o.cell.splitter for o in outcomes], exp.seed)
+    mlflow.set_tracking_uri(tracking_uri)
+    check_logged_counts(exp.experiment, len(expected.data), len(expected.test), n_folds=3)
+
+
+def test_search_trial_trains_and_validates_on_the_fold_rows_only(spy: Spy, tracking_uri: str, tmp_path: Path) -> None:
+    search = parse_search(copy.deepcopy(SEARCH))
+    outcome = run_search(search, n_trials=1, tracking_uri=tracking_uri, out_dir=tmp_path / "figures")
+    assert outcome.counts["COMPLETE"] == 1
+    cfg = search.config
+    expected = expected_split(cfg.data, cfg.test_fraction, cfg.seed)
+    check_no_leak(spy, expected, [cfg.splitter], cfg.seed)
+    assert sum(len(p) for p in spy.prepared) >= 2, "ce-rebalanced's prior must have been prepared once per fold"
+    mlflow.set_tracking_uri(tracking_uri)
+    check_logged_counts(cfg.experiment, len(expected.data), len(expected.test), n_folds=2)
