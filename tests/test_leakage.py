@@ -4,8 +4,8 @@
 statistics of the training fold) are wrapped with pytest's monkeypatch. The expected rows are recomputed here from the
 data source, `carve_test` and the splitter alone: each fit must get exactly `pool[fold.train]` / `pool[fold.val]`, each
 prepare exactly that fit's training rows, and no photo of the test set may reach any of them. The `n_train`, `n_val` and
-`n_test` logged on every fold run are read back from MLflow. (In-process only: the `process` executor's spawned workers
-start a fresh interpreter that this patch cannot reach.)
+`n_test` logged on every fold run are read back from MLflow. Under the `process` executor the spy is installed in each
+spawned worker by its pool initializer and saves what it saw to a folder.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +35,11 @@ from colorbench.search import run_search
 from colorbench.search_space import parse_search
 from colorbench.splitters import carve_test
 
-# Where the grid and the search look `fit` up when they train a fold (one place to retarget when that code moves).
+# Where the grid and the search look `fit` up when they train a fold, and the process executor's pool initializer, which
+# the spy replaces to reach the spawned workers (the one place to retarget when that code moves).
 FIT_TARGET = "colorbench.runner.fit"
+POOL_INIT_TARGET = "colorbench.executors.pin_gpu"
+SPY_FOLDER = "COLORBENCH_TEST_SPY_FOLDER"
 SEARCH = {
     "experiment": "leak-search",
     "data": {"source": "builtin", "image_size": 32, "crops_per_photo": 2},
@@ -57,30 +61,48 @@ def digest(rows: torch.Tensor | np.ndarray) -> str:
 
 @dataclass
 class Spy:
-    """What each fit call received (as arrays), and the rows of each prepare call made during it."""
+    """What each fit call received (as arrays), and the rows of each prepare call made during it.
+
+    With a `folder` (in a worker process) each fit's record is also written there once the fit returns."""
 
     fits: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     prepared: list[list[np.ndarray]] = field(default_factory=list)
+    folder: Path | None = None
+
+    def save_last(self) -> None:
+        if self.folder is not None:
+            (train, val), prepared = self.fits[-1], self.prepared[-1]
+            np.savez(self.folder / f"{os.getpid()}-{len(self.fits)}.npz", train=train, val=val, prepared=np.stack(prepared))
+
+    @classmethod
+    def load(cls, folder: Path) -> Spy:
+        """The records the workers saved in `folder`."""
+        record = cls()
+        for path in sorted(folder.glob("*.npz")):
+            with np.load(path) as saved:
+                record.fits.append((saved["train"], saved["val"]))
+                record.prepared.append(list(saved["prepared"]))
+        return record
 
 
-@pytest.fixture
-def spy(monkeypatch: pytest.MonkeyPatch) -> Spy:
+def install_spy(record: Spy, setter: Callable[[object, str, object], None] = setattr) -> None:
     """Wrap `fit` where the grid and the search call it, and `prepare` of every loss class that defines one."""
-    record = Spy()
-    module, name = FIT_TARGET.rsplit(".", 1)
-    original_fit: Callable = getattr(importlib.import_module(module), name)
+    module_name, name = FIT_TARGET.rsplit(".", 1)
+    module = importlib.import_module(module_name)
+    original_fit: Callable = getattr(module, name)
 
     def fit(model, objective, train_images, val_images, cfg, *args, **kwargs):
         record.fits.append((train_images.cpu().numpy().copy(), val_images.cpu().numpy().copy()))
         record.prepared.append([])
-        return original_fit(model, objective, train_images, val_images, cfg, *args, **kwargs)
+        result = original_fit(model, objective, train_images, val_images, cfg, *args, **kwargs)
+        record.save_last()
+        return result
 
-    monkeypatch.setattr(FIT_TARGET, fit)
+    setter(module, name, fit)
     classes = {Objective, *(LOSSES.get(name) for name in LOSSES if isinstance(LOSSES.get(name), type))}
     for cls in classes:
         if "prepare" in vars(cls):
-            monkeypatch.setattr(cls, "prepare", wrap_prepare(vars(cls)["prepare"], record))
-    return record
+            setter(cls, "prepare", wrap_prepare(vars(cls)["prepare"], record))
 
 
 def wrap_prepare(original: Callable, record: Spy) -> Callable:
@@ -90,6 +112,21 @@ def wrap_prepare(original: Callable, record: Spy) -> Callable:
         return original(self, train_rgb)
 
     return prepare
+
+
+@pytest.fixture
+def spy(monkeypatch: pytest.MonkeyPatch) -> Spy:
+    """The spy installed in this process (undone after the test)."""
+    record = Spy()
+    install_spy(record, monkeypatch.setattr)
+    return record
+
+
+def spying_worker_init(*args: object) -> None:
+    """Pool initializer of the process executor's (spawned) workers: the original one, then the spy, saving into SPY_FOLDER."""
+    module_name, name = POOL_INIT_TARGET.rsplit(".", 1)
+    getattr(importlib.import_module(module_name), name)(*args)  # unpatched in a fresh worker
+    install_spy(Spy(folder=Path(os.environ[SPY_FOLDER])))
 
 
 @dataclass
@@ -155,3 +192,20 @@ def test_search_trial_trains_and_validates_on_the_fold_rows_only(spy: Spy, track
     assert sum(len(p) for p in spy.prepared) >= 2, "ce-rebalanced's prior must have been prepared once per fold"
     mlflow.set_tracking_uri(tracking_uri)
     check_logged_counts(cfg.experiment, len(expected.data), len(expected.test), n_folds=2)
+
+
+def test_process_executor_trains_and_validates_on_the_fold_rows_only(tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    grid = copy.deepcopy(TINY_GRID)
+    grid["train"]["epochs"] = 1
+    grid["grid"]["splitter"] = [{"name": "kfold", "k": 2}]
+    exp = parse_experiment(grid)
+    monkeypatch.setenv(SPY_FOLDER, str(tmp_path))
+    monkeypatch.setattr(POOL_INIT_TARGET, spying_worker_init)
+    outcomes, _ = run_grid(exp, tracking_uri, "process", {"workers": 1})
+    assert not any(o.failure for o in outcomes)
+    record = Spy.load(tmp_path)
+    assert len(record.fits) == 2, "the workers' spy saw no fits"
+    expected = expected_split(exp.data, exp.test_fraction, exp.seed)
+    check_no_leak(record, expected, [o.cell.splitter for o in outcomes], exp.seed)
+    mlflow.set_tracking_uri(tracking_uri)
+    check_logged_counts(exp.experiment, len(expected.data), len(expected.test), n_folds=2)
