@@ -15,6 +15,7 @@ import pytest
 import torch
 from skimage.color import rgb2lab
 
+from colorbench.backbones import build_model
 from colorbench.color import ab_gamut_bins
 from colorbench.components import LOSSES
 from colorbench.config import TrainConfig, parse_experiment
@@ -91,8 +92,6 @@ def test_weights_equal_the_reference_on_the_training_rows(pool: ImageSet, lam: f
 
 def fitted_weights(train: np.ndarray, val: np.ndarray) -> torch.Tensor:
     """The bin weights a 1-epoch `fit` leaves on a fresh ce-rebalanced objective."""
-    from colorbench.backbones import build_model
-
     torch.manual_seed(0)
     objective = LOSSES.build("ce-rebalanced")
     model = build_model("resnet18-6", {}, objective.out_channels)
