@@ -1,29 +1,14 @@
-"""`colorbench run --executor slurm|ray` on a tiny grid: every cell once in the store (`process`: tests/test_lifecycle.py)."""
+"""`colorbench run --executor slurm|ray` on a tiny grid: every cell once in the store (the process pool: tests/test_process_executor.py)."""
 
 from __future__ import annotations
 
 import pytest
-from mlflow.tracking import MlflowClient
+from test_process_executor import store_cells
 
-from colorbench import tracking
 from colorbench.config import parse_experiment
 from colorbench.runner import run_grid
 
 pytestmark = pytest.mark.scaleout
-
-
-def store_cells(experiment: str) -> dict[str, dict]:
-    """FINISHED cell runs by cell id (fails if a cell has two), with their fold runs' count."""
-    client = MlflowClient()
-    experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    runs = client.search_runs([experiment_id], f"tags.`{tracking.TAG_ROLE}` = 'cell' and attributes.status = 'FINISHED'")
-    ids = [r.data.tags[tracking.TAG_CELL] for r in runs]
-    assert len(ids) == len(set(ids)), f"a cell was logged twice: {ids}"
-    out = {}
-    for run in runs:
-        folds = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}' and attributes.status = 'FINISHED'")
-        out[run.data.tags[tracking.TAG_CELL]] = {"metrics": run.data.metrics, "folds": len(folds)}
-    return out
 
 
 def test_slurm_executor_through_submitit_local(tiny_grid: dict, tracking_uri: str, tmp_path) -> None:

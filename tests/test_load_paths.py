@@ -1,0 +1,81 @@
+"""The three ways to load a trained fold give the same model: its fold run id, the cell's `runs:/<id>/model` pyfunc, its checkpoint.
+
+Each must equal the checkpoint's state_dict run through a freshly built net, and differ from an untrained net of the same
+seed, so a load path that forgot the weights (or loaded other ones) fails here.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_GRID
+from mlflow.tracking import MlflowClient
+
+import colorbench
+from colorbench import tracking
+from colorbench.backbones import build_model
+from colorbench.checkpoints import TrainedModel
+from colorbench.colorize import Colorizer
+from colorbench.components import LOSSES
+from colorbench.config import parse_experiment
+from colorbench.data import SOURCES, lab_batch
+from colorbench.runner import run_grid
+
+
+@pytest.fixture(scope="module")
+def photos() -> np.ndarray:
+    """Four real photos at 40 px (the model works at 32, so the resizing path runs too)."""
+    return SOURCES.build("builtin", {"image_size": 40, "crops_per_photo": 1}).images[:4]
+
+
+def fresh_colorizer(ckpt: dict, state_dict: dict | None) -> Colorizer:
+    """A net built from the checkpoint's description, with `state_dict` loaded (None: untrained, seeded as training starts)."""
+    torch.manual_seed(0)
+    objective = LOSSES.build(ckpt["loss"]["name"], ckpt["loss"]["options"])
+    model = build_model(ckpt["backbone"]["name"], ckpt["backbone"]["options"], objective.out_channels)
+    if state_dict is not None:
+        model.load_state_dict(state_dict)
+    return Colorizer(TrainedModel(model.eval(), objective, int(ckpt["image_size"]), {}), "cpu")
+
+
+def test_fold_run_pyfunc_uri_and_checkpoint_give_the_checkpoints_outputs(
+    tracking_uri: str, tmp_path: Path, photos: np.ndarray
+) -> None:
+    grid = copy.deepcopy(TINY_GRID)
+    grid["grid"]["splitter"] = [{"name": "holdout", "val_fraction": 0.3}]
+    (outcome,), _ = run_grid(parse_experiment(grid), tracking_uri)
+    assert outcome.failure is None
+    mlflow.set_tracking_uri(tracking_uri)
+    (fold_run,) = MlflowClient().search_runs(
+        [mlflow.get_experiment_by_name("tiny").experiment_id], f"tags.mlflow.parentRunId = '{outcome.run_id}'"
+    )
+    assert fold_run.data.tags[tracking.TAG_ROLE] == "fold"
+    path = mlflow.artifacts.download_artifacts(run_id=fold_run.info.run_id, artifact_path="checkpoint.pt", dst_path=str(tmp_path))
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+
+    by_run = colorbench.load(fold_run.info.run_id, device="cpu")
+    by_file = colorbench.load(path, device="cpu")
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{outcome.run_id}/model")
+    reference = fresh_colorizer(ckpt, ckpt["state_dict"])
+    expected = np.stack(reference.colorize_many(list(photos)))
+
+    np.testing.assert_array_equal(np.stack(by_run.colorize_many(list(photos))), expected)
+    np.testing.assert_array_equal(np.stack(by_file.colorize_many(list(photos))), expected)
+    np.testing.assert_array_equal(pyfunc.predict(photos), expected)
+    L, _ = lab_batch(torch.from_numpy(SOURCES.build("builtin", {"image_size": 32, "crops_per_photo": 1}).images))
+    with torch.no_grad():
+        raw = reference.model(L)
+        for model in (by_run.model, by_file.model, pyfunc.unwrap_python_model().colorizer.model):
+            assert torch.equal(model.eval()(L), raw)
+
+    untrained = fresh_colorizer(ckpt, None)
+    with torch.no_grad():
+        moved = (untrained.objective.decode(untrained.model(L)) - reference.objective.decode(raw)).abs()
+    # 2 tiny epochs move ab by about 0.5 Lab units on average: far above float noise, and the comparisons above are exact
+    assert moved.mean() > 0.1, "training must have moved the predicted ab (Lab units) away from an untrained net's"
+    assert not np.array_equal(np.stack(untrained.colorize_many(list(photos))), expected)

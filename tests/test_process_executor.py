@@ -1,0 +1,41 @@
+"""`colorbench run --executor process` on a tiny grid: every cell once in the store, same metrics as a local run.
+
+The process pool needs only the standard library, so it runs in the default suite (the engines with extras run in the
+scale-out group, tests/scaleout/test_executors.py, which imports `store_cells` from here).
+"""
+
+from __future__ import annotations
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from colorbench import tracking
+from colorbench.config import parse_experiment
+from colorbench.runner import run_grid
+
+METRICS = ("test_psnr_mean", "test_auc_rebalanced_mean", "test_colorfulness_ratio_mean")
+
+
+def store_cells(experiment: str) -> dict[str, dict]:
+    """FINISHED cell runs by cell id (fails if a cell has two), with their fold runs' count."""
+    client = MlflowClient()
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    runs = client.search_runs([experiment_id], f"tags.`{tracking.TAG_ROLE}` = 'cell' and attributes.status = 'FINISHED'")
+    ids = [r.data.tags[tracking.TAG_CELL] for r in runs]
+    assert len(ids) == len(set(ids)), f"a cell was logged twice: {ids}"
+    out = {}
+    for run in runs:
+        folds = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}' and attributes.status = 'FINISHED'")
+        out[run.data.tags[tracking.TAG_CELL]] = {"metrics": run.data.metrics, "folds": len(folds)}
+    return out
+
+
+def test_process_executor_matches_local(tiny_grid: dict, tracking_uri: str) -> None:
+    local, _ = run_grid(parse_experiment({**tiny_grid, "experiment": "local"}), tracking_uri)
+    pooled, _ = run_grid(parse_experiment({**tiny_grid, "experiment": "pooled"}), tracking_uri, "process", {"workers": 2})
+    assert [o.cell.id for o in pooled] == [o.cell.id for o in local] and not any(o.failure for o in pooled)
+    stored = store_cells("pooled")
+    assert set(stored) == {o.cell.id for o in local} and [stored[o.cell.id]["folds"] for o in local] == [1, 2]
+    for a, b in zip(local, pooled, strict=True):
+        for key in METRICS:
+            assert b.metrics[key] == pytest.approx(a.metrics[key], rel=1e-3), key
