@@ -84,6 +84,8 @@ def child_run(folder: str, size: int, epoch: bool) -> None:
     """In a fresh process: build the cache (workers from the environment), optionally train one epoch; print JSON."""
     import torch
 
+    if os.environ.get("SCALE_THREADS"):
+        torch.set_num_threads(int(os.environ["SCALE_THREADS"]))
     from colorbench.backbones import build_model
     from colorbench.config import TrainConfig
     from colorbench.data import SOURCES
@@ -171,6 +173,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64, help="cache image_size (default: 64)")
     parser.add_argument("--workers", type=int, help="decoding processes of the parallel build (default: the usable CPUs)")
     parser.add_argument("--folder", default=str(Path(tempfile.gettempdir()) / "colorbench-data-scale"), help="where the photo folders are made and kept")
+    parser.add_argument("--threads", type=int, help="torch threads of the training epoch (default: torch's; 1 is steadier on a busy machine)")
     parser.add_argument("--colorize-mp", type=float, default=144.0, help="megapixels of the colorized photo (0: skip; default: 144)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -183,13 +186,13 @@ def main() -> None:
 
     workers = args.workers or decode_workers()
     root, data = Path(args.folder), Path(args.data).expanduser().resolve()
-    print(f"{os.cpu_count()} CPUs, decoding workers {workers}; load {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    print(f"{os.cpu_count()} CPUs, decoding workers {workers}, torch threads {args.threads or 'default'}; load {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     rows: dict[tuple[int, int], tuple[dict, float]] = {}
     for n in args.sizes:
         folder = photo_folder(root, data, n)
         for w in (1, workers):
             with tempfile.TemporaryDirectory(prefix="colorbench-scale-cache-") as cache:
-                env = child_env(COLORBENCH_CACHE_DIR=cache, COLORBENCH_DECODE_WORKERS=str(w))
+                env = child_env(COLORBENCH_CACHE_DIR=cache, COLORBENCH_DECODE_WORKERS=str(w), SCALE_THREADS=str(args.threads or ""))
                 result, anon, _ = measured([sys.executable, __file__, "--child", "run", str(folder), str(args.image_size), "1" if w == workers else "0"], env)
             rows[n, w] = result, anon
             epoch = f"{result['epoch_img_per_s']:.1f}" if "epoch_img_per_s" in result else "-"
