@@ -14,7 +14,7 @@ PYTHON=${PYTHON:-python}
 DATA=${DATA:-../shared/data}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [[ "${1:-}" == "--smoke" ]]; then
-    args=(--device cpu --size 32 --limit 16 --batch 4 --large-batch 8 --steps 1 --seed-steps 1 --rounds 1 --precision fp32 bf16)
+    args=(--device cpu --size 32 --limit 16 --batch 4 --large-batch 8 --steps 1 --seed-steps 1 --rounds 1 --precision fp32)
 else
     args=(--device cuda --seed-steps 1)  # 1,024 images at 256 px, batch 16 and 256, 20 steps x 3 rounds, fp32 and bf16
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
