@@ -188,14 +188,20 @@ def measure_row(files: list[Path], images: np.ndarray, args: argparse.Namespace,
     machine cannot resolve when the share is a few per cent. Returns the rates by name and, on CUDA, each
     pipeline's peak allocation in MiB.
     """
+    from colorbench import train
     from colorbench.backbones import build_model
     from colorbench.config import TrainConfig
+    from colorbench.data import rows
     from colorbench.losses import LOSSES
     from colorbench.train import fit, stage, train_batches
 
     cuda = device.type == "cuda"
     torch.manual_seed(0)
-    pool = torch.from_numpy(images[np.arange(batch * steps[0]) % len(images)])
+    index = np.arange(batch * steps[0]) % len(images)
+    if args.stream:  # rows of the host array, never moved to the device whole: each batch gathered into pinned memory and copied
+        pool, train.RESIDENT_SHARE = rows(images, index), 0.0
+    else:
+        pool = torch.from_numpy(images[index])
     cfg = TrainConfig(
         epochs=1 + args.rounds, batch_size=batch, lr=3e-4, crop=0.5, precision=precision, channels_last=True, compile=args.compile, device=str(device)
     )
@@ -262,6 +268,7 @@ def main() -> None:
     parser.add_argument("--precision", nargs="+", help="precisions to measure (default: fp32 on CPU, fp32 and bf16 on CUDA)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (colorbench and bound)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is steadier on a busy machine)")
+    parser.add_argument("--stream", action="store_true", help="colorbench streams every batch from host memory instead of holding the fold on the GPU")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -279,7 +286,7 @@ def main() -> None:
     files = find_images(root, ("*",), ())[:limit]
     where = torch.cuda.get_device_name(device) if cuda else f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
     print(f"device {device} ({where}); torch {torch.__version__}; {len(files)} images from {root}, {args.size} px; load {os.getloadavg()[0]:.2f}")
-    print(f"steps {steps} (seed {seed_steps}) x {args.rounds} rounds; seed DataLoader workers {args.workers}; compile {args.compile}\n")
+    print(f"steps {steps} (seed {seed_steps}) x {args.rounds} rounds; seed DataLoader workers {args.workers}; compile {args.compile}; stream {args.stream}\n")
 
     cache = tempfile.mkdtemp(prefix="colorbench-bench-cache-")
     os.environ["COLORBENCH_CACHE_DIR"] = cache

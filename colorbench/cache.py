@@ -1,7 +1,8 @@
 """Decode-once cache: each source's images decoded and resized once into a uint8 memory-mapped store on disk.
 
 An entry is `<cache dir>/<key>/` with `images.npy` ((N,S,S,3) uint8) and `meta.json` (groups, names, skipped files,
-provenance). The key hashes the source, the decoding parameters (image size, crops, crop seed) and the file list
+provenance, content fingerprint). It is built as a stream: each decoded file goes straight into the pre-allocated
+memory-mapped `images.npy`, so a build holds a few decoded files at a time, never the set. The key hashes the source, the decoding parameters (image size, crops, crop seed) and the file list
 (relative path, size, mtime), so editing, adding or removing a file or changing the size makes a new entry; every
 epoch, fold, cell, grid re-run and search reads the same one. An entry is built in a hidden folder beside it and
 renamed into place when complete, so an interrupted build never leaves an entry that loads; an entry that fails its
@@ -17,7 +18,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,10 @@ from typing import Any
 import numpy as np
 import platformdirs
 
-from colorbench.data import ImageSet
+from colorbench.data import Decoded, ImageSet, digest_names
 from colorbench.errors import DataError
 
-FORMAT = 1  # bump when the stored layout or the decoding changes: old entries are then never matched
+FORMAT = 2  # bump when the stored layout or the decoding changes: old entries are then never matched
 ENV_VAR = "COLORBENCH_CACHE_DIR"
 BUILDING = ".building-"  # prefix of an entry still being written (or left by a killed build)
 KEY = re.compile(r"[0-9a-f]{20}")
@@ -50,12 +51,15 @@ def cache_key(source: str, params: dict[str, Any], files: list[Path], root: Path
     return hashlib.sha1(blob.encode()).hexdigest()[:20]
 
 
-def cached(source: str, params: dict[str, Any], files: list[Path], root: Path, build: Callable[[], ImageSet]) -> ImageSet:
-    """The entry for these files and parameters, memory-mapped; `build()` decodes them (once) when there is none."""
+def cached(
+    source: str, params: dict[str, Any], files: list[Path], root: Path, decode: Callable[[], Iterable[Decoded]], shape: tuple[int, ...]
+) -> ImageSet:
+    """The entry for these files and parameters, memory-mapped; when there is none, `decode()` decodes them (once) into at most
+    `shape` images."""
     entry = cache_dir() / cache_key(source, params, files, root)
     data = load(entry)
     if data is None:
-        store(entry, build(), {"source": source, "params": params, "root": str(root), "n_files": len(files)})
+        store(entry, decode(), shape, {"source": source, "params": params, "root": str(root), "n_files": len(files)})
         data = load(entry)
     if data is None:
         raise DataError(f"the decode cache entry {entry} could not be read back after writing it; run `colorbench cache clear` and retry")
@@ -79,29 +83,44 @@ def load(entry: Path) -> ImageSet | None:
     except (OSError, ValueError, KeyError, TypeError):
         shutil.rmtree(entry, ignore_errors=True)
         return None
-    return ImageSet(images, np.asarray(meta["groups"], dtype=np.int64), meta["names"], [tuple(s) for s in meta["skipped"]])
+    skipped = [tuple(s) for s in meta["skipped"]]
+    return ImageSet(images, np.asarray(meta["groups"], dtype=np.int64), meta["names"], skipped, digest=meta["fingerprint"])
 
 
-def store(entry: Path, data: ImageSet, provenance: dict[str, Any]) -> None:
-    """Write `data` as the entry `entry`: into a hidden folder first, renamed into place once complete and synced."""
+def store(entry: Path, decoded: Iterable[Decoded], shape: tuple[int, ...], provenance: dict[str, Any]) -> None:
+    """Write the decoded files, in order, as the entry `entry`, at most `shape` images: each file's squares go straight into
+    the memory-mapped `images.npy`, which is cut to the images kept at the end; the content fingerprint is computed on the
+    way. Written into a hidden folder first, renamed into place once complete and synced."""
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=BUILDING, dir=entry.parent))
     except OSError as err:
         raise DataError(f"cannot write the decode cache in {entry.parent} ({err.strerror}); set {ENV_VAR} to a writable folder") from None
     try:
-        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=data.images.shape)
-        images[:] = data.images
+        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=shape)
+        pixels, n, groups, names, skipped = hashlib.sha1(), 0, [], [], []
+        for item in decoded:
+            if item.squares is None:
+                skipped.append([item.name, item.reason])
+                continue
+            k = len(item.squares)
+            images[n : n + k] = item.squares
+            pixels.update(item.squares.data)
+            groups += [n] * k  # a photo's group is the index of its first image
+            names += [item.name] * k
+            n += k
         images.flush()
         del images
+        cut(tmp / "images.npy", (n, *shape[1:]))
         meta = {
             "format": FORMAT,
             **provenance,
-            "shape": list(data.images.shape),
+            "shape": [n, *shape[1:]],
             "created": time.time(),
-            "groups": np.asarray(data.groups).tolist(),
-            "names": list(data.names),
-            "skipped": [list(s) for s in data.skipped],
+            "fingerprint": digest_names(pixels, names),
+            "groups": groups,
+            "names": names,
+            "skipped": skipped,
         }
         (tmp / "meta.json").write_text(json.dumps(meta))
         for name in ("images.npy", "meta.json"):
@@ -116,6 +135,20 @@ def store(entry: Path, data: ImageSet, provenance: dict[str, Any]) -> None:
         raise DataError(f"cannot write the decode cache entry {entry} ({err.strerror}); free disk space or set {ENV_VAR} elsewhere") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cut(path: Path, shape: tuple[int, ...]) -> None:
+    """Shrink the uint8 .npy file at `path` to its first shape[0] rows: rewrite the header in place (numpy reserves room
+    for the first axis to change) and truncate the data."""
+    with open(path, "r+b") as handle:
+        np.lib.format.read_magic(handle)
+        np.lib.format.read_array_header_1_0(handle)
+        offset = handle.tell()
+        handle.seek(0)
+        np.lib.format.write_array_header_1_0(handle, {"descr": "|u1", "fortran_order": False, "shape": shape})
+        if handle.tell() != offset:
+            raise OSError(f"cannot shrink {path}: its header would move")
+        handle.truncate(offset + int(np.prod(shape)))
 
 
 @dataclass

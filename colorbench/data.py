@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
+import os
+import sys
 import warnings
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,35 +19,95 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from colorbench.color import lab_to_rgb, rgb_to_lab
-from colorbench.errors import DataError
+from colorbench.errors import ConfigError, DataError
 from colorbench.registry import Registry
 from colorbench.ui import track
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 GRAY_SPREAD = 12  # 99th percentile of per-pixel channel spread below this = grayscale photo
+WORKERS_ENV = "COLORBENCH_DECODE_WORKERS"  # decoding processes (default: the CPUs this process may use)
+DECODE_CHUNK = 16  # files per task of the decoding pool; at most 2 tasks per worker are in flight
+
+
+@dataclass(frozen=True)
+class ImageRows:
+    """The rows `index` of a uint8 array (N,S,S,3), usually the cache's memory map: a subset or a fold that copies nothing.
+
+    Indexing it (an int, a slice or an index array, as on an array) reads just those rows into a new array.
+    """
+
+    base: np.ndarray
+    index: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.index), *self.base.shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.base.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.index) * self.base[:1].nbytes
+
+    def __getitem__(self, key: int | slice | np.ndarray) -> np.ndarray:
+        return self.base[self.index[key]]
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        return self.base[self.index] if dtype is None else self.base[self.index].astype(dtype)
+
+
+HostImages = np.ndarray | ImageRows  # uint8 (N,S,S,3) on the host: an array, the cache's memory map, or rows of one
+
+
+def rows(images: HostImages, idx: np.ndarray) -> ImageRows:
+    """The rows `idx` of `images` as a view over the same base array (nothing is copied)."""
+    idx = np.asarray(idx, dtype=np.int64)
+    return ImageRows(images.base, images.index[idx]) if isinstance(images, ImageRows) else ImageRows(images, idx)
+
+
+def gather(images: HostImages, idx: np.ndarray, pin: bool = False) -> torch.Tensor:
+    """The rows `idx` of `images` read into one new uint8 tensor, in page-locked memory when `pin` (for non-blocking CUDA copies)."""
+    base, where = (images.base, images.index[idx]) if isinstance(images, ImageRows) else (images, np.asarray(idx))
+    out = torch.empty((len(where), *base.shape[1:]), dtype=torch.uint8, pin_memory=pin)
+    np.take(base, where, axis=0, out=out.numpy(), mode="clip")  # "clip" writes straight into `out`; the indices are valid
+    return out
+
+
+def digest_names(pixels: hashlib._Hash, names: Sequence[str]) -> str:
+    """The content fingerprint of a decoded set: `pixels` (a sha1 fed its images in order) completed with the names."""
+    pixels.update("\n".join(names).encode())
+    return pixels.hexdigest()[:16]
 
 
 @dataclass
 class ImageSet:
     """Decoded square uint8 images with, per image, its source photo (group) and name."""
 
-    images: np.ndarray  # (N, S, S, 3) uint8
+    images: HostImages  # (N, S, S, 3) uint8; a subset's are rows of its parent's (see `ImageRows`)
     groups: np.ndarray  # (N,) int: images of one group come from one photo
     names: list[str]  # relative path of the photo (crops share it)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    digest: str = ""  # content fingerprint of the whole decoded set, computed once when the cache entry was built
 
     def __len__(self) -> int:
         return len(self.images)
 
     def subset(self, idx: np.ndarray) -> ImageSet:
-        """The images at `idx` (skipped files are not carried over)."""
-        return ImageSet(self.images[idx], self.groups[idx], [self.names[i] for i in idx])
+        """The images at `idx` as a view of these (skipped files are not carried over)."""
+        return ImageSet(rows(self.images, idx), self.groups[idx], [self.names[i] for i in idx], digest=self.digest)
 
     def fingerprint(self) -> str:
-        """Content hash of the decoded pixels and names."""
-        digest = hashlib.sha1(self.images.tobytes())
-        digest.update("\n".join(self.names).encode())
-        return digest.hexdigest()[:16]
+        """Identity of these images: the build-time content fingerprint (images held in memory are hashed now), combined
+        with the row indices for a subset."""
+        whole = self.digest or digest_names(hashlib.sha1(np.ascontiguousarray(self.images).data), self.names)
+        if not isinstance(self.images, ImageRows):
+            return whole
+        return hashlib.sha1(whole.encode() + self.images.index.tobytes()).hexdigest()[:16]
 
 
 SOURCES: Registry[ImageSet] = Registry("data source")
@@ -58,7 +124,8 @@ def open_rgb(path: Path, draft: bool = True) -> Image.Image:
             img = Image.open(path)
             if draft:
                 img.draft("RGB", (1024, 1024))
-            img = ImageOps.exif_transpose(img)
+            ImageOps.exif_transpose(img, in_place=True)  # in place, and no copy to RGB below: a huge photo is never held twice
+            img.load()
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(img, dtype=np.float64)
                 scale = 65535.0 if arr.max() > 255 else 255.0
@@ -67,7 +134,7 @@ def open_rgb(path: Path, draft: bool = True) -> Image.Image:
                 img = img.convert("RGBA")
                 background = Image.new("RGBA", img.size, (255, 255, 255, 255))
                 img = Image.alpha_composite(background, img)
-            return img.convert("RGB")
+            return img if img.mode == "RGB" else img.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise DataError(f"{path}: unreadable image ({type(err).__name__}: {err})") from None
 
@@ -101,44 +168,127 @@ def find_images(root: Path, include: tuple[str, ...], exclude: tuple[str, ...]) 
     return files
 
 
-def decode_files(files: list[Path], root: Path, image_size: int, crops: int = 1, seed: int = 0) -> ImageSet:
-    """Decode each file once into `crops` squares (1 = centred; more = random crops of 50-100% of the short side)."""
-    rng = np.random.default_rng(seed)
-    images, groups, names, skipped = [], [], [], []
-    for path in track(files, "decoding images"):
-        name = str(path.relative_to(root))
-        try:
-            img = open_rgb(path)
-        except DataError as err:
-            skipped.append((name, str(err).split(": ", 1)[1]))
-            continue
-        w, h = img.size
-        if min(w, h) < 16:
-            skipped.append((name, f"too small ({w}x{h}, need at least 16 px)"))
-            continue
-        first = square(img, image_size)
-        if is_grayscale(first):
-            skipped.append((name, "grayscale (no colour to learn from)"))
-            continue
-        images.append(first)
+@dataclass
+class Decoded:
+    """One file's outcome: its squares (uint8 (crops,S,S,3)), or the reason it was skipped."""
+
+    name: str
+    squares: np.ndarray | None = None
+    reason: str = ""
+
+
+def decode_file(path: Path, name: str, image_size: int, crops: int, seed: int, rank: int) -> Decoded:
+    """One file -> `crops` squares (the centred one, then random crops of 50-100% of the short side), or why it is skipped.
+
+    `rank` is the number of files kept before this one: its crops take the draws that one generator seeded with `seed` makes
+    for them after those files' (3 per crop), so any split of the files between processes gives the same squares.
+    """
+    try:
+        img = open_rgb(path)
+    except DataError as err:
+        return Decoded(name, reason=str(err).split(": ", 1)[1])
+    w, h = img.size
+    if min(w, h) < 16:
+        return Decoded(name, reason=f"too small ({w}x{h}, need at least 16 px)")
+    squares = [square(img, image_size)]
+    if is_grayscale(squares[0]):
+        return Decoded(name, reason="grayscale (no colour to learn from)")
+    if crops > 1:
+        bits = np.random.PCG64(seed)
+        bits.advance(3 * (crops - 1) * rank)
+        rng = np.random.Generator(bits)
         for _ in range(crops - 1):
             side = min(w, h) * rng.uniform(0.5, 1.0)
             x, y = rng.uniform(0, w - side), rng.uniform(0, h - side)
-            images.append(square(img, image_size, (x, y, x + side, y + side)))
-        groups.extend([len(names)] * crops)
-        names.extend([name] * crops)
-    if not images:
+            squares.append(square(img, image_size, (x, y, x + side, y + side)))
+    return Decoded(name, np.stack(squares))
+
+
+def decode_chunk(files: list[Path], names: list[str], image_size: int, crops: int, seed: int, rank: int) -> list[Decoded]:
+    """`decode_file` on consecutive files, the first of which has `rank` kept files before it."""
+    out = []
+    for path, name in zip(files, names, strict=True):
+        out.append(decode_file(path, name, image_size, crops, seed, rank))
+        rank += out[-1].squares is not None
+    return out
+
+
+def decode_workers() -> int:
+    """Decoding processes: `$COLORBENCH_DECODE_WORKERS`, else the CPUs this process may run on."""
+    env = os.environ.get(WORKERS_ENV, "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ConfigError(f"{WORKERS_ENV}={env!r} is not a positive whole number; set it to the number of decoding processes, e.g. 4")
+        return int(env)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _die_with_parent() -> None:
+    """Pool initializer: on Linux a worker is killed with its parent, so a `kill -9` of a build leaves no worker behind."""
+    if sys.platform == "linux":
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+
+
+def _decoded_chunks(files: list[Path], names: list[str], args: tuple[int, int, int], workers: int) -> Iterator[list[Decoded]]:
+    """`decode_chunk` over consecutive chunks, in order: in this process for one worker, else in a pool.
+
+    The pool works ahead on at most 2 chunks per worker, each assuming that every file before it is kept (its `rank`); with
+    random crops, a chunk that skips files makes the chunks already sent decode again with their true ranks.
+    """
+    chunks = [slice(i, i + DECODE_CHUNK) for i in range(0, len(files), DECODE_CHUNK)]
+    if workers <= 1:
+        rank = 0
+        for c in chunks:
+            yield (items := decode_chunk(files[c], names[c], *args, rank))
+            rank += sum(item.squares is not None for item in items)
+        return
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(workers, multiprocessing.get_context(method), initializer=_die_with_parent) as pool:
+        pending: deque[tuple[slice, int, Future]] = deque()
+        todo, assumed = iter(chunks), 0
+        while True:
+            while len(pending) < 2 * workers and (c := next(todo, None)) is not None:
+                pending.append((c, assumed, pool.submit(decode_chunk, files[c], names[c], *args, assumed)))
+                assumed += len(files[c])
+            if not pending:
+                return
+            _, _, future = pending.popleft()
+            yield (items := future.result())
+            missing = sum(item.squares is None for item in items)
+            if missing and args[1] > 1:
+                for c, rank, stale in [pending.popleft() for _ in range(len(pending))]:
+                    stale.cancel()
+                    pending.append((c, rank - missing, pool.submit(decode_chunk, files[c], names[c], *args, rank - missing)))
+                assumed -= missing
+
+
+def decode_stream(
+    files: list[Path], root: Path, image_size: int, crops: int = 1, seed: int = 0, workers: int | None = None
+) -> Iterator[Decoded]:
+    """Each file decoded (`decode_file`), in file order, by `workers` processes (default `decode_workers()`), a chunk at a time:
+    the result does not depend on the number of workers. Raises DataError at the end when no file was usable."""
+    names = [str(path.relative_to(root)) for path in files]
+    workers = min(workers or decode_workers(), -(-len(files) // DECODE_CHUNK))  # a handful of files decode in this process
+    skipped = []
+    for items in _decoded_chunks(files, names, (image_size, crops, seed), workers):
+        for item in items:
+            if item.squares is None:
+                skipped.append((item.name, item.reason))
+            yield item
+    if len(skipped) == len(files):
         reasons = "; ".join(f"{n}: {r}" for n, r in skipped[:3])
         raise DataError(f"no usable colour images in {root} ({len(files)} files, {len(skipped)} skipped{': ' + reasons if reasons else ''})")
-    return ImageSet(np.stack(images), np.asarray(groups), names, skipped)
 
 
 def decode_cached(source: str, files: list[Path], root: Path, image_size: int, crops: int = 1, seed: int = 0) -> ImageSet:
-    """`decode_files` through the decode-once cache (colorbench.cache): decoded on first use, memory-mapped from disk after."""
+    """`decode_stream` through the decode-once cache (colorbench.cache): decoded on first use, memory-mapped from disk after."""
     from colorbench.cache import cached  # the cache stores ImageSets, so it imports this module
 
     params = {"image_size": image_size, "crops": crops, "seed": seed}
-    return cached(source, params, files, root, lambda: decode_files(files, root, image_size, crops, seed))
+    shape = (len(files) * crops, image_size, image_size, 3)
+    return cached(source, params, files, root, lambda: track(decode_stream(files, root, image_size, crops, seed), "decoding images", len(files)), shape)
 
 
 def builtin_photo_files() -> list[Path]:

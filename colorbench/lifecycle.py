@@ -36,7 +36,7 @@ from colorbench.color import lab_to_rgb
 from colorbench.colorize import log_cell_model
 from colorbench.components import LOSSES
 from colorbench.config import Cell, Experiment
-from colorbench.data import SOURCES, ImageSet, gray_rgb, lab_batch
+from colorbench.data import SOURCES, ImageSet, gray_rgb, lab_batch, rows
 from colorbench.errors import DivergedError, StoreError, TrialPruned
 from colorbench.losses import Objective
 from colorbench.metrics import ColorizationMetrics
@@ -166,8 +166,8 @@ def train_fold(
     torch.manual_seed(cell.train.seed)
     objective = LOSSES.build(cell.loss.name, cell.loss.options)
     model = build_model(cell.backbone.name, cell.backbone.options, objective.out_channels).to(device)
-    train_images = torch.from_numpy(data.pool.images[fold.train])
-    val_images = torch.from_numpy(data.pool.images[fold.val])
+    train_images = rows(data.pool.images, fold.train)  # views of the cache's memory map: batches are read as training needs them
+    val_images = rows(data.pool.images, fold.val)
     mlflow.log_params({"fold": fold.index, "repeat": fold.repeat, "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(data.test)})
     bar.reset(epoch_task, total=cell.train.epochs, status="")
 
@@ -179,7 +179,7 @@ def train_fold(
         check_divergence(record, cell.train.lr)
 
     result = fit(model, objective, train_images, val_images, cell.train, on_epoch)
-    test_metrics, per_image = evaluate(model, objective, torch.from_numpy(data.test.images), cell.train.batch_size, all_variants=True)
+    test_metrics, per_image = evaluate(model, objective, data.test.images, cell.train.batch_size, all_variants=True)
     summary = {f"test_{k}": v for k, v in test_metrics.items()}
     summary.update(best_epoch=result.best_epoch, best_val_loss=min(r["val_loss"] for r in result.history), train_seconds=result.seconds)
     mlflow.log_metrics(summary)

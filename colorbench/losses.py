@@ -19,7 +19,8 @@ class Objective:
     """The loss interface every grid cell trains through.
 
     - `out_channels`: the width of the model's head.
-    - `prepare(train_rgb)`: learn statistics from the TRAINING fold only (uint8 (N,H,W,3) on the training device).
+    - `prepare(train_rgb)`: learn statistics from the TRAINING fold only: uint8 (N,H,W,3), read as row slices
+      (`train_rgb[a:b]`, tensors on the training device) so that a fold larger than memory can stream from the cache.
     - `pixel_weights(L, ab)`: optional per-pixel weights (B,1,H,W), mean 1 per image; None = uniform.
     - `__call__(pred, target_ab, weights)`: scalar loss; `target_ab` in Lab units.
     - `decode(pred, variant)`: head output -> ab in Lab units; `variants` lists the decodings worth reporting,
@@ -64,7 +65,7 @@ class MSE(Objective):
 
 
 PRIOR_SIGMA = 5.0  # ab units: Gaussian smoothing of the empirical bin prior before rebalancing
-PRIOR_CHUNK = 64  # images per step when histogramming the training fold
+PRIOR_CHUNK = 64  # images per step of the streaming pass that histograms the training fold
 
 Temperature = Annotated[float, Field(ge=0)]
 Sigma = Annotated[float, Field(gt=0)]
@@ -151,13 +152,15 @@ class RebalancedCrossEntropy(CrossEntropy):
 
     @torch.no_grad()
     def prepare(self, train_rgb: torch.Tensor) -> None:
-        """Estimate the smoothed bin prior and the bin weights from the training fold's uint8 images (N,H,W,3)."""
+        """Estimate the smoothed bin prior and the bin weights from the training fold's uint8 images (N,H,W,3), in one exact
+        streaming pass of PRIOR_CHUNK images at a time (every pixel counts; nothing is sampled)."""
         if len(train_rgb) == 0:
             raise ValueError("ce-rebalanced needs at least one training image to estimate the ab prior")
-        centres = self._centres_on(train_rgb.device)
-        counts = torch.zeros(self.out_channels, dtype=torch.long, device=train_rgb.device)
-        for chunk in train_rgb.split(PRIOR_CHUNK):
-            counts += torch.bincount(nearest_bins(lab_batch(chunk)[1], centres).flatten(), minlength=self.out_channels)
+        counts = torch.zeros((), dtype=torch.long)
+        for start in range(0, len(train_rgb), PRIOR_CHUNK):
+            chunk = train_rgb[start : start + PRIOR_CHUNK]
+            counts = counts.to(chunk.device) + torch.bincount(nearest_bins(lab_batch(chunk)[1], self._centres_on(chunk.device)).flatten(), minlength=self.out_channels)
+        centres = self.centres
         kernel = torch.exp(-torch.cdist(centres, centres).square() / (2 * PRIOR_SIGMA**2))
         prior = (kernel / kernel.sum(1, keepdim=True)) @ (counts.float() / counts.sum())
         self.prior = prior / prior.sum()

@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from queue import Empty, Full, Queue
+from typing import TypeVar
 
+import numpy as np
 import torch
 
 from colorbench.backbones import ColorizationNet
 from colorbench.config import TrainConfig
-from colorbench.data import augment, lab_batch, random_boxes
+from colorbench.data import HostImages, augment, gather, lab_batch, random_boxes
 from colorbench.errors import ConfigError, DivergedError
 from colorbench.losses import Objective
 from colorbench.metrics import ColorizationMetrics
 
 EpochCallback = Callable[[dict[str, float]], None]
+Images = HostImages | torch.Tensor  # uint8 (N,H,W,3): rows on the host (an array, the cache's memory map, rows of it) or a tensor
+T = TypeVar("T")
+STAGE_CHUNK = 1024  # images per copy when a fold moves to GPU memory
+RESIDENT_SHARE = 0.5  # a fold moves to GPU memory when it takes under this share of what is free (0: always stream)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -45,22 +53,103 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContext
     return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
-def stage(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Where uint8 images (N,H,W,3) wait during training: on a CUDA device in its memory when they take under half of
-    what is free, else in pinned host memory (batches then copy without blocking); on other devices, where they are."""
-    if device.type != "cuda":
+def stage(images: Images, device: torch.device) -> Images:
+    """Where uint8 images (N,H,W,3) wait during training: on a CUDA device in its memory when they take under RESIDENT_SHARE
+    (half) of what is free (copied there a chunk at a time, so the host never holds the fold), else where they are: batches
+    are then read from the host as they are needed (`device_batches`)."""
+    if device.type != "cuda" or images.nbytes >= torch.cuda.mem_get_info(device)[0] * RESIDENT_SHARE:
         return images
-    free, _ = torch.cuda.mem_get_info(device)
-    return images.to(device) if images.nbytes < free // 2 else images.pin_memory()
+    if isinstance(images, torch.Tensor):
+        return images.to(device)
+    staged = torch.empty(images.shape, dtype=torch.uint8, device=device)
+    for start in range(0, len(images), STAGE_CHUNK):
+        idx = np.arange(start, min(start + STAGE_CHUNK, len(images)))
+        staged[start : start + len(idx)].copy_(gather(images, idx, pin=True), non_blocking=True)
+    return staged
 
 
 def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A host batch on `device`: through pinned memory with a non-blocking copy when going to CUDA."""
     if batch.device.type == device.type:
         return batch
-    if device.type == "cuda":
+    if device.type == "cuda" and not batch.is_pinned():
         batch = batch.pin_memory()
     return batch.to(device, non_blocking=True)
+
+
+def prefetch(items: Iterator[T], ahead: int = 1) -> Iterator[T]:
+    """`items`, produced by a background thread that stays `ahead` items (plus the one it is making) in front of the consumer;
+    its exceptions are raised here, and it stops when the consumer does."""
+    queue: Queue = Queue(ahead)
+    stop = threading.Event()
+    end = object()
+
+    def put(entry: tuple) -> bool:
+        while not stop.is_set():
+            try:
+                queue.put(entry, timeout=0.1)
+                return True
+            except Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((end, None))
+        except Exception as err:  # noqa: BLE001 - raised again in the consumer
+            put((end, err))
+
+    thread = threading.Thread(target=produce, name="colorbench-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            try:
+                item, err = queue.get(timeout=0.1)
+            except Empty:
+                if not thread.is_alive():
+                    raise RuntimeError("the prefetching thread ended without a result") from None
+                continue
+            if err is not None:
+                raise err
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def device_batches(images: Images, order: torch.Tensor, bounds: Sequence[tuple[int, int]], device: torch.device) -> Iterator[torch.Tensor]:
+    """The images order[a:b] for each (a, b) of `bounds`, as uint8 batches on `device`: gathered there when the images are on
+    it; else read from the host (and from disk, for a memory map) by a background thread one or two batches ahead, into pinned
+    memory when `device` is CUDA, and copied without blocking."""
+    if isinstance(images, torch.Tensor) and images.device.type == device.type:
+        order = order.to(images.device)
+        for a, b in bounds:
+            yield images[order[a:b]]
+        return
+    host, order_np, pin = images.numpy() if isinstance(images, torch.Tensor) else images, order.numpy(), device.type == "cuda"
+    for batch in prefetch(gather(host, order_np[a:b], pin) for a, b in bounds):
+        yield to_device(batch, device)
+
+
+@dataclass(frozen=True)
+class DeviceRows:
+    """Images seen from `device`: len() and row slices as uint8 tensors there (how `Objective.prepare` reads a fold, a chunk
+    at a time, wherever it is held)."""
+
+    images: Images
+    device: torch.device
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: slice) -> torch.Tensor:
+        batch = self.images[key]
+        return to_device(batch if isinstance(batch, torch.Tensor) else torch.from_numpy(batch), self.device)
 
 
 def epoch_draws(n: int, size: int, cfg: TrainConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -71,23 +160,19 @@ def epoch_draws(n: int, size: int, cfg: TrainConfig, generator: torch.Generator)
     return order, flips, boxes
 
 
-def train_batches(images: torch.Tensor, cfg: TrainConfig, generator: torch.Generator, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def train_batches(images: Images, cfg: TrainConfig, generator: torch.Generator, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of (L, ab) training batches from uint8 images (N,S,S,3) held on `device` or on the host.
 
-    The epoch's draws (`epoch_draws`) go to the device in one copy; each batch is gathered there (or copied there from
-    the host), cropped and flipped by `augment` while still uint8, and only then converted to Lab.
+    The epoch's draws (`epoch_draws`) go to the device in one copy; each batch is gathered there (or read from the host
+    ahead of time and copied there, `device_batches`), cropped and flipped by `augment` while still uint8, and only then
+    converted to Lab.
     """
     n = len(images)
     order, flips, boxes = epoch_draws(n, images.shape[1], cfg, generator)
-    on_device = images.device.type == device.type
-    order, flips = order.to(images.device), flips.to(device)
-    boxes = None if boxes is None else boxes.to(device)
-    for start in range(0, n, cfg.batch_size):
-        stop = min(start + cfg.batch_size, n)
-        if stop - start < 2 < n:  # BatchNorm cannot train on a single image
-            continue
-        rgb = images[order[start:stop]]
-        rgb = rgb if on_device else to_device(rgb, device)
+    flips, boxes = flips.to(device), None if boxes is None else boxes.to(device)
+    starts = range(0, n, cfg.batch_size)
+    bounds = [(a, min(a + cfg.batch_size, n)) for a in starts if not min(a + cfg.batch_size, n) - a < 2 < n]  # BatchNorm needs 2 images
+    for (start, stop), rgb in zip(bounds, device_batches(images, order, bounds, device), strict=True):
         yield lab_batch(augment(rgb, flips[start:stop], None if boxes is None else boxes[start:stop]))
 
 
@@ -107,7 +192,7 @@ class FoldResult:
 def evaluate(
     model: ColorizationNet,
     objective: Objective,
-    images: torch.Tensor,
+    images: Images,
     batch_size: int,
     all_variants: bool = False,
     amp: torch.dtype | None = None,
@@ -119,8 +204,9 @@ def evaluate(
     variants = objective.variants if all_variants else objective.variants[:1]
     meters = {v: ColorizationMetrics() for v in variants}
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    for start in range(0, len(images), batch_size):
-        L, ab = lab_batch(to_device(images[start : start + batch_size], device))
+    n = len(images)
+    for rgb in device_batches(images, torch.arange(n), [(a, min(a + batch_size, n)) for a in range(0, n, batch_size)], device):
+        L, ab = lab_batch(rgb)
         with autocast(device, amp):
             pred = model(L)
         pred = pred.float()
@@ -137,8 +223,8 @@ def evaluate(
 def fit(
     model: ColorizationNet,
     objective: Objective,
-    train_images: torch.Tensor,
-    val_images: torch.Tensor,
+    train_images: Images,
+    val_images: Images,
     cfg: TrainConfig,
     on_epoch: EpochCallback | None = None,
 ) -> FoldResult:
@@ -146,7 +232,8 @@ def fit(
 
     Batches stay uint8 until they are on the device (see `train_batches`); the model runs under `cfg.precision`
     autocast, the loss in fp32; the model is channels_last if `cfg.channels_last` (faster on CUDA and on a CPU alike).
-    On CUDA the images move to GPU memory when they fit (`stage`). The loss is summed on the device and checked once
+    On CUDA the images move to GPU memory when they fit (`stage`); otherwise, and on a CPU, each batch is read from the host
+    (the cache's memory map) while the previous one trains, so a fold is never loaded whole. The loss is summed on the device and checked once
     per epoch, so the host never waits for the GPU mid-epoch. Each epoch's record includes its training throughput,
     `train_images_per_s`.
     """
@@ -159,7 +246,7 @@ def fit(
     generator = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train_images, val_images = stage(train_images, device), stage(val_images, device)
-    objective.prepare(train_images.to(device))
+    objective.prepare(DeviceRows(train_images, device))
     history: list[dict[str, float]] = []
     best_loss, best_epoch, best_state = math.inf, 0, copy.deepcopy(model.state_dict())
     for epoch in range(1, cfg.epochs + 1):

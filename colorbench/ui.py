@@ -7,7 +7,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import TypeVar
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
 
 T = TypeVar("T")
 
@@ -15,12 +16,21 @@ console = Console(stderr=True, soft_wrap=True)  # progress and messages
 stdout = Console(width=None if sys.stdout.isatty() else 160)  # results: tables
 
 
-def progress(enabled: bool = True) -> Progress:
-    """A transient multi-task progress display on stderr (`enabled=False`: a silent one, e.g. in worker processes)."""
+class RateColumn(ProgressColumn):
+    """Items per second, once rich has an estimate."""
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:.0f}/s" if task.speed else "")
+
+
+def progress(enabled: bool = True, rate: bool = False) -> Progress:
+    """A transient multi-task progress display on stderr (`enabled=False`: a silent one, e.g. in worker processes); `rate`
+    adds items per second."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        *([RateColumn()] if rate else []),
         TextColumn("{task.fields[status]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
@@ -30,14 +40,17 @@ def progress(enabled: bool = True) -> Progress:
     )
 
 
-def track(items: Sequence[T] | Iterable[T], description: str) -> Iterator[T]:
-    """Iterate with a progress bar (shown only for more than a few items)."""
-    items = list(items)
-    if len(items) < 20:
+def track(items: Sequence[T] | Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Iterate with a progress bar and the items' rate (shown only for more than a few items); an iterator is consumed
+    lazily when its `total` is given."""
+    if total is None:
+        items = list(items)
+        total = len(items)
+    if total < 20:
         yield from items
         return
-    with progress() as bar:
-        task = bar.add_task(description, total=len(items), status="")
+    with progress(rate=True) as bar:
+        task = bar.add_task(description, total=total, status="")
         for item in items:
             yield item
             bar.advance(task)

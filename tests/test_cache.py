@@ -79,7 +79,7 @@ def test_each_image_is_decoded_once_across_cells_and_epochs(tmp_path: Path, cach
         fold = SPLITTERS.build(cell.splitter.name, cell.splitter.options).split(prepared.pool, exp.seed)[0]
         objective = LOSSES.build("mse", {})
         model = build_model("resnet18-6", {}, objective.out_channels)
-        pool = torch.from_numpy(prepared.pool.images)
+        pool = torch.from_numpy(np.asarray(prepared.pool.images))
         assert len(fit(model, objective, pool[fold.train], pool[fold.val], cell.train).history) == 2
     assert sorted(decodes) == sorted(p.name for p in root.iterdir())  # 7 files, each opened exactly once
     assert len(cache.entries()) == 1

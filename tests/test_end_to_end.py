@@ -87,7 +87,7 @@ def test_logged_checkpoint_reproduces_the_logged_test_metrics(tiny_grid: dict, t
     trained = load_run(outcome.run_id)  # a cell run loads its best fold
     best = runs(tracking_uri).query("`tags.colorbench.role` == 'fold'")["metrics.test_psnr"].max()
     test = prepare_data(outcome.cell).test
-    metrics, _ = evaluate(trained.model, trained.objective, torch.from_numpy(test.images), batch_size=8)
+    metrics, _ = evaluate(trained.model, trained.objective, test.images, batch_size=8)
     assert metrics["psnr"] == pytest.approx(best, abs=1e-4)
     assert trained.image_size == 32
 

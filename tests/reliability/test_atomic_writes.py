@@ -17,7 +17,7 @@ from colorbench import cache
 from colorbench.atomic import atomic_path
 from colorbench.backbones import build_model
 from colorbench.checkpoints import load_checkpoint
-from colorbench.data import ImageSet
+from colorbench.data import Decoded
 
 # Child processes that block in the middle of a write (after `ready` exists), waiting for the test's kill -9.
 CHECKPOINT_WRITER = """
@@ -40,15 +40,17 @@ import sys, time
 from pathlib import Path
 import numpy as np
 from colorbench import cache
-from colorbench.data import ImageSet
+from colorbench.data import Decoded
 entry, ready = sys.argv[1:]
 
-class Names(list):
-    def __iter__(self):  # store() lists the names after writing images.npy
-        Path(ready).touch()
-        time.sleep(600)
+def decoded():  # the build streams decoded files into images.npy; it is killed halfway
+    for i in range(64):
+        if i == 32:
+            Path(ready).touch()
+            time.sleep(600)
+        yield Decoded(f"{i}.jpg", np.ones((1, 32, 32, 3), np.uint8))
 
-cache.store(Path(entry), ImageSet(np.ones((64, 32, 32, 3), np.uint8), np.arange(64), Names(["a"] * 64)), {"source": "test"})
+cache.store(Path(entry), decoded(), (64, 32, 32, 3), {"source": "test"})
 """
 
 
@@ -98,6 +100,6 @@ def test_a_kill_during_a_cache_build_leaves_no_entry_and_the_rerun_rebuilds_it(t
     [partial] = cache.cache_dir().iterdir()
     assert partial.name.startswith(cache.BUILDING) and (partial / "images.npy").is_file()  # a half-built entry under another name
     assert cache.load(entry) is None
-    rebuilt = ImageSet(np.full((4, 32, 32, 3), 7, np.uint8), np.arange(4), list("abcd"))
-    cache.store(entry, rebuilt, {"source": "test"})
-    assert np.array_equal(cache.load(entry).images, rebuilt.images)
+    rebuilt = np.full((4, 32, 32, 3), 7, np.uint8)
+    cache.store(entry, [Decoded(name, rebuilt[i : i + 1]) for i, name in enumerate("abcd")], (4, 32, 32, 3), {"source": "test"})
+    assert np.array_equal(cache.load(entry).images, rebuilt)
