@@ -23,6 +23,7 @@ from colorbench import tracking
 from colorbench.config import Cell
 from colorbench.errors import ConfigError
 from colorbench.registry import Registry
+from colorbench.resolve import cell_labels
 from colorbench.runner import CellOutcome, claim, log_cell_summary, prepare_data, print_fold, train_fold
 from colorbench.splitters import SPLITTERS, Fold
 from colorbench.train import resolve_device
@@ -74,7 +75,7 @@ def run_fold_task(task: FoldTask) -> dict[str, float]:
         tracking.TAG_FOLD: str(fold.index),
         "mlflow.parentRunId": task.parent_run_id,
     }
-    label = " | ".join(cell.labels())
+    label = " | ".join(cell_labels(cell))
     with progress(False) as bar, tracking.run(f"{label} | fold {fold.index}", tags, cell.flat_params()):
         epochs = bar.add_task("epochs", total=cell.train.epochs, status="")
         return train_fold(cell, fold, data, resolve_device(cell.train.device), bar, epochs)
@@ -203,7 +204,7 @@ def finish(claimed: ClaimedCell, gray: dict[str, float], fingerprint: str) -> di
         client.set_terminated(claimed.run_id, status="FAILED")
         return {}
     tags = tracking.cell_tags(cell, fingerprint)
-    with tracking.run(" | ".join(cell.labels()), tags, cell.flat_params(), run_id=claimed.run_id) as run_id:
+    with tracking.run(" | ".join(cell_labels(cell)), tags, cell.flat_params(), run_id=claimed.run_id) as run_id:
         return log_cell_summary(run_id, [claimed.results[i] for i in sorted(claimed.results)], gray)
 
 
@@ -259,7 +260,7 @@ def run_cells(
 
 def report_fold(task: FoldTask, result: TaskResult, claimed: ClaimedCell) -> None:
     """Record one fold's result on its cell and print it."""
-    label = " | ".join(task.cell.labels())
+    label = " | ".join(cell_labels(task.cell))
     if isinstance(result, BaseException):
         claimed.failure = claimed.failure or f"fold {task.fold}: {type(result).__name__}: {result}"
         console.print(f"  [red]{task.cell.id} {label} fold {task.fold + 1}/{task.n_folds} failed[/]: {result}", highlight=False)

@@ -17,8 +17,8 @@ import yaml
 from rich.progress import Progress, TaskID
 
 from colorbench import tracking
-from colorbench.atomic import atomic_path
 from colorbench.backbones import ColorizationNet, build_model
+from colorbench.checkpoints import save_checkpoint
 from colorbench.color import lab_to_rgb
 from colorbench.colorize import log_cell_model
 from colorbench.components import LOSSES
@@ -28,12 +28,12 @@ from colorbench.errors import DivergedError
 from colorbench.losses import Objective
 from colorbench.metrics import ColorizationMetrics
 from colorbench.plots import image_grid, loss_curves
+from colorbench.resolve import cell_labels
 from colorbench.splitters import SPLITTERS, Fold, carve_test
 from colorbench.train import EpochCallback, FoldResult, evaluate, fit, resolve_device
 from colorbench.ui import console, progress
 
 SAMPLE_IMAGES = 6  # test images shown in panels and kept as test_samples.npz
-SUMMARY_METRICS = ("psnr", "ssim", "auc", "auc_rebalanced", "colorfulness_ratio")
 MAX_AB_RMSE = 1000.0  # Lab units: real colours lie within about 260 of each other in ab, so a larger error means the model blew up
 
 
@@ -109,16 +109,7 @@ def write_fold_artifacts(
     np.savez_compressed(folder / "test_samples.npz", truth=truth, predicted=predicted, names=np.array(names))
     gray = gray_rgb(truth)
     image_grid([list(row) for row in zip(gray, predicted, truth, strict=True)], ["gray input", "predicted", "truth"], folder / "test_panel.png", names)
-    checkpoint = {
-        "state_dict": result.best_state,
-        "backbone": cell.backbone.model_dump(),
-        "loss": cell.loss.model_dump(),
-        "image_size": int(test.images.shape[1]),
-        "cell_id": cell.id,
-        "fold": fold.index,
-    }
-    with atomic_path(folder / "checkpoint.pt") as tmp:
-        torch.save(checkpoint, tmp)
+    save_checkpoint(folder / "checkpoint.pt", cell, fold.index, test.images.shape[1], result.best_state)
     (folder / "config.yaml").write_text(yaml.safe_dump(cell.model_dump(mode="json"), sort_keys=False))
     with open(folder / "test_per_image.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["image", *per_image[0]])
@@ -200,7 +191,7 @@ def claim(cell: Cell, experiment_id: str, tags: dict[str, str]) -> CellOutcome:
     stale = tracking.close_stale_runs(experiment_id, cell.id)
     if stale:
         console.print(f"  closed {stale} interrupted run(s) of cell {cell.id} as KILLED")
-    result = tracking.claim_cell(experiment_id, cell.id, " | ".join(cell.labels()), tags)
+    result = tracking.claim_cell(experiment_id, cell.id, " | ".join(cell_labels(cell)), tags)
     if result.won:
         return CellOutcome(cell, run_id=result.run_id)
     state = "was trained" if result.finished else "is being trained"
@@ -211,7 +202,7 @@ def claim(cell: Cell, experiment_id: str, tags: dict[str, str]) -> CellOutcome:
 def print_fold(cell: Cell, index: int, n_folds: int, result: dict[str, float]) -> None:
     """One line per trained fold: its test PSNR and colourfulness ratio, best epoch, training time."""
     console.print(
-        f"  [dim]{cell.id}[/] {' | '.join(cell.labels())} fold {index + 1}/{n_folds}: test psnr {result['test_psnr']:.2f}, "
+        f"  [dim]{cell.id}[/] {' | '.join(cell_labels(cell))} fold {index + 1}/{n_folds}: test psnr {result['test_psnr']:.2f}, "
         f"colorfulness ratio {result['test_colorfulness_ratio']:.2f} (best epoch {result['best_epoch']}, {result['train_seconds']:.0f} s)"
     )
 
@@ -230,7 +221,7 @@ def run_cell(
     child run per fold; fold means and stds, the gray baseline (`gray_test_*`) and the best fold's pyfunc model (`model`) on the
     parent. A diverging cell fails alone (DivergedError, checked every epoch)."""
     params = cell.flat_params()
-    label = " | ".join(cell.labels())
+    label = " | ".join(cell_labels(cell))
     tags = tracking.cell_tags(cell, data.fingerprint)
     outcome = claim(cell, experiment_id, tags)
     if outcome.skipped:

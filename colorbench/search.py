@@ -25,6 +25,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError
 
 from colorbench import tracking
 from colorbench.errors import ConfigError, DivergedError, TrialPruned
+from colorbench.resolve import cell_labels
 from colorbench.runner import PreparedData, gray_baseline, log_cell_summary, prepare_data, report_skipped, train_fold
 from colorbench.search_engines import PRUNERS, SAMPLERS
 from colorbench.search_space import Search
@@ -176,7 +177,7 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
     values = ctx.search.sample(trial)
     cell = ctx.search.cell(values)
     objective = ctx.search.config.objective.metric
-    label = " | ".join(cell.labels())
+    label = " | ".join(cell_labels(cell))
     tags = {
         **tracking.cell_tags(cell, ctx.data.fingerprint),
         tracking.TAG_ROLE: "trial",

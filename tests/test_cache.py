@@ -16,9 +16,10 @@ from skimage.color import rgb2lab
 from colorbench import cache, cli, data
 from colorbench.backbones import build_model
 from colorbench.color import lab_to_rgb
-from colorbench.config import TrainConfig, expand, parse_experiment
+from colorbench.config import TrainConfig, expand
 from colorbench.errors import DataError
 from colorbench.losses import LOSSES
+from colorbench.resolve import parse_experiment
 from colorbench.runner import prepare_data
 from colorbench.splitters import SPLITTERS
 from colorbench.train import autocast_dtype, epoch_draws, fit, stage, train_batches

@@ -10,9 +10,10 @@ import pytest
 from conftest import SHARED_DATA
 from PIL import Image
 
-from colorbench.config import expand, parse_experiment
+from colorbench.config import expand
 from colorbench.data import SOURCES
 from colorbench.errors import ConfigError, DataError
+from colorbench.resolve import parse_experiment
 from colorbench.runner import prepare_data
 from colorbench.splitters import SPLITTERS, carve_test
 

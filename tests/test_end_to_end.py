@@ -12,8 +12,8 @@ from mlflow.tracking import MlflowClient
 
 from colorbench import cli
 from colorbench.checkpoints import load_run
-from colorbench.config import parse_experiment
 from colorbench.losses import LOSSES, MSE
+from colorbench.resolve import parse_experiment
 from colorbench.runner import prepare_data, run_grid
 from colorbench.train import evaluate
 

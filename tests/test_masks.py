@@ -11,9 +11,9 @@ import torch
 
 from colorbench import cli
 from colorbench.components import LOSSES, MASKS
-from colorbench.config import parse_experiment
 from colorbench.errors import ConfigError
 from colorbench.losses import MSE
+from colorbench.resolve import parse_experiment
 from colorbench.runner import run_grid
 
 SIZE = 64

@@ -6,7 +6,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from colorbench import tracking
-from colorbench.config import parse_experiment
+from colorbench.resolve import parse_experiment
 from colorbench.runner import run_grid
 
 pytestmark = pytest.mark.scaleout
