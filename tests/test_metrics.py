@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from conftest import PHOTOS
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from colorbench.color import nearest_bins, rgb_to_lab
 from colorbench.metrics import ColorizationMetrics, colorfulness, psnr, ssim
 
-PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "bsds500"
 # ab bins on a plain 10-unit lattice: same role as ab_gamut_bins() without its one-off ~10 s gamut scan
 CENTRES = torch.cartesian_prod(torch.arange(-110.0, 111.0, 10.0), torch.arange(-110.0, 111.0, 10.0))
 
@@ -21,7 +19,7 @@ CENTRES = torch.cartesian_prod(torch.arange(-110.0, 111.0, 10.0), torch.arange(-
 @pytest.fixture(scope="module")
 def rgb() -> torch.Tensor:
     """Six real photos, 64x64, (6,3,64,64) in [0,1]."""
-    files = sorted(PHOTOS.glob("*.jpg"))[:6]
+    files = PHOTOS[:6]
     arrays = [np.asarray(Image.open(f).convert("RGB").resize((64, 64), Image.BILINEAR), dtype=np.float32) / 255.0 for f in files]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 

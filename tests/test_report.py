@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -249,3 +251,12 @@ def test_a_new_metric_is_one_table_entry(empty_store: Path, tmp_path: Path) -> N
     per_image = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=fold["run_id"], artifact_path="test_per_image.csv", dst_path=str(tmp_path)))
     assert per_image["ab_l1"].mean() == pytest.approx(fold["metrics.test_ab_l1"])  # its summary: the mean over images
     assert "val_ab_l1" not in objective_choices()
+
+
+def test_importing_the_report_loads_neither_torch_nor_optuna() -> None:
+    """A grid report reads MLflow runs: `import colorbench.report` must not pull in the training stack or the search."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", "import colorbench.report"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    imported = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "colorbench.report" in imported and "mlflow" in imported  # the check sees the imports
+    assert not {name.split(".")[0] for name in imported} & {"torch", "optuna", "sklearn"}
