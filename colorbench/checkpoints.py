@@ -1,18 +1,32 @@
-"""Load a trained fold back: from a checkpoint file or an MLflow run (a fold run, or a cell run = its best fold)."""
+"""Model files: a fold's `checkpoint.pt` written and read back as tensors and plain data only (never unpickled objects),
+and the trained fold of an MLflow run (a fold run, or a cell run = its best fold).
+
+A checkpoint is a dict: `format` (FORMAT), `state_dict` (tensors), `backbone` and `loss` ({name, options}), `image_size`,
+`cell_id`, `fold`. It loads with `torch.load(weights_only=True)`, so a file that holds any other object is refused before
+that object is built: loading a checkpoint from someone else cannot run their code.
+"""
 
 from __future__ import annotations
 
+import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from mlflow.tracking import MlflowClient
 
 from colorbench import tracking
+from colorbench.atomic import atomic_path
 from colorbench.backbones import ColorizationNet, build_model
-from colorbench.components import LOSSES
+from colorbench.config import Cell
 from colorbench.errors import ConfigError
-from colorbench.losses import Objective
+from colorbench.losses import LOSSES, Objective
+
+FORMAT = 1  # checkpoints without `format` (written before it existed) have the same layout
+REQUIRED = ("state_dict", "backbone", "loss", "image_size")
+REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+)")
 
 
 @dataclass
@@ -25,12 +39,46 @@ class TrainedModel:
     meta: dict
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
-    """Rebuild the net from a `checkpoint.pt` written by `colorbench run`."""
+def save_checkpoint(path: str | Path, cell: Cell, fold: int, image_size: int, state_dict: dict[str, torch.Tensor]) -> None:
+    """Write a fold's best weights with what rebuilds its net, atomically (a kill mid-write leaves the old file)."""
+    checkpoint = {
+        "format": FORMAT,
+        "state_dict": state_dict,
+        "backbone": cell.backbone.model_dump(),
+        "loss": cell.loss.model_dump(),
+        "image_size": int(image_size),
+        "cell_id": cell.id,
+        "fold": int(fold),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint's dict, loaded as tensors and plain data only; anything else is a one-line ConfigError."""
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        refused = REFUSED_GLOBAL.search(str(err))
+        if refused is None:
+            raise ConfigError(f"cannot load checkpoint {path}: not a readable torch file") from None
+        raise ConfigError(
+            f"refusing checkpoint {path}: it holds a Python object ({refused.group(1)}), and loading one can run code; a colorbench "
+            "checkpoint holds only tensors and plain data. If you made it and trust it, load it once with torch.load(path, weights_only=False) "
+            f"and torch.save a dict of only its tensors and plain values ({', '.join(REQUIRED)})"
+        ) from None
     except (OSError, RuntimeError, EOFError) as err:
         raise ConfigError(f"cannot load checkpoint {path}: {err}") from None
+    if not isinstance(ckpt, dict) or any(key not in ckpt for key in REQUIRED):
+        raise ConfigError(f"{path} is not a colorbench checkpoint: it needs the keys {', '.join(REQUIRED)}")
+    if ckpt.get("format", FORMAT) != FORMAT:
+        raise ConfigError(f"checkpoint {path} has format {ckpt['format']!r}; this colorbench reads format {FORMAT}: use the version that wrote it")
+    return ckpt
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
+    """Rebuild the net from a `checkpoint.pt` written by `colorbench run` (see `read_checkpoint`)."""
+    ckpt = read_checkpoint(path, device)
     objective = LOSSES.build(ckpt["loss"]["name"], ckpt["loss"]["options"])
     model = build_model(ckpt["backbone"]["name"], ckpt["backbone"]["options"], objective.out_channels)
     model.load_state_dict(ckpt["state_dict"])

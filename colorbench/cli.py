@@ -51,24 +51,26 @@ def executor_options(args: argparse.Namespace) -> dict[str, object]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from colorbench import runner, tracking
-    from colorbench.config import load_experiment
+    from colorbench.metrics import headline_metrics
+    from colorbench.resolve import cell_labels, load_experiment
 
     exp = load_experiment(args.grid)
     if args.dry_run:
         planned = runner.plan(exp)
         for cell, n in planned:
-            backbone, loss, splitter = cell.labels()
+            backbone, loss, splitter = cell_labels(cell)
             print(f"{cell.id}  backbone={backbone}  loss={loss}  splitter={splitter}  folds={n}")
         print(f"{len(planned)} cells, {sum(n for _, n in planned)} fold trainings of {exp.train.epochs} epochs each (dry run: nothing trained)")
         return 0
     outcomes, gray = runner.run_grid(exp, args.tracking_uri, args.executor, executor_options(args))
+    shown = headline_metrics()
     table = Table(title=f"{exp.experiment}: test metrics, mean ± std over folds", show_edge=False)
-    for column in ("cell", "backbone", "loss", "splitter", *runner.SUMMARY_METRICS):
+    for column in ("cell", "backbone", "loss", "splitter", *shown):
         table.add_column(column)
     for o in outcomes:
         status = " (failed)" if o.failure else " (trained by another process)" if o.elsewhere else " (skipped: done)" if o.skipped else ""
-        table.add_row(o.cell.id + status, *o.cell.labels(), *(fmt(o.metrics, m) for m in runner.SUMMARY_METRICS))
-    table.add_row("gray baseline", "-", "ab = 0", "-", *(fmt({f"test_{k}_mean": v for k, v in gray.items()}, m) for m in runner.SUMMARY_METRICS))
+        table.add_row(o.cell.id + status, *cell_labels(o.cell), *(fmt(o.metrics, m) for m in shown))
+    table.add_row("gray baseline", "-", "ab = 0", "-", *(fmt({f"test_{k}_mean": v for k, v in gray.items()}, m) for m in shown))
     stdout.print(table)
     for o in outcomes:
         if o.failure:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -24,6 +23,7 @@ from colorbench.checkpoints import TrainedModel, best_fold_run, load_checkpoint,
 from colorbench.color import lab_to_rgb, rgb_to_lab
 from colorbench.data import IMAGE_SUFFIXES, gray_rgb, lab_batch, open_rgb
 from colorbench.errors import ColorbenchError, ConfigError
+from colorbench.plugins import loaded_plugins
 from colorbench.train import resolve_device
 from colorbench.ui import track
 
@@ -256,34 +256,22 @@ def colorize_files(
 IMAGES = TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))
 
 
-class PyfuncColorizer(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc model: a batch of uint8 RGB images (N,H,W,3) -> their colorized versions, same shape."""
-
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        self.colorizer = Colorizer(load_checkpoint(context.artifacts["checkpoint"], resolve_device("auto")))
-
-    def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input: np.ndarray, params: dict | None = None) -> np.ndarray:
-        return np.stack(self.colorizer.colorize_many(list(np.asarray(model_input, dtype=np.uint8))))
+MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 
 
 def log_pyfunc(checkpoint_path: str | Path) -> None:
-    """Log `checkpoint_path` as the active run's pyfunc model `model` (load: `mlflow.pyfunc.load_model("runs:/<id>/model")`)."""
-    pickle_note = logging.Filter()
-    pickle_note.filter = lambda record: "CloudPickle" not in record.getMessage()  # the model pickles by reference to colorbench
+    """Log `checkpoint_path` as the active run's pyfunc model `model`, from code (`pyfunc_model.py`), with this process's
+    plugin modules in its config (load: `mlflow.pyfunc.load_model("runs:/<id>/model")`)."""
     requirements = [f"{name}=={version(name).split('+')[0]}" for name in ("colorbench", "torch", "numpy", "pillow", "mlflow")]
-    logger = logging.getLogger("mlflow.pyfunc")
-    logger.addFilter(pickle_note)
-    try:
-        mlflow.pyfunc.log_model(
-            name="model",
-            python_model=PyfuncColorizer(),
-            artifacts={"checkpoint": str(checkpoint_path)},
-            signature=ModelSignature(inputs=Schema([IMAGES]), outputs=Schema([IMAGES])),
-            input_example=np.zeros((1, 16, 16, 3), dtype=np.uint8),
-            pip_requirements=requirements,  # colorbench itself is not on PyPI: serve with --env-manager local
-        )
-    finally:
-        logger.removeFilter(pickle_note)
+    mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(MODEL_CODE),
+        artifacts={"checkpoint": str(checkpoint_path)},
+        model_config={"plugins": loaded_plugins()},
+        signature=ModelSignature(inputs=Schema([IMAGES]), outputs=Schema([IMAGES])),
+        input_example=np.zeros((1, 16, 16, 3), dtype=np.uint8),
+        pip_requirements=requirements,  # colorbench itself is not on PyPI: serve with --env-manager local
+    )
 
 
 def log_cell_model(cell_run_id: str) -> None:

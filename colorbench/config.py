@@ -1,4 +1,8 @@
-"""Grid files: YAML -> validated `Experiment` -> list of resolved `Cell`s with stable ids."""
+"""The schema of grid files: pydantic models, YAML reading, grid expansion into `Cell`s, flat params and stable ids.
+
+Pure schema: nothing here knows the registries. Checking names and options against them, and filling in their defaults,
+is `colorbench.resolve`.
+"""
 
 from __future__ import annotations
 
@@ -115,16 +119,6 @@ class Cell(BaseModel):
     loss: Component
     splitter: Component
 
-    def labels(self) -> tuple[str, str, str]:
-        """(backbone, loss, splitter) as `name(non-default options)`."""
-        from colorbench.components import BACKBONES, LOSSES, SPLITTERS
-
-        return (
-            BACKBONES.label(self.backbone.name, self.backbone.options),
-            LOSSES.label(self.loss.name, self.loss.options),
-            SPLITTERS.label(self.splitter.name, self.splitter.options, every=True),
-        )
-
     @property
     def id(self) -> str:
         """Stable id: a hash of the resolved config (same config, same id, across runs and machines)."""
@@ -167,48 +161,6 @@ def validate_mapping(model: type[ModelT], raw: Any, where: str) -> ModelT:
         return model.model_validate(raw)
     except pydantic.ValidationError as err:
         raise ConfigError(format_error(where, err)) from None
-
-
-def parse_experiment(raw: Any, where: str = "grid") -> Experiment:
-    """Validate a loaded mapping into an Experiment and resolve every component's options."""
-    return resolve(validate_mapping(Experiment, raw, where), where)
-
-
-def resolve(exp: Experiment, where: str = "grid") -> Experiment:
-    """Fill in registry defaults and reject unknown names/options, prefixed by `where`."""
-    from colorbench.components import BACKBONES, LOSSES, SPLITTERS
-
-    grid = GridAxes(
-        backbone=[fill(BACKBONES, c, f"{where}: grid.backbone") for c in exp.grid.backbone],
-        loss=[fill(LOSSES, c, f"{where}: grid.loss") for c in exp.grid.loss],
-        splitter=[fill(SPLITTERS, c, f"{where}: grid.splitter") for c in exp.grid.splitter],
-    )
-    return resolve_data(exp, where).model_copy(update={"grid": grid})
-
-
-def fill(registry: Any, comp: Component, where: str) -> Component:
-    """`comp` with its registry defaults filled in; unknown names/options raise a ConfigError prefixed by `where`."""
-    try:
-        return Component(name=comp.name, options=registry.validate(comp.name, comp.options))
-    except ConfigError as err:
-        raise ConfigError(f"{where}: {err}") from None
-
-
-def resolve_data(setup: SetupT, where: str) -> SetupT:
-    """`setup` with its data and test_data sources' options validated and defaults filled in."""
-    from colorbench.components import SOURCES
-
-    def fill_data(data: DataConfig, section: str) -> DataConfig:
-        filled = fill(SOURCES, Component(name=data.source, options=data.options), f"{where}: {section}")
-        return DataConfig(source=filled.name, options=filled.options)
-
-    test_data = fill_data(setup.test_data, "test_data") if setup.test_data else None
-    return setup.model_copy(update={"data": fill_data(setup.data, "data"), "test_data": test_data})
-
-
-def load_experiment(path: str | Path) -> Experiment:
-    """Read and validate a grid file; every problem is a one-line ConfigError."""
-    return parse_experiment(read_yaml(path), str(path))
 
 
 def read_yaml(path: str | Path) -> Any:

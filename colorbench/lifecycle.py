@@ -30,8 +30,8 @@ from mlflow.tracking import MlflowClient
 from rich.progress import Progress, TaskID
 
 from colorbench import tracking
-from colorbench.atomic import atomic_path
 from colorbench.backbones import ColorizationNet, build_model
+from colorbench.checkpoints import save_checkpoint
 from colorbench.color import lab_to_rgb
 from colorbench.colorize import log_cell_model
 from colorbench.components import LOSSES
@@ -42,6 +42,7 @@ from colorbench.losses import Objective
 from colorbench.metrics import ColorizationMetrics
 from colorbench.plots import image_grid, loss_curves
 from colorbench.plugins import load_plugins, loaded_plugins
+from colorbench.resolve import cell_labels
 from colorbench.splitters import Fold, carve_test
 from colorbench.train import EpochCallback, FoldResult, evaluate, fit, resolve_device
 from colorbench.ui import console, progress, quiet_libraries
@@ -133,16 +134,7 @@ def write_fold_artifacts(
     np.savez_compressed(folder / "test_samples.npz", truth=truth, predicted=predicted, names=np.array(names))
     gray = gray_rgb(truth)
     image_grid([list(row) for row in zip(gray, predicted, truth, strict=True)], ["gray input", "predicted", "truth"], folder / "test_panel.png", names)
-    checkpoint = {
-        "state_dict": result.best_state,
-        "backbone": cell.backbone.model_dump(),
-        "loss": cell.loss.model_dump(),
-        "image_size": int(test.images.shape[1]),
-        "cell_id": cell.id,
-        "fold": fold.index,
-    }
-    with atomic_path(folder / "checkpoint.pt") as tmp:
-        torch.save(checkpoint, tmp)
+    save_checkpoint(folder / "checkpoint.pt", cell, fold.index, test.images.shape[1], result.best_state)
     (folder / "config.yaml").write_text(yaml.safe_dump(cell.model_dump(mode="json"), sort_keys=False))
     with open(folder / "test_per_image.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["image", *per_image[0]])
@@ -221,7 +213,7 @@ def check_divergence(record: dict[str, float], lr: float) -> None:
 def print_fold(cell: Cell, index: int, n_folds: int, result: dict[str, float]) -> None:
     """One line per trained fold: its test PSNR and colourfulness ratio, best epoch, training time."""
     console.print(
-        f"  [dim]{cell.id}[/] {' | '.join(cell.labels())} fold {index + 1}/{n_folds}: test psnr {result['test_psnr']:.2f}, "
+        f"  [dim]{cell.id}[/] {' | '.join(cell_labels(cell))} fold {index + 1}/{n_folds}: test psnr {result['test_psnr']:.2f}, "
         f"colorfulness ratio {result['test_colorfulness_ratio']:.2f} (best epoch {result['best_epoch']}, {result['train_seconds']:.0f} s)"
     )
 
@@ -349,7 +341,7 @@ class CellRun:
         if isinstance(result, BaseException):
             self.error = self.error or result
             if not isinstance(result, TrialPruned):
-                where = f"{self.cell.id} {' | '.join(self.cell.labels())} fold {task.fold.index + 1}/{task.n_folds}"
+                where = f"{self.cell.id} {' | '.join(cell_labels(self.cell))} fold {task.fold.index + 1}/{task.n_folds}"
                 console.print(f"  [red]{where} failed[/]: {result}", highlight=False)
             return
         self.results[task.fold.index] = result
@@ -404,7 +396,7 @@ def claim(cell: Cell, experiment_id: str, tags: dict[str, str]) -> CellOutcome:
     stale = tracking.close_stale_runs(experiment_id, cell.id)
     if stale:
         console.print(f"  closed {stale} interrupted run(s) of cell {cell.id} as KILLED")
-    result = tracking.claim_cell(experiment_id, cell.id, " | ".join(cell.labels()), tags)
+    result = tracking.claim_cell(experiment_id, cell.id, " | ".join(cell_labels(cell)), tags)
     if result.won:
         return CellOutcome(cell, run_id=result.run_id)
     state = "was trained" if result.finished else "is being trained"
@@ -448,7 +440,7 @@ def run_cells(
                     bar.advance(cells_bar)
                     bar.advance(folds_bar, len(splits[cell.id]))
                     continue
-                label = " | ".join(cell.labels())
+                label = " | ".join(cell_labels(cell))
                 tracking.log_params(outcome.run_id, cell.flat_params())
                 held = open_cells[cell.id] = CellRun(cell, outcome.run_id, label, tags, splits[cell.id])
                 held.held.enter_context(tracking.heartbeat(outcome.run_id))

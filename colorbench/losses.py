@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, Any
 
+import pydantic
 import torch
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from colorbench.color import ab_gamut_bins, annealed_mean, nearest_bins, soft_encode, softmax_channels
 from colorbench.data import lab_batch
 from colorbench.errors import ConfigError
+from colorbench.masks import MASKS
 from colorbench.registry import Registry
 
 AB_SCALE = 110.0  # regression target = ab / AB_SCALE
@@ -24,7 +27,7 @@ class Objective:
     - `pixel_weights(L, ab)`: optional per-pixel weights (B,1,H,W), mean 1 per image; None = uniform.
     - `__call__(pred, target_ab, weights)`: scalar loss; `target_ab` in Lab units.
     - `decode(pred, variant)`: head output -> ab in Lab units; `variants` lists the decodings worth reporting,
-      the first being the default.
+      the first being the default (the others are logged as `test_<metric>.<variant>`, see `metrics.decoded`).
     """
 
     out_channels: int = 2
@@ -78,11 +81,11 @@ Stride = Annotated[int, Field(ge=1)]
 class CrossEntropy(Objective):
     """Cross-entropy over quantised ab bins with soft-encoded targets (Zhang et al. 2016), no class rebalancing.
 
-    The head predicts one logit per bin; `decode` is the annealed mean at `temperature` ("mode": T -> 0, "mean": T = 1).
+    The head predicts one logit per bin; `decode` is the annealed mean at `temperature` ("mode": T -> 0, "T1": T = 1).
     `loss_stride` s scores only every s-th row and column (Zhang et al. use 4); decoding stays at full resolution.
     """
 
-    variants = ("default", "mode", "mean")
+    variants = ("default", "mode", "T1")
 
     def __init__(
         self,
@@ -120,7 +123,7 @@ class CrossEntropy(Objective):
         return weighted_mean(per_pixel, None if weights is None else weights[..., ::s, ::s])
 
     def decode(self, pred: torch.Tensor, variant: str = "default") -> torch.Tensor:
-        temperatures = {"default": self.temperature, "mode": 0.0, "mean": 1.0}
+        temperatures = {"default": self.temperature, "mode": 0.0, "T1": 1.0}
         if variant not in temperatures:
             raise ValueError(f"unknown decoding {variant!r}; known: {', '.join(temperatures)}")
         with torch.autocast(pred.device.type, enabled=False):
@@ -173,3 +176,74 @@ class RebalancedCrossEntropy(CrossEntropy):
         if self.bin_weights.device != nearest.device:
             self.bin_weights = self.bin_weights.to(nearest.device)
         return self.bin_weights[nearest]
+
+
+def registered(registry: Registry, exclude: str | None = None) -> AfterValidator:
+    """Pydantic check that a name is in `registry` (and is not `exclude`), so bad names fail at config time."""
+
+    def check(name: str) -> str:
+        if name == exclude:
+            raise ValueError(f"{exclude!r} cannot be its own base; name another loss")
+        try:
+            registry.get(name)
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+        return name
+
+    return AfterValidator(check)
+
+
+def options_of(registry: Registry, name_field: str) -> AfterValidator:
+    """Pydantic check of an options dict against the entry named by the (earlier) field `name_field`; fills defaults."""
+
+    def check(options: Mapping[str, Any], info: pydantic.ValidationInfo) -> dict[str, Any]:
+        if name_field not in info.data:  # the name itself failed; that error is reported
+            return options
+        try:
+            return registry.validate(info.data[name_field], options)
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+
+    return AfterValidator(check)
+
+
+@LOSSES.register("bg-weighted")
+class BackgroundWeighted(Objective):
+    """A base loss with background pixels down-weighted: w = 1 - (1 - background_weight) * mask, mean 1 per image.
+
+    Multiplies the base loss's own `pixel_weights` (product renormalised to mean 1 per image) and passes the result
+    to the base, which may weight it further (e.g. class rebalancing). Head width, variants, prepare and decoding
+    are the base's. `base`, `mask` and their options are validated when the grid file is read.
+    """
+
+    def __init__(
+        self,
+        base: Annotated[str, registered(LOSSES, exclude="bg-weighted")] = "mse",
+        base_options: Annotated[Mapping[str, Any], Field(validate_default=True), options_of(LOSSES, "base")] = {},
+        mask: Annotated[str, registered(MASKS)] = "flat",
+        mask_options: Annotated[Mapping[str, Any], Field(validate_default=True), options_of(MASKS, "mask")] = {},
+        background_weight: Annotated[float, Field(gt=0, le=1)] = 0.25,
+    ) -> None:
+        self.base = LOSSES.build(base, base_options)
+        self.mask = MASKS.build(mask, mask_options)
+        self.background_weight = background_weight
+        self.out_channels = self.base.out_channels
+        self.variants = self.base.variants
+
+    def prepare(self, train_rgb: torch.Tensor) -> None:
+        self.base.prepare(train_rgb)
+
+    @torch.no_grad()
+    def pixel_weights(self, L: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(L.device.type, enabled=False):  # torch.fft has no bf16
+            weights = 1.0 - (1.0 - self.background_weight) * self.mask(L, ab)
+        base = self.base.pixel_weights(L, ab)
+        if base is not None:
+            weights = weights * base
+        return weights / weights.mean(dim=(1, 2, 3), keepdim=True)
+
+    def __call__(self, pred: torch.Tensor, target_ab: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        return self.base(pred, target_ab, weights)
+
+    def decode(self, pred: torch.Tensor, variant: str = "default") -> torch.Tensor:
+        return self.base.decode(pred, variant)

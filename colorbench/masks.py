@@ -1,4 +1,4 @@
-"""Background estimators (registry `MASKS`) and the `bg-weighted` loss that down-weights background pixels.
+"""Background estimators (registry `MASKS`), which the `bg-weighted` loss (colorbench.losses) uses to down-weight background pixels.
 
 A mask maps L (B,1,H,W, Lab units 0..100), and during training/evaluation the ground-truth ab (B,2,H,W),
 to a background score in [0, 1] (B,1,H,W): 1 = background (large, flat, low-detail regions), 0 = foreground.
@@ -8,17 +8,14 @@ Every estimator is batched torch on the tensors' device. Scores are soft: `soft_
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated
 
-import pydantic
 import torch
 import torch.nn.functional as F
-from pydantic import AfterValidator, Field
+from pydantic import Field
 
 from colorbench.errors import ConfigError
 from colorbench.filters import gaussian_blur
-from colorbench.losses import LOSSES, Objective
 from colorbench.registry import Registry
 
 EPS = 1e-6
@@ -117,74 +114,3 @@ class Chroma(Mask):
         if ab is None:
             raise ConfigError("mask 'chroma' needs the ground-truth ab (training/evaluation only); use 'flat' or 'saliency' without it")
         return soft_below(ab.float().pow(2).sum(dim=1, keepdim=True).sqrt(), self.threshold)
-
-
-def registered(registry: Registry, exclude: str | None = None) -> AfterValidator:
-    """Pydantic check that a name is in `registry` (and is not `exclude`), so bad names fail at config time."""
-
-    def check(name: str) -> str:
-        if name == exclude:
-            raise ValueError(f"{exclude!r} cannot be its own base; name another loss")
-        try:
-            registry.get(name)
-        except ConfigError as err:
-            raise ValueError(str(err)) from None
-        return name
-
-    return AfterValidator(check)
-
-
-def options_of(registry: Registry, name_field: str) -> AfterValidator:
-    """Pydantic check of an options dict against the entry named by the (earlier) field `name_field`; fills defaults."""
-
-    def check(options: Mapping[str, Any], info: pydantic.ValidationInfo) -> dict[str, Any]:
-        if name_field not in info.data:  # the name itself failed; that error is reported
-            return options
-        try:
-            return registry.validate(info.data[name_field], options)
-        except ConfigError as err:
-            raise ValueError(str(err)) from None
-
-    return AfterValidator(check)
-
-
-@LOSSES.register("bg-weighted")
-class BackgroundWeighted(Objective):
-    """A base loss with background pixels down-weighted: w = 1 - (1 - background_weight) * mask, mean 1 per image.
-
-    Multiplies the base loss's own `pixel_weights` (product renormalised to mean 1 per image) and passes the result
-    to the base, which may weight it further (e.g. class rebalancing). Head width, variants, prepare and decoding
-    are the base's. `base`, `mask` and their options are validated when the grid file is read.
-    """
-
-    def __init__(
-        self,
-        base: Annotated[str, registered(LOSSES, exclude="bg-weighted")] = "mse",
-        base_options: Annotated[Mapping[str, Any], Field(validate_default=True), options_of(LOSSES, "base")] = {},
-        mask: Annotated[str, registered(MASKS)] = "flat",
-        mask_options: Annotated[Mapping[str, Any], Field(validate_default=True), options_of(MASKS, "mask")] = {},
-        background_weight: Annotated[float, Field(gt=0, le=1)] = 0.25,
-    ) -> None:
-        self.base = LOSSES.build(base, base_options)
-        self.mask = MASKS.build(mask, mask_options)
-        self.background_weight = background_weight
-        self.out_channels = self.base.out_channels
-        self.variants = self.base.variants
-
-    def prepare(self, train_rgb: torch.Tensor) -> None:
-        self.base.prepare(train_rgb)
-
-    @torch.no_grad()
-    def pixel_weights(self, L: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(L.device.type, enabled=False):  # torch.fft has no bf16
-            weights = 1.0 - (1.0 - self.background_weight) * self.mask(L, ab)
-        base = self.base.pixel_weights(L, ab)
-        if base is not None:
-            weights = weights * base
-        return weights / weights.mean(dim=(1, 2, 3), keepdim=True)
-
-    def __call__(self, pred: torch.Tensor, target_ab: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        return self.base(pred, target_ab, weights)
-
-    def decode(self, pred: torch.Tensor, variant: str = "default") -> torch.Tensor:
-        return self.base.decode(pred, variant)

@@ -1,17 +1,29 @@
-"""Evaluation metrics for colorization, batched in torch and accumulated over a data set batch by batch."""
+"""Evaluation metrics for colorization: the one metric table (`METRICS`) and its batched torch accumulator.
+
+Each `Metric` entry says its name, which way is better, whether it is logged per image, how a set's value is summarised
+and how it is computed. The accumulator (`ColorizationMetrics`), the search objectives, the report's ranking and tables,
+the terminal tables and the per-image CSV all read the table, so a new metric is one entry here.
+
+torch is imported inside the functions that compute, so reading the table (as `colorbench report` does) loads no torch.
+"""
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
-from colorbench.color import ab_gamut_bins, lab_to_rgb, nearest_bins
-from colorbench.filters import gaussian_taps
+if TYPE_CHECKING:
+    import torch
 
 SSIM_WIN = 11
 SSIM_SIGMA = 1.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
-PER_IMAGE_KEYS = ("ab_rmse", "psnr", "ssim", "auc", "colorfulness_pred", "colorfulness_true")
+BETTER_WORDS = {"higher": "higher is better", "lower": "lower is better", "one": "closer to 1 is better"}
+DECODING_MARK = "."  # `psnr.mode`: MLflow names allow letters, digits and _ - . / space (not @), and `_mean`/`_std` are fold statistics
+DEFAULT_DECODING = "default"
+METRIC_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
 def colorfulness(rgb: torch.Tensor) -> torch.Tensor:
@@ -20,15 +32,15 @@ def colorfulness(rgb: torch.Tensor) -> torch.Tensor:
     r, g, b = x.unbind(1)
     rg = r - g
     yb = 0.5 * (r + g) - b
-    sigma = torch.sqrt(rg.var(1, unbiased=False) + yb.var(1, unbiased=False))
-    mu = torch.sqrt(rg.mean(1) ** 2 + yb.mean(1) ** 2)
+    sigma = (rg.var(1, unbiased=False) + yb.var(1, unbiased=False)).sqrt()
+    mu = (rg.mean(1) ** 2 + yb.mean(1) ** 2).sqrt()
     return sigma + 0.3 * mu
 
 
 def psnr(rgb_pred: torch.Tensor, rgb_true: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR in dB of (B,C,H,W) images with data range 1 -> (B,)."""
     mse = (rgb_pred.double() - rgb_true.double()).pow(2).flatten(1).mean(1)
-    return -10.0 * torch.log10(mse.clamp_min(1e-10))
+    return -10.0 * mse.clamp_min(1e-10).log10()
 
 
 def ssim(rgb_pred: torch.Tensor, rgb_true: torch.Tensor) -> torch.Tensor:
@@ -38,9 +50,13 @@ def ssim(rgb_pred: torch.Tensor, rgb_true: torch.Tensor) -> torch.Tensor:
     data_range=1): statistics over the valid region of an 11x11 gaussian window, which is exactly the region
     skimage averages after cropping its border.
     """
+    import torch.nn.functional as F
+
+    from colorbench.filters import gaussian_taps
+
     x, y = rgb_pred.double(), rgb_true.double()
     c = x.shape[1]
-    w = gaussian_taps(SSIM_WIN // 2, SSIM_SIGMA, torch.float64, x.device)  # as scipy's gaussian_filter, truncate 3.5
+    w = gaussian_taps(SSIM_WIN // 2, SSIM_SIGMA, x.dtype, x.device)  # as scipy's gaussian_filter, truncate 3.5
     wh = w.view(1, 1, 1, -1).expand(c, 1, 1, -1)
     wv = w.view(1, 1, -1, 1).expand(c, 1, -1, 1)
 
@@ -56,88 +72,181 @@ def ssim(rgb_pred: torch.Tensor, rgb_true: torch.Tensor) -> torch.Tensor:
     return s.flatten(1).mean(1)
 
 
-def _auc_percent(counts: torch.Tensor) -> torch.Tensor:
+def auc_percent(counts: torch.Tensor) -> torch.Tensor:
     """AuC in percent from error histograms (..., T+2): bin k<=T holds errors in (k-1, k], bin T+1 errors > T."""
     cdf = counts[..., :-1].cumsum(-1).double() / counts.sum(-1, keepdim=True).double()
     return 100.0 * cdf.mean(-1)
 
 
+@dataclass(frozen=True)
+class Batch:
+    """What a metric sees of one batch: L (B,1,H,W), predicted and true ab (B,2,H,W) and sRGB (B,3,H,W) in [0,1],
+    the squared ab error per pixel (B,H,W) and each image's histogram of ab errors (B,T+2) (see `auc_percent`)."""
+
+    L: torch.Tensor
+    ab_pred: torch.Tensor
+    ab_true: torch.Tensor
+    rgb_pred: torch.Tensor
+    rgb_true: torch.Tensor
+    sq_err: torch.Tensor
+    error_hist: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Totals:
+    """What a metric sees of a whole set: every per-image metric's values (N,), the ab error histogram per ground-truth
+    ab bin (Q,T+2), and the summed squared ab error over its pixel count."""
+
+    per_image: dict[str, torch.Tensor]
+    bin_hist: torch.Tensor
+    sq_err: torch.Tensor
+    pixels: int
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One row of the metric table.
+
+    - `better`: `higher`, `lower` or `one` (closest to 1 is best): the report ranks by it, a search objective must agree.
+    - `per_image`: the value of each image of a batch (B,); such metrics go into `test_per_image.csv` and the per-image
+      significance test. None: a set-level metric only.
+    - `summary`: the set's value from the totals; None = the mean of the per-image values.
+    - Neither: computed elsewhere (`loss`, by the objective in `train.evaluate`).
+    - `headline`: shown in the terminal tables and the per-decoding table.
+    """
+
+    name: str
+    better: Literal["higher", "lower", "one"]
+    description: str
+    per_image: Callable[[Batch], torch.Tensor] | None = None
+    summary: Callable[[Totals], torch.Tensor] | None = None
+    headline: bool = False
+
+    def __post_init__(self) -> None:
+        if not METRIC_NAME.fullmatch(self.name):
+            raise ValueError(f"metric name {self.name!r} must be lower-case letters, digits and _ (it becomes test_<name>_mean in MLflow)")
+        if self.better not in BETTER_WORDS:
+            raise ValueError(f"metric {self.name!r}: better must be one of {', '.join(BETTER_WORDS)}, not {self.better!r}")
+
+    @property
+    def computed(self) -> bool:
+        """Whether `ColorizationMetrics` computes it (else it comes from elsewhere, e.g. the loss)."""
+        return self.per_image is not None or self.summary is not None
+
+    def summarise(self, totals: Totals) -> float:
+        """The set-level value."""
+        return float(totals.per_image[self.name].mean() if self.summary is None else self.summary(totals))
+
+
+def _rebalanced_auc(t: Totals) -> torch.Tensor:
+    present = t.bin_hist.sum(1) > 0
+    return auc_percent(t.bin_hist[present]).mean()
+
+
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric("loss", "lower", "the training objective (not comparable between losses)"),
+        Metric(
+            "ab_rmse", "lower", "root mean squared ab error over all pixels, Lab units",
+            per_image=lambda b: b.sq_err.flatten(1).mean(1).sqrt(), summary=lambda t: (t.sq_err / t.pixels).sqrt(),
+        ),
+        Metric("psnr", "higher", "PSNR of the reconstructed sRGB, dB", per_image=lambda b: psnr(b.rgb_pred, b.rgb_true), headline=True),
+        Metric("ssim", "higher", "SSIM of the reconstructed sRGB", per_image=lambda b: ssim(b.rgb_pred, b.rgb_true)),
+        Metric(
+            "auc", "higher", "area under the CDF of per-pixel ab error, thresholds 0..150, percent (Zhang et al. 2016)",
+            per_image=lambda b: auc_percent(b.error_hist), summary=lambda t: auc_percent(t.bin_hist.sum(0)),
+        ),
+        Metric("auc_rebalanced", "higher", "auc with each ground-truth ab bin weighted equally", summary=_rebalanced_auc, headline=True),
+        Metric("colorfulness_pred", "higher", "Hasler & Suesstrunk colourfulness of the output", per_image=lambda b: colorfulness(b.rgb_pred)),
+        Metric("colorfulness_true", "higher", "Hasler & Suesstrunk colourfulness of the truth", per_image=lambda b: colorfulness(b.rgb_true)),
+        Metric(
+            "colorfulness_ratio", "one", "mean output colourfulness / mean truth colourfulness (far below 1: desaturated)",
+            summary=lambda t: t.per_image["colorfulness_pred"].mean() / t.per_image["colorfulness_true"].mean(), headline=True,
+        ),
+    )
+}  # fmt: skip
+
+
+def decoded(name: str, decoding: str) -> str:
+    """A metric's name under one of a loss's decodings: `psnr` for the default, `psnr.mode`, `psnr.T1` for the others."""
+    return name if decoding == DEFAULT_DECODING else f"{name}{DECODING_MARK}{decoding}"
+
+
+def metric_spec(name: str) -> Metric | None:
+    """The table entry of a logged metric name, its decoding suffix ignored (`psnr.mode` -> psnr); None when not in the table."""
+    return METRICS.get(name.split(DECODING_MARK, 1)[0])
+
+
+def headline_metrics() -> list[str]:
+    """The metrics the terminal tables show, in table order."""
+    return [m.name for m in METRICS.values() if m.headline]
+
+
 class ColorizationMetrics:
-    """Accumulates colorization metrics over batches.
+    """Accumulates every computed metric of `METRICS` over batches.
 
     update(L, ab_pred, ab_true) takes L (B,1,H,W) in Lab units [0,100] and ab (B,2,H,W) in Lab units.
-    compute() -> dict with ab_rmse, psnr, ssim, auc, auc_rebalanced, colorfulness_pred, colorfulness_true,
-    colorfulness_ratio over everything seen; per_image() -> one dict per image in update order.
-    AuC (Zhang et al. 2016) is the mean over thresholds 0..`thresholds` of the fraction of pixels whose ab
-    error is <= the threshold, in percent; the rebalanced AuC averages that over the ground-truth ab bins
-    present in the whole set. Both come from integer-threshold error histograms, so memory stays O(Q x T).
+    compute() -> {name: value} over everything seen; per_image() -> one dict of the per-image metrics per image, in update
+    order. AuC (Zhang et al. 2016) is the mean over thresholds 0..`thresholds` of the fraction of pixels whose ab error is
+    <= the threshold, in percent; the rebalanced AuC averages that over the ground-truth ab bins present in the whole set.
+    Both come from integer-threshold error histograms, so memory stays O(Q x T).
     """
 
     def __init__(self, centres: torch.Tensor | None = None, thresholds: int = 150) -> None:
+        from colorbench.color import ab_gamut_bins
+
         self.centres = ab_gamut_bins() if centres is None else centres
         self.thresholds = thresholds
+        self.metrics = [m for m in METRICS.values() if m.computed]
         self._sq_err: torch.Tensor | None = None  # float64 sum of squared ab errors
         self._pixels = 0
         self._bin_counts: torch.Tensor | None = None  # (Q, T+2) int64, error histogram per truth ab bin
-        self._per_image: dict[str, list[torch.Tensor]] = {k: [] for k in PER_IMAGE_KEYS}
+        self._per_image: dict[str, list[torch.Tensor]] = {m.name: [] for m in self.metrics if m.per_image is not None}
 
-    @torch.no_grad()
     def update(self, L: torch.Tensor, ab_pred: torch.Tensor, ab_true: torch.Tensor) -> None:
         """Add a batch: L (B,1,H,W), ab_pred and ab_true (B,2,H,W), all in Lab units."""
-        b = L.shape[0]
-        nbins = self.thresholds + 2
-        centres = self.centres.to(device=ab_true.device, dtype=ab_true.dtype)
-        if self._bin_counts is None:
-            self._bin_counts = torch.zeros(len(centres), nbins, dtype=torch.int64, device=ab_true.device)
-            self._sq_err = torch.zeros((), dtype=torch.float64, device=ab_true.device)
+        import torch
 
-        sq = (ab_pred.double() - ab_true.double()).pow(2).sum(1)  # (B,H,W)
-        self._sq_err += sq.sum()
-        self._pixels += sq.numel()
-        # error e lands in bin ceil(e): e <= t for integer t exactly when ceil(e) <= t; beyond T -> overflow bin
-        hist_bin = torch.ceil(sq.sqrt()).clamp_max(self.thresholds + 1).long()
-        truth_bin = nearest_bins(ab_true, centres)
-        flat = (truth_bin * nbins + hist_bin).flatten()
-        self._bin_counts += torch.bincount(flat, minlength=self._bin_counts.numel()).view_as(self._bin_counts)
-        image = torch.arange(b, device=sq.device).view(b, 1, 1)
-        image_counts = torch.bincount((image * nbins + hist_bin).flatten(), minlength=b * nbins).view(b, nbins)
+        from colorbench.color import lab_to_rgb, nearest_bins
 
-        rgb_pred = lab_to_rgb(torch.cat([L, ab_pred], 1))
-        rgb_true = lab_to_rgb(torch.cat([L, ab_true], 1))
-        values = {
-            "ab_rmse": sq.flatten(1).mean(1).sqrt(),
-            "psnr": psnr(rgb_pred, rgb_true),
-            "ssim": ssim(rgb_pred, rgb_true),
-            "auc": _auc_percent(image_counts),
-            "colorfulness_pred": colorfulness(rgb_pred),
-            "colorfulness_true": colorfulness(rgb_true),
-        }
-        for k, v in values.items():
-            self._per_image[k].append(v)
+        with torch.no_grad():
+            b = L.shape[0]
+            nbins = self.thresholds + 2
+            centres = self.centres.to(device=ab_true.device, dtype=ab_true.dtype)
+            if self._bin_counts is None:
+                self._bin_counts = torch.zeros(len(centres), nbins, dtype=torch.int64, device=ab_true.device)
+                self._sq_err = torch.zeros((), dtype=torch.float64, device=ab_true.device)
+
+            sq = (ab_pred.double() - ab_true.double()).pow(2).sum(1)  # (B,H,W)
+            self._sq_err += sq.sum()
+            self._pixels += sq.numel()
+            # error e lands in bin ceil(e): e <= t for integer t exactly when ceil(e) <= t; beyond T -> overflow bin
+            hist_bin = sq.sqrt().ceil().clamp_max(self.thresholds + 1).long()
+            flat = (nearest_bins(ab_true, centres) * nbins + hist_bin).flatten()
+            self._bin_counts += torch.bincount(flat, minlength=self._bin_counts.numel()).view_as(self._bin_counts)
+            image = torch.arange(b, device=sq.device).view(b, 1, 1)
+            image_hist = torch.bincount((image * nbins + hist_bin).flatten(), minlength=b * nbins).view(b, nbins)
+            rgb_pred = lab_to_rgb(torch.cat([L, ab_pred], 1))
+            rgb_true = lab_to_rgb(torch.cat([L, ab_true], 1))
+            batch = Batch(L, ab_pred, ab_true, rgb_pred, rgb_true, sq, image_hist)
+            for m in self.metrics:
+                if m.per_image is not None:
+                    self._per_image[m.name].append(m.per_image(batch))
 
     def _stacked(self) -> dict[str, torch.Tensor]:
+        import torch
+
         if self._bin_counts is None:
             raise ValueError("ColorizationMetrics: no batches seen; call update() before compute()/per_image()")
         return {k: torch.cat(v) for k, v in self._per_image.items()}
 
     def compute(self) -> dict[str, float]:
-        """Set-level metrics over every batch seen so far."""
-        per = self._stacked()
-        counts = self._bin_counts
-        present = counts.sum(1) > 0
-        cf_pred, cf_true = per["colorfulness_pred"].mean(), per["colorfulness_true"].mean()
-        return {
-            "ab_rmse": (self._sq_err / self._pixels).sqrt().item(),
-            "psnr": per["psnr"].mean().item(),
-            "ssim": per["ssim"].mean().item(),
-            "auc": _auc_percent(counts.sum(0)).item(),
-            "auc_rebalanced": _auc_percent(counts[present]).mean().item(),
-            "colorfulness_pred": cf_pred.item(),
-            "colorfulness_true": cf_true.item(),
-            "colorfulness_ratio": (cf_pred / cf_true).item(),
-        }
+        """Set-level value of every computed metric over every batch seen so far, in table order."""
+        totals = Totals(self._stacked(), self._bin_counts, self._sq_err, self._pixels)
+        return {m.name: m.summarise(totals) for m in self.metrics}
 
     def per_image(self) -> list[dict[str, float]]:
-        """One dict per image, in update order: ab_rmse, psnr, ssim, auc, colorfulness_pred, colorfulness_true."""
+        """One dict per image, in update order: the metrics with per-image values (the columns of test_per_image.csv)."""
         per = {k: v.cpu().tolist() for k, v in self._stacked().items()}
         return [dict(zip(per, row)) for row in zip(*per.values())]

@@ -15,7 +15,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
-import optuna
 import pandas as pd
 import yaml
 from matplotlib.ticker import MaxNLocator
@@ -35,22 +34,17 @@ from colorbench.comparisons import (
     friedman_test,
     rank_matrix,
 )
-from colorbench.components import BACKBONES, LOSSES, SPLITTERS
-from colorbench.data import gray_rgb
 from colorbench.errors import ConfigError
+from colorbench.metrics import BETTER_WORDS, DECODING_MARK, METRICS, decoded, headline_metrics, metric_spec
 from colorbench.plots import image_grid
 from colorbench.registry import Registry
-from colorbench.search import TAG_SAMPLED, TAG_STATE, TAG_STORAGE, TAG_STUDY, TAG_TRIAL, open_storage, save_study_figures
 from colorbench.stats import CORRECTIONS, cd_diagram
+from colorbench.tracking import TAG_SAMPLED, TAG_STATE, TAG_STORAGE, TAG_STUDY, TAG_TRIAL
 from colorbench.ui import console
 
 ALPHA = 0.05
 GRAY = "gray baseline"
-METRIC_ORDER = ("loss", "ab_rmse", "psnr", "ssim", "auc", "auc_rebalanced", "colorfulness_pred", "colorfulness_true", "colorfulness_ratio")
-LOWER_IS_BETTER = {"loss", "ab_rmse"}
-CLOSER_TO_ONE = {"colorfulness_ratio"}
 SPLIT_PARAMS = ("params.seed", "params.test_fraction", "params.data.", "params.test_data", "params.splitter.")  # decide the folds
-TERMINAL_METRICS = ("psnr", "auc_rebalanced", "colorfulness_ratio")
 FIGURES = {"bar.png": "bar chart", "folds.png": "per-fold spread", "val_loss.png": "validation loss", "samples.png": "test samples"}
 SPLIT_COLUMN = re.compile(r"split(\d+)_test_(.+)")  # scikit-learn style per-fold column: fold index, metric
 SAMPLE_COLUMNS = 8  # cells (best first) shown in samples.png
@@ -112,6 +106,7 @@ def experiment_id(name: str) -> str:
 
 def load_runs(name: str) -> Runs:
     """Finished cell runs (latest per cell) or search-trial runs, their finished folds, what failed, how many trials were pruned."""
+
     df = mlflow.search_runs([experiment_id(name)], max_results=50000)  # newest first
     if df.empty:
         raise ConfigError(f"experiment {name!r} has no runs; run `colorbench run` on its grid first")
@@ -146,22 +141,28 @@ def component_label(row: pd.Series, axis: str, registry: Registry, every: bool =
 
 def components(row: pd.Series) -> tuple[str, str, str]:
     """(backbone, loss, splitter) labels; the splitter keeps all its options (k, val_fraction)."""
+    from colorbench.components import BACKBONES, LOSSES, SPLITTERS  # the labels need the registries' defaults (and so torch)
+
     return component_label(row, "backbone", BACKBONES), component_label(row, "loss", LOSSES), component_label(row, "splitter", SPLITTERS, every=True)
 
 
 def metric_names(cells: pd.DataFrame) -> list[str]:
-    """Test metrics logged as `test_<m>_mean` on the cell runs, in a fixed order, variants last."""
+    """Test metrics logged as `test_<m>_mean` on the cell runs, in the metric table's order, other names (decodings) last."""
     found = {m.group(1) for c in cells.columns if (m := re.fullmatch(r"metrics\.test_(.+)_mean", c)) and cells[c].notna().any()}
-    return [m for m in METRIC_ORDER if m in found] + sorted(found - set(METRIC_ORDER))
+    return [m for m in METRICS if m in found] + sorted(found - set(METRICS))
+
+
+def better(metric: str) -> str:
+    """`higher`, `lower` or `one`, from the metric table (a decoding such as `psnr.mode` reads as its metric)."""
+    spec = metric_spec(metric)
+    if spec is None:
+        raise ConfigError(f"metric {metric!r} is not in the metric table (colorbench.metrics.METRICS), so its direction is unknown; rank on another")
+    return spec.better
 
 
 def badness(metric: str, values: pd.Series) -> pd.Series:
-    """Lower is better: the value for loss and ab_rmse, distance from 1 for colourfulness ratio, minus it otherwise."""
-    if metric in LOWER_IS_BETTER:
-        return values
-    if metric in CLOSER_TO_ONE:
-        return (values - 1).abs()
-    return -values
+    """Lower is better: the value for lower-is-better metrics, the distance from 1 for closest-to-1 ones, minus it otherwise."""
+    return {"lower": values, "one": (values - 1).abs()}.get(better(metric), -values)
 
 
 def resolve_baseline(cell_ids: pd.Series, ranks: pd.Series, baseline: str | None) -> str:
@@ -219,6 +220,7 @@ def fold_columns(runs: Runs, cell: pd.Series, metrics: list[str]) -> dict[str, f
 def cell_row(runs: Runs, cell: pd.Series, metrics: list[str]) -> dict[str, object]:
     """One table row: components, fold means and stds, best epoch, training time, per-fold values."""
     backbone, loss, splitter = components(cell)
+
     row: dict[str, object] = {"cell": cell[ROW], "backbone": backbone, "loss": loss, "splitter": splitter}
     if pd.notna(cell.get(f"tags.{TAG_SAMPLED}")):
         row["sampled"] = cell[f"tags.{TAG_SAMPLED}"]
@@ -308,7 +310,7 @@ def fmt_value(value: object) -> str:
 def markdown_table(report: Report) -> str:
     """table.md: every test metric of the default decoding as mean ± std, rank, p-values, the chosen metric per fold."""
     metrics = [c[len("test_") : -len("_mean")] for c in report.table.columns if re.fullmatch(r"test_.+_mean", c)]
-    metrics = [m for m in metrics if not m.endswith(tuple(s for s in DECODINGS.values() if s))]
+    metrics = [m for m in metrics if DECODING_MARK not in m]
     splits = split_columns(report.table, report.metric)
     trials = ["sampled", "objective"] if "sampled" in report.table else []
     header = ["cell", *trials, "backbone", "loss", "splitter", "rank", *COMPARISON_HEADER, *metrics, "best epoch", "train s", *splits]
@@ -343,20 +345,21 @@ def fmt_ci(row: pd.Series, key: str, ci: str) -> str:
     return f"{value:+.3f} [{row[ci + '_low']:+.3f}, {row[ci + '_high']:+.3f}]" if key == "diff_mean" else f"{value:.2f} [{row[ci + '_low']:.2f}, {row[ci + '_high']:.2f}]"
 
 
-DECODINGS = {"annealed mean (the loss's temperature)": "", "mode (T -> 0)": "_mode", "plain mean (T = 1)": "_mean"}
-DECODING_METRICS = ("psnr", "ssim", "auc", "auc_rebalanced", "colorfulness_ratio")
+DECODINGS = {"annealed mean (the loss's temperature)": "default", "mode (T -> 0)": "mode", "plain mean (T = 1)": "T1"}  # see losses.CrossEntropy
 
 
 def decodings_table(report: Report) -> str:
-    """For losses that decode several ways (the classification losses): the test metrics per decoding."""
-    if "test_psnr_mode_mean" not in report.table:
+    """For losses that decode several ways (the classification losses): the headline test metrics per decoding."""
+    marker = f"test_{decoded('psnr', 'mode')}_mean"
+    if marker not in report.table:
         return ""
-    rows = report.table[report.table["test_psnr_mode_mean"].notna()]
-    header = ["cell", "loss", "decoding", *DECODING_METRICS]
+    rows = report.table[report.table[marker].notna()]
+    shown = headline_metrics()
+    header = ["cell", "loss", "decoding", *shown]
     lines = ["\n## Test metrics per decoding\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in rows.iterrows():
-        for name, suffix in DECODINGS.items():
-            values = [row["cell"], row["loss"], name, *(mean_std(row, f"test_{m}{suffix}") for m in DECODING_METRICS)]
+        for name, decoding in DECODINGS.items():
+            values = [row["cell"], row["loss"], name, *(mean_std(row, f"test_{decoded(m, decoding)}") for m in shown)]
             lines.append("| " + " | ".join(values) + " |")
     return "\n".join(lines) + "\n"
 
@@ -396,9 +399,7 @@ def failed_note(report: Report) -> str:
 
 def direction(metric: str) -> str:
     """How to read a metric in words."""
-    if metric in LOWER_IS_BETTER:
-        return "lower is better"
-    return "closer to 1 is better" if metric in CLOSER_TO_ONE else "higher is better"
+    return BETTER_WORDS[better(metric)]
 
 
 def label(row: pd.Series, sep: str = " | ") -> str:
@@ -469,6 +470,8 @@ def plot_val_loss(runs: Runs, path: Path) -> None:
 
 def plot_samples(runs: Runs, cells: pd.DataFrame, path: Path) -> None:
     """samples.png: rows = test images; columns = gray input, each of the best SAMPLE_COLUMNS cells (first fold), truth."""
+    from colorbench.data import gray_rgb  # torch, only once figures are drawn
+
     by_id = runs.cells.set_index(ROW)
     cells = cells.head(SAMPLE_COLUMNS)
     with tempfile.TemporaryDirectory(prefix="colorbench-report-") as tmp:
@@ -612,7 +615,7 @@ def summary(report: Report) -> str:
 
 def terminal_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the compact terminal table."""
-    metrics = [report.metric, *(m for m in TERMINAL_METRICS if m != report.metric)]
+    metrics = [report.metric, *(m for m in headline_metrics() if m != report.metric)]
     described = ["sampled"] if "sampled" in report.table else ["backbone", "loss", "splitter"]  # a trial: its sampled values
     header = ["cell", *described, *metrics, "p_adj (t)", "p (W, images)", "p_adj (W)", "rank"]
     rows = []
@@ -624,10 +627,17 @@ def terminal_rows(report: Report) -> tuple[list[str], list[list[str]]]:
 
 
 def study_figures(runs: Runs, out: Path, storage: str | None) -> list[str]:
-    """For a search experiment: Optuna's figures of its study (storage from --storage, else as tagged on the trials)."""
+    """For a search experiment: Optuna's figures of its study (storage from --storage, else as tagged on the trials).
+
+    The search (Optuna, the training stack) is imported only here, for a search experiment: a grid report needs neither."""
+
     study_tag = f"tags.{TAG_STUDY}"
     if study_tag not in runs.cells or runs.cells[study_tag].isna().all():
         return []
+    import optuna
+
+    from colorbench.studies import open_storage, save_study_figures
+
     name = runs.cells[study_tag].dropna().iloc[0]
     storage = storage or runs.cells[f"tags.{TAG_STORAGE}"].dropna().iloc[0]
     try:

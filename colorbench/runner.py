@@ -16,8 +16,6 @@ from colorbench.splitters import SPLITTERS
 from colorbench.train import resolve_device
 from colorbench.ui import console
 
-SUMMARY_METRICS = ("psnr", "ssim", "auc", "auc_rebalanced", "colorfulness_ratio")
-
 
 def plan(exp: Experiment) -> list[tuple[Cell, int]]:
     """Each cell with its number of fold trainings, without touching data."""

@@ -18,11 +18,12 @@ from colorbench import tracking
 from colorbench.errors import CellFailed, ColorbenchError, ConfigError, TrialPruned
 from colorbench.lifecycle import CellRun, PreparedData, Workbench, abort_all, gray_baseline, prepare_data, report_skipped, run_here
 from colorbench.plugins import load_plugins, loaded_plugins
+from colorbench.resolve import cell_labels
 from colorbench.search_engines import PRUNERS, SAMPLERS
 from colorbench.search_space import Search
 from colorbench.splitters import SPLITTERS, Fold
 from colorbench.studies import USER_ATTR_RUN, default_storage, open_storage, save_study_figures, shown
-from colorbench.tracking import TAG_SAMPLED, TAG_STATE, TAG_STORAGE, TAG_STUDY, TAG_TRIAL  # noqa: F401 - TAG_STATE: report.py imports it from here
+from colorbench.tracking import TAG_SAMPLED, TAG_STORAGE, TAG_STUDY, TAG_TRIAL
 from colorbench.train import resolve_device
 from colorbench.ui import console, progress, quiet_libraries
 
@@ -108,7 +109,7 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
     }
     name = f"trial {trial.number}"
     with tracking.store_guard(ctx.tracking_uri):
-        run_id = tracking.create_run(ctx.experiment_id, f"{name} | {' | '.join(cell.labels())}", tags, cell.flat_params())
+        run_id = tracking.create_run(ctx.experiment_id, f"{name} | {' | '.join(cell_labels(cell))}", tags, cell.flat_params())
         trial.set_user_attr(USER_ATTR_RUN, run_id)
         held = CellRun(cell, run_id, name, tags, ctx.folds)
         reporter = FoldAveragedReporter(trial, ctx.search.config.objective.metric, cell.train.epochs, run_id)

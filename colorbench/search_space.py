@@ -16,36 +16,55 @@ import optuna
 import pydantic
 from pydantic import BaseModel, Field
 
-from colorbench.config import STRICT, Cell, Component, Setup, TrainConfig, fill, format_error, read_yaml, resolve_data, validate_mapping
+from colorbench.config import STRICT, Cell, Component, Setup, TrainConfig, format_error, read_yaml, validate_mapping
 from colorbench.errors import ConfigError
+from colorbench.metrics import BETTER_WORDS, METRICS
 from colorbench.registry import Registry
+from colorbench.resolve import fill, resolve_data
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int", "logint")
 COMPONENT_AXES = ("backbone", "loss")
 TUNABLE_TRAIN = ("lr", "weight_decay", "batch_size", "epochs", "patience")
-VALIDATION_METRICS = (
-    "loss", "ab_rmse", "psnr", "ssim", "auc", "auc_rebalanced", "colorfulness_pred", "colorfulness_true", "colorfulness_ratio",
-)  # fmt: skip
+DIRECTIONS = {"higher": "maximize", "lower": "minimize"}  # a closest-to-1 metric takes either, stated in the file
+
+
+def objective_choices() -> list[str]:
+    """The metrics a search may optimise: every metric of the table, on the validation set."""
+    return [f"val_{name}" for name in METRICS]
 
 
 class ObjectiveConfig(BaseModel):
-    """What a trial returns: a validation metric at each fold's best checkpoint (lowest val loss), averaged over folds."""
+    """What a trial returns: a validation metric at each fold's best checkpoint (lowest val loss), averaged over folds.
+
+    `direction` defaults to the metric's better direction (`metrics.METRICS`), and may not contradict it.
+    """
 
     model_config = STRICT
     metric: str = "val_loss"
-    direction: Literal["minimize", "maximize"] = "minimize"
+    direction: Literal["minimize", "maximize"] | None = None
 
     @pydantic.field_validator("metric")
     @classmethod
     def _validation_only(cls, metric: str) -> str:
         if metric.startswith("test_"):
             raise ValueError(f"{metric} is a test metric; a search may only optimise validation metrics (val_...), so the test set stays unseen")
-        known = [f"val_{m}" for m in VALIDATION_METRICS]
+        known = objective_choices()
         if metric not in known:
             close = difflib.get_close_matches(metric, known, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"unknown objective metric {metric!r}.{hint} Known: {', '.join(known)}")
         return metric
+
+    @pydantic.model_validator(mode="after")
+    def _direction_of_the_metric(self) -> ObjectiveConfig:
+        better = METRICS[self.metric.removeprefix("val_")].better
+        wanted = DIRECTIONS.get(better)
+        if wanted is None and self.direction is None:
+            raise ValueError(f"{self.metric} is best at 1; state direction: maximize or minimize")
+        if wanted is not None and self.direction not in (None, wanted):
+            raise ValueError(f"{self.metric}: {BETTER_WORDS[better]}, so direction must be {wanted}, not {self.direction}")
+        self.direction = self.direction or wanted
+        return self
 
 
 class SearchConfig(Setup):

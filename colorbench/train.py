@@ -20,7 +20,7 @@ from colorbench.config import TrainConfig
 from colorbench.data import HostImages, augment, gather, lab_batch, random_boxes
 from colorbench.errors import ConfigError, DivergedError
 from colorbench.losses import Objective
-from colorbench.metrics import ColorizationMetrics
+from colorbench.metrics import ColorizationMetrics, decoded
 
 EpochCallback = Callable[[dict[str, float]], None]
 Images = HostImages | torch.Tensor  # uint8 (N,H,W,3): rows on the host (an array, the cache's memory map, rows of it) or a tensor
@@ -198,7 +198,7 @@ def evaluate(
     amp: torch.dtype | None = None,
 ) -> tuple[dict[str, float], list[dict[str, float]]]:
     """Loss and colorization metrics over uint8 images (N,H,W,3), batched on the model's device (forward under `amp`
-    autocast, loss and metrics in fp32 or better); non-default decodings get a `_variant` suffix."""
+    autocast, loss and metrics in fp32 or better); non-default decodings are named `<metric>.<variant>` (`metrics.decoded`)."""
     model.eval()
     device = next(model.parameters()).device
     variants = objective.variants if all_variants else objective.variants[:1]
@@ -215,8 +215,7 @@ def evaluate(
             meter.update(L, objective.decode(pred, variant), ab)
     metrics = {"loss": loss_sum.item() / len(images)}
     for variant, meter in meters.items():
-        suffix = "" if variant == variants[0] else f"_{variant}"
-        metrics.update({f"{k}{suffix}": v for k, v in meter.compute().items()})
+        metrics.update({decoded(k, variant): v for k, v in meter.compute().items()})
     return metrics, meters[variants[0]].per_image()
 
 

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from colorbench.data import builtin_photo_files
+
+PHOTOS = builtin_photo_files()  # the 8 real colour photos scikit-image, scikit-learn and matplotlib ship: the suite needs no others
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # the larger sets beside the project: `-m shared_data` only
 
 TINY_GRID = {
     "experiment": "tiny",

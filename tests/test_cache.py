@@ -9,17 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA
+from conftest import PHOTOS
 from PIL import Image
 from skimage.color import rgb2lab
 
 from colorbench import cache, cli, data
 from colorbench.backbones import build_model
 from colorbench.color import lab_to_rgb
-from colorbench.config import TrainConfig, expand, parse_experiment
+from colorbench.config import TrainConfig, expand
 from colorbench.errors import DataError
 from colorbench.lifecycle import prepare_data
 from colorbench.losses import LOSSES
+from colorbench.resolve import parse_experiment
 from colorbench.splitters import SPLITTERS
 from colorbench.train import autocast_dtype, epoch_draws, fit, stage, train_batches
 
@@ -49,7 +50,7 @@ def decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def photo_folder(tmp_path: Path, n: int = 6) -> Path:
     root = tmp_path / "photos"
     root.mkdir()
-    for src in sorted((SHARED_DATA / "bsds500").glob("train_*.jpg"))[:n]:
+    for src in PHOTOS[:n]:
         shutil.copy(src, root / src.name)
     return root
 
@@ -92,7 +93,7 @@ def test_cache_is_rebuilt_when_a_file_changes(tmp_path: Path, cache_dir: Path, d
     assert np.array_equal(build_folder(root).images, before.images) and len(decodes) == 3  # unchanged: read back, not decoded
 
     changed = sorted(root.iterdir())[1]
-    shutil.copy(SHARED_DATA / "bsds500" / "test_100007.jpg", changed)
+    shutil.copy(PHOTOS[-1], changed)  # another photo under the same name
     after = build_folder(root)
     assert len(decodes) == 6  # the whole set is decoded again, into a second entry
     assert np.array_equal(after.images[[0, 2]], before.images[[0, 2]]) and not np.array_equal(after.images[1], before.images[1])

@@ -3,30 +3,24 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import skimage.color
-import skimage.data
 import torch
+from conftest import PHOTOS, SHARED_DATA
 from PIL import Image
 
 from colorbench import color
 from colorbench.color import ab_gamut_bins, annealed_mean, lab_to_rgb, nearest_bins, rgb_to_lab, soft_encode, softmax_channels
 
-PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "bsds500"
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @pytest.fixture(scope="module")
 def photos() -> np.ndarray:
-    """Three real photos and skimage's astronaut, uint8 (4,256,256,3)."""
-    files = sorted(PHOTOS.glob("*.jpg"))[:3]
-    assert len(files) == 3, f"expected photos in {PHOTOS}"
-    images = [np.asarray(Image.open(f).convert("RGB").resize((256, 256))) for f in files]
-    images.append(np.asarray(Image.fromarray(skimage.data.astronaut()).resize((256, 256))))
-    return np.stack(images)
+    """Four of the real photos the dependencies bundle, uint8 (4,256,256,3)."""
+    return np.stack([np.asarray(Image.open(f).convert("RGB").resize((256, 256))) for f in PHOTOS[:4]])
 
 
 def to_tensor(images: np.ndarray, dtype: torch.dtype = torch.float32, device: str = "cpu") -> torch.Tensor:
@@ -60,6 +54,16 @@ def test_rgb_to_lab_matches_skimage_on_photos(photos: np.ndarray, device: str, d
     assert lab.dtype == dtype and lab.device.type == device
     expected = to_tensor(np.stack([skimage.color.rgb2lab(im) for im in photos]), dtype)
     assert (lab.cpu() - expected).abs().max() < 1e-3
+
+
+@pytest.mark.shared_data
+def test_rgb_to_lab_matches_skimage_on_every_bsds500_photo() -> None:
+    files = sorted((SHARED_DATA / "bsds500").glob("*.jpg"))
+    assert len(files) == 500, f"expected BSDS500's 500 photos in {SHARED_DATA / 'bsds500'}"
+    for start in range(0, len(files), 50):
+        images = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files[start : start + 50]])
+        expected = to_tensor(np.stack([skimage.color.rgb2lab(im) for im in images]), torch.float64)
+        assert (rgb_to_lab(to_tensor(images, torch.float64) / 255) - expected).abs().max() < 1e-3
 
 
 def test_lab_to_rgb_matches_skimage_and_round_trips(photos: np.ndarray) -> None:

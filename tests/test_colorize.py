@@ -14,6 +14,8 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+import torch
+import yaml
 from conftest import TINY_GRID
 from PIL import Image
 from servers import free_port, wait_until_answering
@@ -21,9 +23,10 @@ from skimage.color import rgb2lab
 
 import colorbench
 from colorbench import cli
+from colorbench.checkpoints import read_checkpoint
 from colorbench.colorize import colorize_files, gray_image
-from colorbench.config import parse_experiment
 from colorbench.errors import ConfigError
+from colorbench.resolve import parse_experiment
 from colorbench.runner import run_grid
 
 
@@ -171,3 +174,114 @@ def test_photo_formats_keep_their_size_and_orientation(trained: dict[str, str], 
     assert failed == [] and len(written) == 4
     sizes = {p.stem: Image.open(p).size for p in (tmp_path / "out").glob("*.png")}
     assert sizes == {"gray": (53, 37), "alpha": (53, 37), "deep16": (53, 37), "rotated": (37, 53)}
+
+
+def test_cell_model_is_logged_as_code_not_as_a_pickle(trained: dict[str, str], tmp_path: Path) -> None:
+    model_dir = Path(mlflow.artifacts.download_artifacts(f"runs:/{trained['cell']}/model", dst_path=str(tmp_path)))
+    files = {p.name for p in model_dir.iterdir()}
+    assert "pyfunc_model.py" in files and "python_model.pkl" not in files
+    flavor = yaml.safe_load((model_dir / "MLmodel").read_text())["flavors"]["python_function"]
+    assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model" and flavor["config"] == {"plugins": []}
+
+
+def test_checkpoints_carry_a_format_and_old_ones_without_it_still_load(trained: dict[str, str], tmp_path: Path) -> None:
+    checkpoint = read_checkpoint(trained["checkpoint"])
+    assert checkpoint["format"] == 1
+    image = photo(24, 40)
+    expected = colorbench.load(trained["checkpoint"], device="cpu").colorize(image)
+    torch.save({k: v for k, v in checkpoint.items() if k != "format"}, tmp_path / "old.pt")  # as written before formats
+    assert np.array_equal(colorbench.load(str(tmp_path / "old.pt"), device="cpu").colorize(image), expected)
+    torch.save({**checkpoint, "format": 2}, tmp_path / "newer.pt")
+    with pytest.raises(ConfigError, match="has format 2; this colorbench reads format 1"):
+        read_checkpoint(tmp_path / "newer.pt")
+    torch.save({"weights": checkpoint["state_dict"]}, tmp_path / "other.pt")
+    with pytest.raises(ConfigError, match="is not a colorbench checkpoint: it needs the keys state_dict, backbone"):
+        read_checkpoint(tmp_path / "other.pt")
+
+
+class Payload:
+    """Unpickling this creates the file `marker` (it calls the built-in `open`): a stand-in for any code a pickle can run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return open, (str(self.marker), "w")
+
+
+def test_colorize_refuses_a_checkpoint_holding_code_without_running_it(
+    trained: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    evil = tmp_path / "checkpoint.pt"
+    torch.save({**read_checkpoint(trained["checkpoint"]), "note": Payload(tmp_path / "pwned")}, evil)
+    torch.load(evil, weights_only=False)  # the payload is live: plain unpickling runs it
+    assert (tmp_path / "pwned").exists()
+    (tmp_path / "pwned").unlink()
+    Image.fromarray(photo(20, 30)).save(tmp_path / "in.png")
+    assert cli.main(["colorize", str(evil), str(tmp_path / "in.png"), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "refusing checkpoint" in err and "(io.open)" in err and "Traceback" not in err
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "out").exists()
+
+
+PLUGIN = '''
+from colorbench.losses import LOSSES, MSE
+
+
+@LOSSES.register("plugin-mse")
+class PluginMSE(MSE):
+    """MSE under a name only this plugin module registers."""
+'''
+LOG_WITH_PLUGIN = """
+import sys
+import mlflow
+from colorbench.backbones import build_model
+from colorbench.checkpoints import save_checkpoint
+from colorbench.colorize import log_pyfunc
+from colorbench.config import expand
+from colorbench.plugins import load_plugins
+from colorbench.resolve import parse_experiment
+
+uri, folder = sys.argv[1:]
+load_plugins(["colorbench_test_plugin"])
+grid = {"experiment": "plugin-model", "data": {"source": "builtin", "image_size": 32}, "grid": {"loss": ["plugin-mse"]}}
+cell = expand(parse_experiment(grid))[0]
+save_checkpoint(f"{folder}/checkpoint.pt", cell, 0, 32, build_model("resnet18-6", {}, 2).state_dict())
+mlflow.set_tracking_uri(uri)
+mlflow.set_experiment("plugin-model")
+with mlflow.start_run() as run:
+    log_pyfunc(f"{folder}/checkpoint.pt")
+print(run.info.run_id)
+"""
+PREDICT = """
+import sys
+import mlflow
+import numpy as np
+import colorbench
+
+uri, run_id, checkpoint, images, out = sys.argv[1:]
+mlflow.set_tracking_uri(uri)
+batch = np.load(images)
+predicted = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict(batch)
+expected = np.stack(colorbench.load(checkpoint, device="cpu").colorize_many(list(batch)))
+np.savez(out, predicted=predicted, expected=expected)
+"""
+
+
+def test_pyfunc_model_of_a_plugin_loss_predicts_in_a_fresh_process(tracking_uri: str, tmp_path: Path) -> None:
+    """Logged in one process with a plugin loaded, predicted in another that never imported the plugin itself."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "colorbench_test_plugin.py").write_text(PLUGIN)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # the store is passed in; no experiment of earlier tests
+    env["PYTHONPATH"] = os.pathsep.join([str(plugins), os.environ.get("PYTHONPATH", "")])
+    logged = subprocess.run([sys.executable, "-c", LOG_WITH_PLUGIN, tracking_uri, str(tmp_path)], env=env, capture_output=True, text=True, check=False)
+    assert logged.returncode == 0, logged.stderr
+    run_id = logged.stdout.split()[-1]
+    np.save(tmp_path / "images.npy", np.stack([photo(23, 31, seed) for seed in range(2)]))
+    args = [sys.executable, "-c", PREDICT, tracking_uri, run_id, str(tmp_path / "checkpoint.pt"), str(tmp_path / "images.npy"), str(tmp_path / "out.npz")]
+    predicted = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+    assert predicted.returncode == 0, predicted.stderr
+    with np.load(tmp_path / "out.npz") as out:
+        assert out["predicted"].shape == (2, 23, 31, 3) and out["predicted"].dtype == np.uint8
+        np.testing.assert_array_equal(out["predicted"], out["expected"])

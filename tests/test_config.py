@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from colorbench.config import expand, load_experiment, parse_experiment
+from colorbench.config import expand
 from colorbench.errors import ConfigError
+from colorbench.resolve import load_experiment, parse_experiment
 
 
 def test_expansion_is_the_cartesian_product_with_defaults_filled(tiny_grid: dict) -> None:

@@ -7,21 +7,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
+from conftest import PHOTOS, SHARED_DATA
 from PIL import Image
 
-from colorbench.config import expand, parse_experiment
+from colorbench.config import expand
 from colorbench.data import SOURCES
 from colorbench.errors import ConfigError, DataError
 from colorbench.lifecycle import prepare_data
+from colorbench.resolve import parse_experiment
 from colorbench.splitters import SPLITTERS, carve_test
 
 
 def photo_folder(tmp_path: Path, n: int = 6) -> Path:
-    """A folder of n real photos from the shared data, in a nested layout."""
+    """A folder of n real photos (those the dependencies bundle), in a nested layout."""
     root = tmp_path / "photos"
     (root / "sub").mkdir(parents=True)
-    for i, src in enumerate(sorted((SHARED_DATA / "bsds500").glob("train_*.jpg"))[:n]):
+    for i, src in enumerate(PHOTOS[:n]):
         shutil.copy(src, root / ("sub" if i % 2 else ".") / src.name)
     return root
 
@@ -36,7 +37,8 @@ def test_builtin_source_serves_crops_of_the_bundled_photos() -> None:
 
 def test_folder_skips_and_names_bad_files(tmp_path: Path) -> None:
     root = photo_folder(tmp_path)
-    (root / "broken.jpg").write_bytes((SHARED_DATA / "bsds500" / "test_100007.jpg").read_bytes()[:500])
+    jpeg = next(p for p in PHOTOS if p.suffix == ".jpg")
+    (root / "broken.jpg").write_bytes(jpeg.read_bytes()[:500])  # a truncated JPEG
     (root / "empty.png").write_bytes(b"")
     (root / "notes.jpg").write_text("not an image")
     Image.new("L", (64, 64), 128).save(root / "sub" / "gray.png")
@@ -103,11 +105,23 @@ def test_kfold_with_too_few_photos_is_a_clear_error() -> None:
         SPLITTERS.build("kfold", {"k": 20}).split(data, seed=0)
 
 
-def test_folders_splitter_uses_the_seed_layout() -> None:
+def seed_layout(tmp_path: Path) -> Path:
+    """The seed project's layout (train/, val/, test/ folders) made of the bundled photos: 4, 2 and 2."""
+    for i, src in enumerate(PHOTOS):
+        folder = tmp_path / "seed" / ("train" if i < 4 else "val" if i < 6 else "test")
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, folder / src.name)
+    return tmp_path / "seed"
+
+
+@pytest.mark.parametrize("shared", [False, pytest.param(True, marks=pytest.mark.shared_data, id="shared-seed")])
+def test_folders_splitter_uses_the_seed_layout(shared: bool, tmp_path: Path) -> None:
+    root = SHARED_DATA / "seed" if shared else seed_layout(tmp_path)
+    assert (root / "test").is_dir(), f"expected the seed's photos in {root}"
     grid = {
         "experiment": "seed",
-        "data": {"source": "folder", "path": str(SHARED_DATA / "seed"), "image_size": 32, "exclude": ["test/*"]},
-        "test_data": {"source": "folder", "path": str(SHARED_DATA / "seed" / "test"), "image_size": 32},
+        "data": {"source": "folder", "path": str(root), "image_size": 32, "exclude": ["test/*"]},
+        "test_data": {"source": "folder", "path": str(root / "test"), "image_size": 32},
         "grid": {"splitter": ["folders"]},
     }
     cell = expand(parse_experiment(grid))[0]
@@ -115,4 +129,4 @@ def test_folders_splitter_uses_the_seed_layout() -> None:
     fold = SPLITTERS.build("folders").split(prepared.pool, seed=0)[0]
     assert {prepared.pool.names[i].split("/")[0] for i in fold.train} == {"train"}
     assert {prepared.pool.names[i].split("/")[0] for i in fold.val} == {"val"}
-    assert len(prepared.test) == len(list((SHARED_DATA / "seed" / "test").glob("*.jpg")))
+    assert len(prepared.test) == len(list((root / "test").iterdir()))

@@ -27,9 +27,10 @@ from mlflow.tracking import MlflowClient
 
 from colorbench import tracking
 from colorbench.components import LOSSES, SPLITTERS
-from colorbench.config import Component, DataConfig, parse_experiment
+from colorbench.config import Component, DataConfig
 from colorbench.data import SOURCES, ImageSet
 from colorbench.losses import Objective
+from colorbench.resolve import parse_experiment
 from colorbench.runner import run_grid
 from colorbench.search import run_search
 from colorbench.search_space import parse_search

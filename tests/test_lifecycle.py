@@ -15,8 +15,8 @@ from plugin_losses import INJECTED
 from test_search import TINY_SEARCH
 
 from colorbench import cli, tracking
-from colorbench.config import parse_experiment
 from colorbench.plugins import load_plugins, loaded_plugins
+from colorbench.resolve import parse_experiment
 from colorbench.runner import run_grid
 from colorbench.search import open_study
 from colorbench.search_space import parse_search

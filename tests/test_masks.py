@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -11,9 +13,9 @@ import torch
 
 from colorbench import cli
 from colorbench.components import LOSSES, MASKS
-from colorbench.config import parse_experiment
 from colorbench.errors import ConfigError
 from colorbench.losses import MSE
+from colorbench.resolve import parse_experiment
 from colorbench.runner import run_grid
 
 SIZE = 64
@@ -152,3 +154,21 @@ def test_tiny_grid_end_to_end_and_figure(tiny_grid: dict, tracking_uri: str, tmp
         ["--experiment", "tiny", "--tracking-uri", tracking_uri, "--out", str(tmp_path / "m.png")]
     )
     assert out.stat().st_size > 10_000
+
+
+IMPORT_PROBE = """
+import sys
+from colorbench.losses import LOSSES
+import colorbench.checkpoints
+heavy = sorted(({name.split(".")[0] for name in sys.modules} & {"optuna", "sklearn"}) | ({"colorbench.components"} & set(sys.modules)))
+print(" ".join(sorted(LOSSES)), "|", " ".join(heavy))
+"""
+
+
+def test_every_loss_registers_whatever_is_imported_first_and_loading_a_model_stays_light() -> None:
+    """In a fresh process: the losses module alone lists all four losses (bg-weighted too), and the checkpoint loader pulls in
+    neither Optuna nor scikit-learn."""
+    done = subprocess.run([sys.executable, "-c", IMPORT_PROBE], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    losses, heavy = done.stdout.strip().split("|")
+    assert losses.split() == ["bg-weighted", "ce", "ce-rebalanced", "mse"] and heavy.split() == []

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
+import pydantic
 import pytest
 import torch
+from conftest import PHOTOS
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from colorbench.color import nearest_bins, rgb_to_lab
-from colorbench.metrics import ColorizationMetrics, colorfulness, psnr, ssim
+from colorbench.metrics import METRICS, ColorizationMetrics, Metric, colorfulness, decoded, metric_spec, psnr, ssim
+from colorbench.search_space import ObjectiveConfig, objective_choices
 
-PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "bsds500"
 # ab bins on a plain 10-unit lattice: same role as ab_gamut_bins() without its one-off ~10 s gamut scan
 CENTRES = torch.cartesian_prod(torch.arange(-110.0, 111.0, 10.0), torch.arange(-110.0, 111.0, 10.0))
 
@@ -21,7 +21,7 @@ CENTRES = torch.cartesian_prod(torch.arange(-110.0, 111.0, 10.0), torch.arange(-
 @pytest.fixture(scope="module")
 def rgb() -> torch.Tensor:
     """Six real photos, 64x64, (6,3,64,64) in [0,1]."""
-    files = sorted(PHOTOS.glob("*.jpg"))[:6]
+    files = PHOTOS[:6]
     arrays = [np.asarray(Image.open(f).convert("RGB").resize((64, 64), Image.BILINEAR), dtype=np.float32) / 255.0 for f in files]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
@@ -148,3 +148,22 @@ def test_auc_integer_errors_count_at_their_threshold() -> None:
 def test_compute_without_update_raises() -> None:
     with pytest.raises(ValueError, match="update"):
         ColorizationMetrics(CENTRES).compute()
+
+
+def test_search_objectives_take_their_direction_from_the_metric_table() -> None:
+    assert objective_choices() == [f"val_{name}" for name in METRICS]
+    assert ObjectiveConfig(metric="val_psnr").direction == "maximize" and ObjectiveConfig(metric="val_ab_rmse").direction == "minimize"
+    with pytest.raises(pydantic.ValidationError, match="val_auc: higher is better, so direction must be maximize"):
+        ObjectiveConfig(metric="val_auc", direction="minimize")
+    with pytest.raises(pydantic.ValidationError, match="val_colorfulness_ratio is best at 1; state direction"):
+        ObjectiveConfig(metric="val_colorfulness_ratio")
+    assert ObjectiveConfig(metric="val_colorfulness_ratio", direction="maximize").direction == "maximize"
+
+
+def test_metric_names_must_fit_mlflow_and_the_decoding_suffix() -> None:
+    with pytest.raises(ValueError, match="lower-case letters, digits and _"):
+        Metric("psnr.x", "higher", "a dot would read as a decoding")
+    with pytest.raises(ValueError, match="better must be one of higher, lower, one"):
+        Metric("psnr2", "up", "no such direction")
+    assert decoded("psnr", "default") == "psnr" and decoded("psnr", "mode") == "psnr.mode"
+    assert metric_spec("auc.T1") is METRICS["auc"] and metric_spec("psnr_mode") is None

@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from colorbench import tracking
-from colorbench.config import parse_experiment
+from colorbench.resolve import parse_experiment
 from colorbench.runner import run_grid
 
 METRICS = ("test_psnr_mean", "test_auc_rebalanced_mean", "test_colorfulness_ratio_mean")

@@ -18,9 +18,10 @@ from skimage.color import rgb2lab
 from colorbench.backbones import build_model
 from colorbench.color import ab_gamut_bins
 from colorbench.components import LOSSES
-from colorbench.config import TrainConfig, parse_experiment
+from colorbench.config import TrainConfig
 from colorbench.data import SOURCES, ImageSet
 from colorbench.losses import RebalancedCrossEntropy
+from colorbench.resolve import parse_experiment
 from colorbench.runner import run_grid
 from colorbench.splitters import SPLITTERS, carve_test
 from colorbench.train import fit

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from conftest import SHARED_DATA
 
-from colorbench.config import expand, parse_experiment
+from colorbench.config import expand
 from colorbench.data import SOURCES, ImageSet
+from colorbench.resolve import cell_labels, parse_experiment
 from colorbench.splitters import SPLITTERS, Fold
 
 
@@ -57,6 +58,6 @@ def test_kfold_with_one_repeat_keeps_todays_partition_and_cell_id(pool: ImageSet
     grid = {"experiment": "ids", "grid": {"splitter": [{"name": "kfold", "k": 3}, {"name": "kfold", "k": 3, "repeats": 1}]}}
     cells = expand(parse_experiment(grid))
     assert len(cells) == 1 and cells[0].splitter.options == {"k": 3}  # `repeats: 1` is today's kfold, same config and id
-    assert cells[0].labels()[2] == "kfold(k=3)"
+    assert cell_labels(cells[0])[2] == "kfold(k=3)"
     two = expand(parse_experiment({"experiment": "ids", "grid": {"splitter": [{"name": "kfold", "k": 3, "repeats": 2}]}}))[0]
     assert two.splitter.options == {"k": 3, "repeats": 2} and two.id != cells[0].id

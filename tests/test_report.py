@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import copy
 import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -16,11 +20,13 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
 from colorbench import cli
-from colorbench.config import parse_experiment
 from colorbench.errors import ConfigError
 from colorbench.losses import LOSSES, MSE
-from colorbench.report import FIGURES, GRAY, Report, badness, build_report, decodings_table
+from colorbench.metrics import METRICS, Metric
+from colorbench.report import FIGURES, GRAY, Report, badness, build_report, decodings_table, terminal_rows
+from colorbench.resolve import parse_experiment
 from colorbench.runner import run_grid
+from colorbench.search_space import ObjectiveConfig, objective_choices
 from colorbench.validation_report import COLUMNS
 
 EXPERIMENT = "tiny-report"
@@ -54,8 +60,12 @@ def store(tmp_path_factory: pytest.TempPathFactory, empty_store: Path) -> str:
 
 
 def runs(uri: str) -> pd.DataFrame:
+    return runs_of(uri, EXPERIMENT)
+
+
+def runs_of(uri: str, experiment: str) -> pd.DataFrame:
     mlflow.set_tracking_uri(uri)
-    df = mlflow.search_runs(experiment_names=[EXPERIMENT], max_results=1000)
+    df = mlflow.search_runs(experiment_names=[experiment], max_results=1000)
     return df[df["status"] == "FINISHED"]
 
 
@@ -263,16 +273,66 @@ def test_rank_direction_per_metric() -> None:
     assert list(badness("psnr", values).rank()) == [3, 2, 1]  # higher is better
     assert list(badness("ab_rmse", values).rank()) == [1, 2, 3]  # lower is better
     assert list(badness("colorfulness_ratio", values).rank()) == [2, 1, 3]  # closer to 1 is better
+    assert list(badness("psnr.mode", values).rank()) == [3, 2, 1]  # a decoding ranks as its metric
+    with pytest.raises(ConfigError, match="'psnr_mode' is not in the metric table"):
+        badness("psnr_mode", values)
 
 
 def test_decodings_table_lists_each_decoding_of_classification_losses(tmp_path: Path) -> None:
     rows = [
-        {"cell": "a", "loss": "ce", "n_folds": 1, "test_psnr_mean": 20.0, "test_psnr_mode_mean": 19.0, "test_psnr_mean_mean": 21.0},
-        {"cell": "b", "loss": "mse", "n_folds": 1, "test_psnr_mean": 22.0, "test_psnr_mode_mean": np.nan, "test_psnr_mean_mean": np.nan},
+        {"cell": "a", "loss": "ce", "n_folds": 1, "test_psnr_mean": 20.0, "test_psnr.mode_mean": 19.0, "test_psnr.T1_mean": 21.0},
+        {"cell": "b", "loss": "mse", "n_folds": 1, "test_psnr_mean": 22.0, "test_psnr.mode_mean": np.nan, "test_psnr.T1_mean": np.nan},
     ]
     text = decodings_table(Report("x", "psnr", "a", pd.DataFrame(rows), tmp_path))
     assert "| a | ce | annealed mean (the loss's temperature) | 20.000 |" in text
     assert "| a | ce | mode (T -> 0) | 19.000 |" in text
     assert "| a | ce | plain mean (T = 1) | 21.000 |" in text
     assert "| b |" not in text
-    assert decodings_table(Report("x", "psnr", "b", pd.DataFrame(rows).drop(columns=["test_psnr_mode_mean"]), tmp_path)) == ""
+    assert decodings_table(Report("x", "psnr", "b", pd.DataFrame(rows).drop(columns=["test_psnr.mode_mean"]), tmp_path)) == ""
+
+
+@contextmanager
+def table_entry(metric: Metric) -> Iterator[Metric]:
+    """`metric` in the metric table for the duration of the block, and gone again after it."""
+    METRICS[metric.name] = metric
+    try:
+        yield metric
+    finally:
+        del METRICS[metric.name]
+
+
+AB_L1 = Metric("ab_l1", "lower", "mean absolute ab error", per_image=lambda b: (b.ab_pred - b.ab_true).abs().mean((1, 2, 3)), headline=True)
+
+
+def test_a_new_metric_is_one_table_entry(empty_store: Path, tmp_path: Path) -> None:
+    """A lower-is-better metric added to the table alone is computed, logged per fold, per image and per cell, offered as a
+    search objective (minimised), ranked the right way and shown in the report's tables."""
+    grid = copy.deepcopy(TINY_GRID) | {"experiment": "one-more-metric"}
+    grid["train"]["epochs"] = 1
+    grid["grid"]["splitter"] = [{"name": "holdout", "val_fraction": 0.3}]
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with table_entry(AB_L1), pytest.MonkeyPatch.context() as mp:
+        assert "val_ab_l1" in objective_choices() and ObjectiveConfig(metric="val_ab_l1").direction == "minimize"
+        mp.chdir(tmp_path)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        run_grid(parse_experiment(grid), uri)
+        report = build_report("one-more-metric", tmp_path / "out", metric="ab_l1", tracking_uri=uri)
+        assert list(badness("ab_l1", pd.Series([2.0, 1.0, 3.0])).rank()) == [2, 1, 3]  # ranked lower-is-better
+        assert report.n_images > 0  # its per-image values reached test_per_image.csv and the Wilcoxon test
+        assert "Ranked on test ab_l1 (lower is better)" in (tmp_path / "out" / "table.md").read_text()
+        assert pd.notna(report.table.loc[report.table["cell"] == GRAY, "test_ab_l1_mean"]).all()
+        assert "ab_l1" in terminal_rows(report)[0]  # a headline metric: in the terminal table
+    fold = runs_of(uri, "one-more-metric").query("`tags.colorbench.role` == 'fold'").iloc[0]
+    per_image = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=fold["run_id"], artifact_path="test_per_image.csv", dst_path=str(tmp_path)))
+    assert per_image["ab_l1"].mean() == pytest.approx(fold["metrics.test_ab_l1"])  # its summary: the mean over images
+    assert "val_ab_l1" not in objective_choices()
+
+
+def test_importing_the_report_loads_neither_torch_nor_optuna() -> None:
+    """A grid report reads MLflow runs: `import colorbench.report` must not pull in the training stack or the search."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", "import colorbench.report"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    imported = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "colorbench.report" in imported and "mlflow" in imported  # the check sees the imports
+    assert not {name.split(".")[0] for name in imported} & {"torch", "optuna", "sklearn"}

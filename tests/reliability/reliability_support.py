@@ -17,7 +17,8 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from colorbench import tracking
-from colorbench.config import expand, parse_experiment
+from colorbench.config import expand
+from colorbench.resolve import parse_experiment
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

@@ -12,8 +12,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from colorbench.config import load_experiment, parse_experiment
 from colorbench.errors import ConfigError
+from colorbench.resolve import load_experiment, parse_experiment
 from colorbench.runner import run_grid
 
 GOOD = "experiment: x\ndata: {source: builtin, image_size: 32}\ntrain: {epochs: 2}\ngrid:\n  backbone: [resnet18-6]\n  loss: [mse]\n"

@@ -10,8 +10,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from colorbench import runner
-from colorbench.config import parse_experiment
 from colorbench.errors import ConfigError
+from colorbench.resolve import parse_experiment
 from colorbench.runner import run_grid
 
 

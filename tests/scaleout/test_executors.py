@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from test_process_executor import store_cells
 
-from colorbench.config import parse_experiment
+from colorbench.resolve import parse_experiment
 from colorbench.runner import run_grid
 
 pytestmark = pytest.mark.scaleout

@@ -17,7 +17,7 @@ from servers import free_port, wait_until_answering
 from test_search import TINY_SEARCH
 
 from colorbench import tracking
-from colorbench.config import parse_experiment
+from colorbench.resolve import parse_experiment
 from colorbench.runner import run_grid
 
 pytestmark = pytest.mark.scaleout

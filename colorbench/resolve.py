@@ -1,0 +1,62 @@
+"""Grid and search files resolved against the registries: names and options checked, defaults filled in, labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from colorbench.backbones import BACKBONES
+from colorbench.config import Cell, Component, DataConfig, Experiment, GridAxes, SetupT, read_yaml, validate_mapping
+from colorbench.data import SOURCES
+from colorbench.errors import ConfigError
+from colorbench.losses import LOSSES
+from colorbench.registry import Registry
+from colorbench.splitters import SPLITTERS
+
+
+def fill(registry: Registry, comp: Component, where: str) -> Component:
+    """`comp` with its registry defaults filled in; unknown names/options raise a ConfigError prefixed by `where`."""
+    try:
+        return Component(name=comp.name, options=registry.validate(comp.name, comp.options))
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def resolve_data(setup: SetupT, where: str) -> SetupT:
+    """`setup` with its data and test_data sources' options validated and defaults filled in."""
+
+    def fill_data(data: DataConfig, section: str) -> DataConfig:
+        filled = fill(SOURCES, Component(name=data.source, options=data.options), f"{where}: {section}")
+        return DataConfig(source=filled.name, options=filled.options)
+
+    test_data = fill_data(setup.test_data, "test_data") if setup.test_data else None
+    return setup.model_copy(update={"data": fill_data(setup.data, "data"), "test_data": test_data})
+
+
+def resolve(exp: Experiment, where: str = "grid") -> Experiment:
+    """Fill in registry defaults and reject unknown names/options, prefixed by `where`."""
+    grid = GridAxes(
+        backbone=[fill(BACKBONES, c, f"{where}: grid.backbone") for c in exp.grid.backbone],
+        loss=[fill(LOSSES, c, f"{where}: grid.loss") for c in exp.grid.loss],
+        splitter=[fill(SPLITTERS, c, f"{where}: grid.splitter") for c in exp.grid.splitter],
+    )
+    return resolve_data(exp, where).model_copy(update={"grid": grid})
+
+
+def parse_experiment(raw: Any, where: str = "grid") -> Experiment:
+    """Validate a loaded mapping into an Experiment and resolve every component's options."""
+    return resolve(validate_mapping(Experiment, raw, where), where)
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Read, validate and resolve a grid file; every problem is a one-line ConfigError."""
+    return parse_experiment(read_yaml(path), str(path))
+
+
+def cell_labels(cell: Cell) -> tuple[str, str, str]:
+    """(backbone, loss, splitter) of a cell as `name(non-default options)`; the splitter shows all its options."""
+    return (
+        BACKBONES.label(cell.backbone.name, cell.backbone.options),
+        LOSSES.label(cell.loss.name, cell.loss.options),
+        SPLITTERS.label(cell.splitter.name, cell.splitter.options, every=True),
+    )
