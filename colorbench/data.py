@@ -220,6 +220,11 @@ def decode_workers() -> int:
         if not env.isdigit() or int(env) < 1:
             raise ConfigError(f"{WORKERS_ENV}={env!r} is not a positive whole number; set it to the number of decoding processes, e.g. 4")
         return int(env)
+    return usable_cpus()
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 

@@ -38,7 +38,7 @@ from colorbench.splitters import carve_test
 
 # Where the grid and the search look `fit` up when they train a fold, and the process executor's pool initializer, which
 # the spy replaces to reach the spawned workers (the one place to retarget when that code moves).
-FIT_TARGET = "colorbench.runner.fit"
+FIT_TARGET = "colorbench.lifecycle.fit"
 POOL_INIT_TARGET = "colorbench.executors.pin_gpu"
 SPY_FOLDER = "COLORBENCH_TEST_SPY_FOLDER"
 SEARCH = {
