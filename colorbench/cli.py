@@ -6,6 +6,8 @@ import argparse
 import signal
 import sys
 
+from pydantic import BaseModel
+from rich.markup import escape
 from rich.table import Table
 
 from colorbench.errors import ColorbenchError
@@ -49,13 +51,22 @@ def executor_options(args: argparse.Namespace) -> dict[str, object]:
     return {key: getattr(args, key) for key in executor_flags() if getattr(args, key, None) is not None}
 
 
+def print_config(config: BaseModel) -> None:
+    """The resolved config (file + overrides, defaults filled in) as YAML."""
+    import yaml
+
+    stdout.print("# resolved config (file + overrides, defaults filled in)", highlight=False)
+    stdout.print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).rstrip(), highlight=False, markup=False)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from colorbench import runner, tracking
     from colorbench.metrics import headline_metrics
     from colorbench.resolve import cell_labels, load_experiment
 
-    exp = load_experiment(args.grid)
+    exp = load_experiment(args.grid, args.overrides)
     if args.dry_run:
+        print_config(exp)
         planned = runner.plan(exp)
         for cell, n in planned:
             backbone, loss, splitter = cell_labels(cell)
@@ -85,7 +96,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     from colorbench.search import run_search
     from colorbench.search_space import load_search
 
-    search = load_search(args.file)
+    search = load_search(args.file, args.overrides)
+    if args.dry_run:
+        print_config(search.config)
+        return 0
     outcome = run_search(search, args.n_trials, args.timeout, args.storage, args.study, args.n_workers, args.tracking_uri, args.out)
     counts = ", ".join(f"{n} {state.lower()}" for state, n in outcome.counts.items() if n)
     stdout.print(f"Study {outcome.study_name!r} ({outcome.storage}): {counts or 'no trials'}.")
@@ -169,6 +183,9 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+OVERRIDE_HELP = "change the file's settings: dotted key = YAML value, e.g. train.epochs=5 data.image_size=32 'grid.loss=[mse,ce-rebalanced]'"
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import MODULE to register extra components")
@@ -176,14 +193,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", parents=[common], help="train every combination of a grid file and log it to MLflow")
     run.add_argument("grid", help="grid YAML file, e.g. configs/grid.yaml")
+    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
-    run.add_argument("--dry-run", action="store_true", help="print the cells and fold count, train nothing")
+    run.add_argument("--dry-run", action="store_true", help="print the resolved config, the cells and fold count; train nothing")
     run.add_argument("--executor", default="local", choices=list(EXECUTORS), help="where fold trainings run (default: local)")
     for key, text in executor_flags().items():
         run.add_argument(f"--{key.replace('_', '-')}", dest=key, metavar=key.upper(), help=text)
     run.set_defaults(func=cmd_run)
     sea = sub.add_parser("search", parents=[common], help="run (or continue) an Optuna study over a search file's space")
     sea.add_argument("file", help="search YAML file, e.g. configs/search.yaml")
+    sea.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
+    sea.add_argument("--dry-run", action="store_true", help="print the resolved search config, run nothing")
     sea.add_argument("--n-trials", type=int, metavar="N", help="trials to add to the study (default: the file's n_trials)")
     sea.add_argument("--timeout", type=float, metavar="S", help="stop starting new trials after S seconds")
     sea.add_argument("--storage", metavar="URL", help="Optuna storage: sqlite:///optuna.db, postgresql://..., or journal:FILE (default: beside the MLflow store)")
@@ -235,11 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         load_plugins(plugin_modules(argv))
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra and not (hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra)):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*getattr(args, "overrides", []), *extra]  # overrides may also follow options
         quiet_libraries()
         return args.func(args)
     except ColorbenchError as err:
-        console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print(

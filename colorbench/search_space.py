@@ -8,6 +8,7 @@ A space entry is `KEY: {DISTRIBUTION: VALUES, when: {OTHER_KEY: VALUE or [VALUES
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -16,11 +17,11 @@ import optuna
 import pydantic
 from pydantic import BaseModel, Field
 
-from colorbench.config import STRICT, Cell, Component, Setup, TrainConfig, format_error, read_yaml, validate_mapping
+from colorbench.config import STRICT, Cell, Component, Setup, TrainConfig, format_error, validate_mapping
 from colorbench.errors import ConfigError
 from colorbench.metrics import BETTER_WORDS, METRICS
 from colorbench.registry import Registry
-from colorbench.resolve import fill, resolve_data
+from colorbench.resolve import fill, load_with_overrides, resolve_data
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int", "logint")
 COMPONENT_AXES = ("backbone", "loss")
@@ -255,6 +256,6 @@ def parse_search(raw: Any, where: str = "search") -> Search:
     return search
 
 
-def load_search(path: str | Path) -> Search:
-    """Read and validate a search file; every problem is a one-line ConfigError."""
-    return parse_search(read_yaml(path), str(path))
+def load_search(path: str | Path, overrides: Sequence[str] = ()) -> Search:
+    """Read and validate a search file with command-line `overrides`; every problem is a one-line ConfigError."""
+    return load_with_overrides(path, overrides, SearchConfig, parse_search)
