@@ -76,10 +76,30 @@ class SearchConfig(Setup):
     splitter: Component = Component(name="holdout")
     space: dict[str, dict[str, Any]] = Field(min_length=1)
     objective: ObjectiveConfig = ObjectiveConfig()
+    objectives: list[ObjectiveConfig] | None = Field(None, min_length=2)  # several at once: a Pareto front instead of one best
     sampler: Component = Component(name="tpe")
     pruner: Component = Component(name="median")
     n_trials: int = Field(20, gt=0)
     timeout: float | None = Field(None, gt=0)
+
+    @pydantic.model_validator(mode="after")
+    def _one_or_several_objectives(self) -> SearchConfig:
+        if self.objectives is None:
+            return self
+        if "objective" in self.model_fields_set:
+            raise ValueError("give either objective or objectives, not both")
+        metrics = [g.metric for g in self.objectives]
+        if len(set(metrics)) < len(metrics):
+            raise ValueError(f"objectives: each metric once, got {metrics}")
+        if "pruner" in self.model_fields_set and self.pruner.name != "none":
+            raise ValueError(f"pruner {self.pruner.name}: Optuna does not prune multi-objective studies; remove the pruner or write pruner: none")
+        self.pruner = Component(name="none")
+        return self
+
+    @property
+    def goals(self) -> list[ObjectiveConfig]:
+        """The objectives a trial returns, in order: `objectives`, else the one `objective`."""
+        return self.objectives or [self.objective]
 
 
 @dataclass(frozen=True)
