@@ -103,27 +103,37 @@ def cmd_search(args: argparse.Namespace) -> int:
     outcome = run_search(search, args.n_trials, args.timeout, args.storage, args.study, args.n_workers, args.tracking_uri, args.out)
     counts = ", ".join(f"{n} {state.lower()}" for state, n in outcome.counts.items() if n)
     stdout.print(f"Study {outcome.study_name!r} ({outcome.storage}): {counts or 'no trials'}.")
-    if outcome.best is None:
+    if outcome.front is not None and len(outcome.front):
+        front = outcome.front[outcome.front["pareto"]]
+        table = Table(title=f"Pareto front: {len(front)} of {len(outcome.front)} complete trials (tag colorbench.pareto=true)", show_edge=False)
+        for column in ("trial", "MLflow run", *outcome.front.columns[2:-1]):
+            table.add_column(column)
+        for row in front.itertuples(index=False):
+            table.add_row(str(row[0]), str(row[1]), *(f"{v:.4f}" for v in row[2:-1]))
+        stdout.print(table)
+    elif outcome.best is None:
         console.print("[yellow]no trial completed yet[/]: run the same command again to continue the study")
         return 1
-    stdout.print(f"Best trial {outcome.best.number}: {outcome.metric} = {outcome.best.value:.4f}; MLflow run {outcome.best_run_id}")
-    for key, value in outcome.best.params.items():
-        stdout.print(f"  {key} = {value}")
+    else:
+        stdout.print(f"Best trial {outcome.best.number}: {outcome.metric} = {outcome.best.value:.4f}; MLflow run {outcome.best_run_id}")
+        for key, value in outcome.best.params.items():
+            stdout.print(f"  {key} = {value}")
     for figure in outcome.figures:
         console.print(f"Wrote {figure}")
     for figure, reason in outcome.skipped_figures.items():
         console.print(f"[dim]skipped {figure}: {reason}[/]")
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
-    console.print(
-        f"Use the best model: colorbench colorize {outcome.best_run_id} PHOTO -o out/; compare trials: mlflow ui --backend-store-uri {uri}"
-    )
+    model = outcome.best_run_id or "RUN_ID"
+    console.print(f"Use a trained model: colorbench colorize {model} PHOTO -o out/; compare trials: mlflow ui --backend-store-uri {uri}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from colorbench.report import build_report, terminal_rows
 
-    report = build_report(args.experiment, args.out, args.metric, args.baseline, args.tracking_uri, args.storage, args.correction)
+    if len(args.experiment) > 1:
+        return report_across(args)
+    report = build_report(args.experiment[0], args.out, args.metric, args.baseline, args.tracking_uri, args.storage, args.correction)
     header, rows = terminal_rows(report)
     title = f"{report.experiment}: ranked on test {report.metric}, mean ± std over folds"
     caption = (
@@ -139,6 +149,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     for label, reason in report.failed:
         console.print(f"[red]failed[/] {label}: {reason}")
     console.print(f"Wrote the table, figures and summary.md to {report.out_dir}/")
+    return 0
+
+
+def report_across(args: argparse.Namespace) -> int:
+    from colorbench.errors import ConfigError
+    from colorbench.multi_report import build_multi_report, terminal_rows
+
+    if args.baseline:
+        raise ConfigError("--baseline applies to one experiment; a report across experiments tests against the best cell of all")
+    report = build_multi_report(args.experiment, args.out, args.metric, args.tracking_uri, args.correction)
+    header, rows = terminal_rows(report)
+    table = Table(title=f"{' + '.join(report.experiments)}: ranked on test {report.metric}", show_edge=False)
+    for column in header:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    stdout.print(table)
+    console.print(f"Wrote table.csv and summary.md to {report.out_dir}/")
     return 0
 
 
@@ -213,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     sea.add_argument("--out", metavar="DIR", help="folder for Optuna's figures (default: results/EXPERIMENT)")
     sea.set_defaults(func=cmd_search)
     rep = sub.add_parser("report", parents=[common], help="rank an experiment's cells, test the differences, write tables and plots")
-    rep.add_argument("--experiment", required=True, help="MLflow experiment name (the grid's `experiment`)")
+    rep.add_argument(
+        "--experiment", required=True, action="append", help="MLflow experiment name (the grid's `experiment`); repeat it for one table over several"
+    )
     rep.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     rep.add_argument("--out", help="output folder (default: results/EXPERIMENT)")
     rep.add_argument("--metric", default="psnr", help="test metric to rank and test on (default: psnr)")
