@@ -6,6 +6,8 @@ import argparse
 import signal
 import sys
 
+from pydantic import BaseModel
+from rich.markup import escape
 from rich.table import Table
 
 from colorbench.errors import ColorbenchError
@@ -49,13 +51,22 @@ def executor_options(args: argparse.Namespace) -> dict[str, object]:
     return {key: getattr(args, key) for key in executor_flags() if getattr(args, key, None) is not None}
 
 
+def print_config(config: BaseModel) -> None:
+    """The resolved config (file + overrides, defaults filled in) as YAML."""
+    import yaml
+
+    stdout.print("# resolved config (file + overrides, defaults filled in)", highlight=False)
+    stdout.print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).rstrip(), highlight=False, markup=False)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from colorbench import runner, tracking
     from colorbench.metrics import headline_metrics
     from colorbench.resolve import cell_labels, load_experiment
 
-    exp = load_experiment(args.grid)
+    exp = load_experiment(args.grid, args.overrides)
     if args.dry_run:
+        print_config(exp)
         planned = runner.plan(exp)
         for cell, n in planned:
             backbone, loss, splitter = cell_labels(cell)
@@ -85,31 +96,44 @@ def cmd_search(args: argparse.Namespace) -> int:
     from colorbench.search import run_search
     from colorbench.search_space import load_search
 
-    search = load_search(args.file)
+    search = load_search(args.file, args.overrides)
+    if args.dry_run:
+        print_config(search.config)
+        return 0
     outcome = run_search(search, args.n_trials, args.timeout, args.storage, args.study, args.n_workers, args.tracking_uri, args.out)
     counts = ", ".join(f"{n} {state.lower()}" for state, n in outcome.counts.items() if n)
     stdout.print(f"Study {outcome.study_name!r} ({outcome.storage}): {counts or 'no trials'}.")
-    if outcome.best is None:
+    if outcome.front is not None and len(outcome.front):
+        front = outcome.front[outcome.front["pareto"]]
+        table = Table(title=f"Pareto front: {len(front)} of {len(outcome.front)} complete trials (tag colorbench.pareto=true)", show_edge=False)
+        for column in ("trial", "MLflow run", *outcome.front.columns[2:-1]):
+            table.add_column(column)
+        for row in front.itertuples(index=False):
+            table.add_row(str(row[0]), str(row[1]), *(f"{v:.4f}" for v in row[2:-1]))
+        stdout.print(table)
+    elif outcome.best is None:
         console.print("[yellow]no trial completed yet[/]: run the same command again to continue the study")
         return 1
-    stdout.print(f"Best trial {outcome.best.number}: {outcome.metric} = {outcome.best.value:.4f}; MLflow run {outcome.best_run_id}")
-    for key, value in outcome.best.params.items():
-        stdout.print(f"  {key} = {value}")
+    else:
+        stdout.print(f"Best trial {outcome.best.number}: {outcome.metric} = {outcome.best.value:.4f}; MLflow run {outcome.best_run_id}")
+        for key, value in outcome.best.params.items():
+            stdout.print(f"  {key} = {value}")
     for figure in outcome.figures:
         console.print(f"Wrote {figure}")
     for figure, reason in outcome.skipped_figures.items():
         console.print(f"[dim]skipped {figure}: {reason}[/]")
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
-    console.print(
-        f"Use the best model: colorbench colorize {outcome.best_run_id} PHOTO -o out/; compare trials: mlflow ui --backend-store-uri {uri}"
-    )
+    model = outcome.best_run_id or "RUN_ID"
+    console.print(f"Use a trained model: colorbench colorize {model} PHOTO -o out/; compare trials: mlflow ui --backend-store-uri {uri}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from colorbench.report import build_report, terminal_rows
 
-    report = build_report(args.experiment, args.out, args.metric, args.baseline, args.tracking_uri, args.storage, args.correction)
+    if len(args.experiment) > 1:
+        return report_across(args)
+    report = build_report(args.experiment[0], args.out, args.metric, args.baseline, args.tracking_uri, args.storage, args.correction)
     header, rows = terminal_rows(report)
     title = f"{report.experiment}: ranked on test {report.metric}, mean ± std over folds"
     caption = (
@@ -125,6 +149,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     for label, reason in report.failed:
         console.print(f"[red]failed[/] {label}: {reason}")
     console.print(f"Wrote the table, figures and summary.md to {report.out_dir}/")
+    return 0
+
+
+def report_across(args: argparse.Namespace) -> int:
+    from colorbench.errors import ConfigError
+    from colorbench.multi_report import build_multi_report, terminal_rows
+
+    if args.baseline:
+        raise ConfigError("--baseline applies to one experiment; a report across experiments tests against the best cell of all")
+    report = build_multi_report(args.experiment, args.out, args.metric, args.tracking_uri, args.correction)
+    header, rows = terminal_rows(report)
+    table = Table(title=f"{' + '.join(report.experiments)}: ranked on test {report.metric}", show_edge=False)
+    for column in header:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    stdout.print(table)
+    console.print(f"Wrote table.csv and summary.md to {report.out_dir}/")
     return 0
 
 
@@ -169,6 +211,9 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+OVERRIDE_HELP = "change the file's settings: dotted key = YAML value, e.g. train.epochs=5 data.image_size=32 'grid.loss=[mse,ce-rebalanced]'"
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="import MODULE to register extra components")
@@ -176,14 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", parents=[common], help="train every combination of a grid file and log it to MLflow")
     run.add_argument("grid", help="grid YAML file, e.g. configs/grid.yaml")
+    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
-    run.add_argument("--dry-run", action="store_true", help="print the cells and fold count, train nothing")
+    run.add_argument("--dry-run", action="store_true", help="print the resolved config, the cells and fold count; train nothing")
     run.add_argument("--executor", default="local", choices=list(EXECUTORS), help="where fold trainings run (default: local)")
     for key, text in executor_flags().items():
         run.add_argument(f"--{key.replace('_', '-')}", dest=key, metavar=key.upper(), help=text)
     run.set_defaults(func=cmd_run)
     sea = sub.add_parser("search", parents=[common], help="run (or continue) an Optuna study over a search file's space")
     sea.add_argument("file", help="search YAML file, e.g. configs/search.yaml")
+    sea.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
+    sea.add_argument("--dry-run", action="store_true", help="print the resolved search config, run nothing")
     sea.add_argument("--n-trials", type=int, metavar="N", help="trials to add to the study (default: the file's n_trials)")
     sea.add_argument("--timeout", type=float, metavar="S", help="stop starting new trials after S seconds")
     sea.add_argument("--storage", metavar="URL", help="Optuna storage: sqlite:///optuna.db, postgresql://..., or journal:FILE (default: beside the MLflow store)")
@@ -193,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     sea.add_argument("--out", metavar="DIR", help="folder for Optuna's figures (default: results/EXPERIMENT)")
     sea.set_defaults(func=cmd_search)
     rep = sub.add_parser("report", parents=[common], help="rank an experiment's cells, test the differences, write tables and plots")
-    rep.add_argument("--experiment", required=True, help="MLflow experiment name (the grid's `experiment`)")
+    rep.add_argument(
+        "--experiment", required=True, action="append", help="MLflow experiment name (the grid's `experiment`); repeat it for one table over several"
+    )
     rep.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     rep.add_argument("--out", help="output folder (default: results/EXPERIMENT)")
     rep.add_argument("--metric", default="psnr", help="test metric to rank and test on (default: psnr)")
@@ -235,11 +285,15 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         load_plugins(plugin_modules(argv))
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra and not (hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra)):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*getattr(args, "overrides", []), *extra]  # overrides may also follow options
         quiet_libraries()
         return args.func(args)
     except ColorbenchError as err:
-        console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print(

@@ -6,9 +6,13 @@ is `colorbench.resolve`.
 
 from __future__ import annotations
 
+import copy
+import difflib
 import hashlib
 import itertools
 import json
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -178,6 +182,57 @@ def read_yaml(path: str | Path) -> Any:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(f"{path}:{line}: YAML syntax error: {problem}") from None
     return raw
+
+
+def sub_model(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model a field holds (`Model` or `Model | None`), else None."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return next((m for m in map(sub_model, typing.get_args(annotation)) if m is not None), None)
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def is_free_form(model: type[BaseModel] | None, annotation: Any) -> bool:
+    """A mapping whose keys the schema does not list: a dict field, or a registry entry's options (`data`, a component)."""
+    return typing.get_origin(annotation) is dict or (model is not None and "options" in model.model_fields)
+
+
+def apply_override(raw: dict[str, Any], text: str, model: type[BaseModel]) -> dict[str, Any]:
+    """A copy of the file's mapping `raw` with one `dotted.key=YAML value` override applied; a key the schema lacks, a malformed
+    override or a YAML error is a one-line ConfigError with a "did you mean". Values are checked afterwards, like the file's."""
+    where = f"override {text!r}"
+    key, sep, value_text = text.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise ConfigError(f"{where}: write KEY=VALUE with a dotted key, e.g. train.epochs=5 or 'grid.loss=[mse,ce-rebalanced]'")
+    try:
+        value = yaml.safe_load(value_text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: YAML error in the value: {getattr(err, 'problem', None) or str(err).splitlines()[0]}") from None
+    out = copy.deepcopy(raw)
+    node, current = out, model
+    for depth, part in enumerate(parts):
+        fields = current.model_fields
+        if part not in fields:
+            close = difflib.get_close_matches(part, list(fields), n=1)
+            hint = f" Did you mean {'.'.join([*parts[:depth], close[0]])!r}?" if close else ""
+            raise ConfigError(f"{where}: unknown key {'.'.join(parts[: depth + 1])!r}.{hint} Keys here: {', '.join(fields)}")
+        if depth == len(parts) - 1:
+            node[part] = value
+            return out
+        annotation = fields[part].annotation
+        child_model = sub_model(annotation)
+        child = node.get(part)
+        if isinstance(child, str) and child_model is not None and is_free_form(child_model, annotation):
+            child = {next(iter(child_model.model_fields)): child}  # `data: builtin`, `backbone: resnet18-6` shorthand
+        child = {} if child is None else child
+        if not isinstance(child, dict) or (child_model is None and not is_free_form(None, annotation)):
+            raise ConfigError(f"{where}: {'.'.join(parts[: depth + 1])} takes a value, not sub-keys; write {'.'.join(parts[: depth + 1])}=VALUE")
+        node[part] = child
+        if is_free_form(child_model, annotation):
+            child[".".join(parts[depth + 1 :])] = value  # an option or a space entry: the registry or the space checks it
+            return out
+        node, current = child, child_model
+    return out
 
 
 def expand(exp: Experiment) -> list[Cell]:

@@ -65,7 +65,9 @@ class Registry(Generic[T]):
         unknown = sorted(set(options) - set(params))
         if unknown:
             known = ", ".join(params) or "none"
-            raise ConfigError(f"{self.kind} {name!r} has no option {unknown[0]!r}; its options: {known}.")
+            close = difflib.get_close_matches(unknown[0], list(params), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{self.kind} {name!r} has no option {unknown[0]!r}{hint}; its options: {known}.")
         fields = {
             key: (p.annotation if p.annotation is not p.empty else Any, ... if p.default is p.empty else p.default)
             for key, p in params.items()

@@ -607,7 +607,7 @@ def summary(report: Report) -> str:
         failed_note(report),
         "## Figures\n",
         *(f"![{title}]({name})\n" for name, title in FIGURES.items()),
-        *(f"![Optuna: {name}]({name})\n" for name in report.study_figures),
+        *(f"![Optuna: {name}]({name})\n" for name in report.study_figures if name.endswith(".png")),
         f"Produced by:\n\n```\n{command(report)}\n```\n",
     ]
     return "\n".join(parts)
@@ -646,7 +646,14 @@ def study_figures(runs: Runs, out: Path, storage: str | None) -> list[str]:
         console.print(f"[yellow]no Optuna figures[/]: cannot load study {name!r} from {storage} ({err}); pass --storage", highlight=False)
         return []
     written, _ = save_study_figures(study, out)
-    return [path.name for path in written]
+    figures = [path.name for path in written]
+    if len(study.directions) > 1:
+        from colorbench.pareto import objective_names, write_pareto
+
+        trials = runs.cells.iloc[0]
+        gray = {name: trials.get(f"metrics.gray_test_{name.removeprefix('val_')}") for name in objective_names(study)}
+        figures += write_pareto(study, out, {k: float(v) for k, v in gray.items() if pd.notna(v)})
+    return figures
 
 
 def build_report(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from colorbench.backbones import BACKBONES
-from colorbench.config import Cell, Component, DataConfig, Experiment, GridAxes, SetupT, read_yaml, validate_mapping
+from colorbench.config import Cell, Component, DataConfig, Experiment, GridAxes, SetupT, apply_override, read_yaml, validate_mapping
 from colorbench.data import SOURCES
 from colorbench.errors import ConfigError
 from colorbench.losses import LOSSES
@@ -48,9 +51,25 @@ def parse_experiment(raw: Any, where: str = "grid") -> Experiment:
     return resolve(validate_mapping(Experiment, raw, where), where)
 
 
-def load_experiment(path: str | Path) -> Experiment:
-    """Read, validate and resolve a grid file; every problem is a one-line ConfigError."""
-    return parse_experiment(read_yaml(path), str(path))
+ParsedT = TypeVar("ParsedT")
+
+
+def load_with_overrides(
+    path: str | Path, overrides: Sequence[str], model: type[BaseModel], parse: Callable[[Any, str], ParsedT]
+) -> ParsedT:
+    """Read the file at `path` and parse it, then each `key=value` override in turn, each checked like the file and named in its
+    errors; the result is what the same edits in the file would give."""
+    raw = read_yaml(path)
+    parsed = parse(raw, str(path))
+    for text in overrides:
+        raw = apply_override(raw, text, model)
+        parsed = parse(raw, f"override {text!r}")
+    return parsed
+
+
+def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> Experiment:
+    """Read, validate and resolve a grid file with command-line `overrides`; every problem is a one-line ConfigError."""
+    return load_with_overrides(path, overrides, Experiment, parse_experiment)
 
 
 def cell_labels(cell: Cell) -> tuple[str, str, str]:

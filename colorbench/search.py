@@ -12,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from colorbench import tracking
 from colorbench.errors import CellFailed, ColorbenchError, ConfigError, TrialPruned
 from colorbench.lifecycle import CellRun, PreparedData, Workbench, abort_all, gray_baseline, prepare_data, report_skipped, run_here
+from colorbench.pareto import OBJECTIVES_ATTR, front_table, objective_names, tag_front
 from colorbench.plugins import load_plugins, loaded_plugins
 from colorbench.resolve import cell_labels
 from colorbench.search_engines import PRUNERS, SAMPLERS
@@ -29,50 +31,63 @@ from colorbench.ui import console, progress, quiet_libraries
 
 
 def open_study(search: Search, storage: str, study_name: str) -> optuna.Study:
-    """Create the study or load it to continue; a study optimising the other way is an error."""
-    direction = search.config.objective.direction
-    study = optuna.create_study(storage=open_storage(storage), study_name=study_name, direction=direction, load_if_exists=True)
-    if study.direction.name.lower() != direction:
-        raise ConfigError(f"study {study_name!r} in {shown(storage)} was created to {study.direction.name.lower()}; pass another --study")
-    recorded = study.user_attrs.get("objective_metric")
+    """Create the study (one direction per objective) or load it to continue; a study optimising other metrics or directions is an
+    error."""
+    goals = search.config.goals
+    directions = [g.direction for g in goals]
+    study = optuna.create_study(storage=open_storage(storage), study_name=study_name, directions=directions, load_if_exists=True)
+    made = [d.name.lower() for d in study.directions]
+    if made != directions:
+        raise ConfigError(f"study {study_name!r} in {shown(storage)} was created to {' and '.join(made)}; pass another --study")
+    wanted = goals[0].metric if len(goals) == 1 else [g.metric for g in goals]
+    recorded = study.user_attrs.get(OBJECTIVES_ATTR)
     if recorded is None:
-        study.set_user_attr("objective_metric", search.config.objective.metric)
-    elif recorded != search.config.objective.metric:
-        raise ConfigError(f"study {study_name!r} optimises {recorded}, not {search.config.objective.metric}; pass another --study")
+        study.set_user_attr(OBJECTIVES_ATTR, wanted)
+    elif recorded != wanted:
+        raise ConfigError(f"study {study_name!r} optimises {recorded}, not {wanted}; pass another --study")
     return study
 
 
 class FoldAveragedReporter:
-    """Reports a trial's running objective after every epoch, comparable across trials and folds.
+    """Tracks a trial's objectives and reports the running one after every epoch, comparable across trials and folds.
 
     Step = fold index * epochs + epoch. Value = mean over the finished folds' values and the current fold's value so far,
     where a fold's value is the metric at its best checkpoint (lowest validation loss) so far. At the last step it equals
-    the trial's objective, so the pruner compares like with like although every fold restarts at epoch 1.
+    the trial's objective, so the pruner compares like with like although every fold restarts at epoch 1. With several
+    objectives nothing is reported: Optuna does not prune multi-objective studies.
     """
 
-    def __init__(self, trial: optuna.Trial, metric: str, epochs: int, run_id: str) -> None:
-        self.trial, self.metric, self.epochs, self.run_id = trial, metric, epochs, run_id
-        self.finished: list[float] = []
-        self.best_loss, self.current = float("inf"), float("nan")
+    def __init__(self, trial: optuna.Trial, metrics: list[str], epochs: int, run_id: str) -> None:
+        self.trial, self.metrics, self.epochs, self.run_id = trial, metrics, epochs, run_id
+        self.finished: list[list[float]] = []
+        self.best_loss, self.current = float("inf"), [float("nan")] * len(metrics)
 
     def __call__(self, record: dict[str, float]) -> None:
         if record["val_loss"] < self.best_loss:
-            self.best_loss, self.current = record["val_loss"], record[self.metric]
+            self.best_loss, self.current = record["val_loss"], [record[m] for m in self.metrics]
+        if len(self.metrics) > 1:
+            return
         step = len(self.finished) * self.epochs + int(record["epoch"])
-        running = statistics.fmean([*self.finished, self.current])
+        running = statistics.fmean([*(done[0] for done in self.finished), self.current[0]])
         self.trial.report(running, step)
         MlflowClient().log_metric(self.run_id, "objective_running", running, step=step)
         if self.trial.should_prune():
-            raise TrialPruned(f"pruned at fold {len(self.finished)} epoch {int(record['epoch'])}: running {self.metric} {running:.4f}")
+            raise TrialPruned(f"pruned at fold {len(self.finished)} epoch {int(record['epoch'])}: running {self.metrics[0]} {running:.4f}")
 
     def end_fold(self) -> None:
         self.finished.append(self.current)
-        self.best_loss, self.current = float("inf"), float("nan")
+        self.best_loss, self.current = float("inf"), [float("nan")] * len(self.metrics)
 
     @property
-    def value(self) -> float:
-        """The trial's objective: the mean over folds."""
-        return statistics.fmean(self.finished)
+    def values(self) -> list[float]:
+        """The trial's objectives: each metric's mean over folds."""
+        return [statistics.fmean(column) for column in zip(*self.finished, strict=True)]
+
+    def logged(self) -> dict[str, float]:
+        """The objectives as MLflow metrics: `objective`, or `objective_<metric>` for each of several."""
+        if len(self.metrics) == 1:
+            return {"objective": self.values[0]}
+        return {f"objective_{m}": v for m, v in zip(self.metrics, self.values, strict=True)}
 
 
 @dataclass
@@ -93,9 +108,9 @@ class TrialContext:
         return self.bench.data
 
 
-def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
+def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float | list[float]:
     """One sampled configuration through the cell lifecycle: a trial run (a cell run that is not claimed), one child run per fold
-    trained here, then the cell's summary and model; returns its objective. A failed fold raises CellFailed (the trial FAILs, the
+    trained here, then the cell's summary and model; returns its objective (a list for several). A failed fold raises CellFailed (the trial FAILs, the
     study goes on); a pruned one TrialPruned."""
     values = ctx.search.sample(trial)
     cell = ctx.search.cell(values)
@@ -112,12 +127,12 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
         run_id = tracking.create_run(ctx.experiment_id, f"{name} | {' | '.join(cell_labels(cell))}", tags, cell.flat_params())
         trial.set_user_attr(USER_ATTR_RUN, run_id)
         held = CellRun(cell, run_id, name, tags, ctx.folds)
-        reporter = FoldAveragedReporter(trial, ctx.search.config.objective.metric, cell.train.epochs, run_id)
+        reporter = FoldAveragedReporter(trial, [g.metric for g in ctx.search.config.goals], cell.train.epochs, run_id)
         try:
             for task, result in run_here(held.tasks(ctx.experiment_id, ctx.tracking_uri), replace(ctx.bench, after_epoch=reporter)):
                 held.record(task, result)
                 reporter.end_fold()
-            held.finish(ctx.gray, {"objective": reporter.value} if held.error is None else None)
+            held.finish(ctx.gray, reporter.logged() if held.error is None else None)
         except BaseException as err:
             abort_all([held], err)
             raise
@@ -125,13 +140,14 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
         raise held.error
     if held.error is not None:
         raise CellFailed(held.failure)
-    return reporter.value
+    values = reporter.values
+    return values[0] if len(values) == 1 else values
 
 
-def trial_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
+def trial_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float | list[float]]:
     """The function Optuna calls: pruned trials become `optuna.TrialPruned` (their MLflow runs are already KILLED)."""
 
-    def objective(trial: optuna.Trial) -> float:
+    def objective(trial: optuna.Trial) -> float | list[float]:
         try:
             return run_trial(trial, ctx)
         except TrialPruned as err:
@@ -146,13 +162,14 @@ def format_values(values: dict[str, object]) -> str:
 
 
 def trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """One line per ended trial: state, value, sampled values, best so far."""
-    metric = study.user_attrs.get("objective_metric", "objective")
-    value = f" {metric} {trial.value:.4f}" if trial.value is not None else ""
-    try:
-        best = f" (best: trial {study.best_trial.number}, {study.best_value:.4f})"
-    except ValueError:
-        best = ""
+    """One line per ended trial: state, value(s), sampled values, best so far (one objective)."""
+    value = "".join(f" {name} {v:.4f}" for name, v in zip(objective_names(study), trial.values or [], strict=False))
+    best = ""
+    if len(study.directions) == 1:
+        try:
+            best = f" (best: trial {study.best_trial.number}, {study.best_value:.4f})"
+        except ValueError:
+            pass
     colour = {"COMPLETE": "green", "PRUNED": "yellow"}.get(trial.state.name, "red")
     console.print(f"  trial {trial.number} [{colour}]{trial.state.name}[/]{value}  {format_values(trial.params)}{best}", highlight=False)
 
@@ -253,6 +270,7 @@ class SearchOutcome:
     best_run_id: str | None
     figures: list[Path]
     skipped_figures: dict[str, str]
+    front: pd.DataFrame | None = None  # several objectives: every complete trial, `pareto` marking the front (`pareto.front_table`)
 
 
 def run_search(
@@ -277,7 +295,7 @@ def run_search(
     n_trials = n_trials or cfg.n_trials
     timeout = timeout or cfg.timeout
     console.print(f"Study {study_name!r} in {shown(storage)}: adding {n_trials} trial(s) with {n_workers} worker(s).")
-    if cfg.objective.metric == "val_loss" and any(p.key == "loss" for p in search.params):
+    if any(g.metric == "val_loss" for g in cfg.goals) and any(p.key == "loss" for p in search.params):
         console.print(
             "[yellow]warning:[/] the space varies the loss but the objective is val_loss, whose scale differs between losses; "
             "consider objective: {metric: val_auc_rebalanced, direction: maximize}"
@@ -288,8 +306,11 @@ def run_search(
         run_workers(search, storage, study_name, n_trials, timeout, uri, n_workers)
     study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
     counts = {state.name: len(study.get_trials(deepcopy=False, states=(state,))) for state in optuna.trial.TrialState}
-    best = study.best_trial if counts["COMPLETE"] else None
+    several = len(cfg.goals) > 1
+    best = study.best_trial if counts["COMPLETE"] and not several else None
+    front = front_table(study) if several else None
+    if front is not None:
+        tag_front(front)
     figures, skipped = save_study_figures(study, Path(out_dir or Path("results") / cfg.experiment))
-    return SearchOutcome(
-        study_name, shown(storage), cfg.objective.metric, counts, best, best.user_attrs.get(USER_ATTR_RUN) if best else None, figures, skipped
-    )
+    metric = ", ".join(g.metric for g in cfg.goals)
+    return SearchOutcome(study_name, shown(storage), metric, counts, best, best.user_attrs.get(USER_ATTR_RUN) if best else None, figures, skipped, front)

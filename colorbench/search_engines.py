@@ -33,6 +33,14 @@ def tpe(n_startup_trials: int = 5) -> SamplerFactory:
     return build
 
 
+@SAMPLERS.register("nsga2")
+def nsga2(population_size: int = 8) -> SamplerFactory:
+    """NSGA-II, the genetic algorithm for several objectives (a Pareto front); random until the first generation is complete."""
+    if population_size < 2:
+        raise ConfigError(f"sampler nsga2 needs population_size >= 2, got {population_size}")
+    return lambda seed, space: optuna.samplers.NSGAIISampler(population_size=population_size, seed=seed)
+
+
 @SAMPLERS.register("random")
 def random() -> SamplerFactory:
     """Independent uniform sampling: the baseline every smarter sampler should beat."""

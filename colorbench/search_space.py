@@ -8,6 +8,7 @@ A space entry is `KEY: {DISTRIBUTION: VALUES, when: {OTHER_KEY: VALUE or [VALUES
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -16,11 +17,11 @@ import optuna
 import pydantic
 from pydantic import BaseModel, Field
 
-from colorbench.config import STRICT, Cell, Component, Setup, TrainConfig, format_error, read_yaml, validate_mapping
+from colorbench.config import STRICT, Cell, Component, Setup, TrainConfig, format_error, validate_mapping
 from colorbench.errors import ConfigError
 from colorbench.metrics import BETTER_WORDS, METRICS
 from colorbench.registry import Registry
-from colorbench.resolve import fill, resolve_data
+from colorbench.resolve import fill, load_with_overrides, resolve_data
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int", "logint")
 COMPONENT_AXES = ("backbone", "loss")
@@ -75,10 +76,30 @@ class SearchConfig(Setup):
     splitter: Component = Component(name="holdout")
     space: dict[str, dict[str, Any]] = Field(min_length=1)
     objective: ObjectiveConfig = ObjectiveConfig()
+    objectives: list[ObjectiveConfig] | None = Field(None, min_length=2)  # several at once: a Pareto front instead of one best
     sampler: Component = Component(name="tpe")
     pruner: Component = Component(name="median")
     n_trials: int = Field(20, gt=0)
     timeout: float | None = Field(None, gt=0)
+
+    @pydantic.model_validator(mode="after")
+    def _one_or_several_objectives(self) -> SearchConfig:
+        if self.objectives is None:
+            return self
+        if "objective" in self.model_fields_set:
+            raise ValueError("give either objective or objectives, not both")
+        metrics = [g.metric for g in self.objectives]
+        if len(set(metrics)) < len(metrics):
+            raise ValueError(f"objectives: each metric once, got {metrics}")
+        if "pruner" in self.model_fields_set and self.pruner.name != "none":
+            raise ValueError(f"pruner {self.pruner.name}: Optuna does not prune multi-objective studies; remove the pruner or write pruner: none")
+        self.pruner = Component(name="none")
+        return self
+
+    @property
+    def goals(self) -> list[ObjectiveConfig]:
+        """The objectives a trial returns, in order: `objectives`, else the one `objective`."""
+        return self.objectives or [self.objective]
 
 
 @dataclass(frozen=True)
@@ -255,6 +276,6 @@ def parse_search(raw: Any, where: str = "search") -> Search:
     return search
 
 
-def load_search(path: str | Path) -> Search:
-    """Read and validate a search file; every problem is a one-line ConfigError."""
-    return parse_search(read_yaml(path), str(path))
+def load_search(path: str | Path, overrides: Sequence[str] = ()) -> Search:
+    """Read and validate a search file with command-line `overrides`; every problem is a one-line ConfigError."""
+    return load_with_overrides(path, overrides, SearchConfig, parse_search)

@@ -54,6 +54,7 @@ TAG_TRIAL = "colorbench.trial"  # the Optuna trial number
 TAG_STATE = "colorbench.trial_state"  # COMPLETE, PRUNED or FAIL, as in Optuna
 TAG_STORAGE = "colorbench.optuna_storage"  # password hidden
 TAG_SAMPLED = "colorbench.sampled"  # the trial's sampled values, `key=value` separated by spaces
+TAG_PARETO = "colorbench.pareto"  # a multi-objective study's finished trials: "true" on the Pareto front, else "false"
 TAG_CLAIM_HOST = "colorbench.claim.host"  # a cell run's claim: the host and pid of the process training it
 TAG_CLAIM_PID = "colorbench.claim.pid"
 TAG_HEARTBEAT = "colorbench.heartbeat"  # unix time, refreshed every HEARTBEAT_SECONDS while the claim is held
