@@ -111,11 +111,11 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
     with tracking.store_guard(ctx.tracking_uri):
         run_id = tracking.create_run(ctx.experiment_id, f"{name} | {' | '.join(cell_labels(cell))}", tags, cell.flat_params())
         trial.set_user_attr(USER_ATTR_RUN, run_id)
-        held = CellRun(cell, run_id, name, tags, ctx.folds)
+        held = CellRun(cell, run_id, name, tags, ctx.folds, maximize=ctx.search.config.objective.direction == "maximize")
         reporter = FoldAveragedReporter(trial, ctx.search.config.objective.metric, cell.train.epochs, run_id)
         try:
             for task, result in run_here(held.tasks(ctx.experiment_id, ctx.tracking_uri), replace(ctx.bench, after_epoch=reporter)):
-                held.record(task, result)
+                held.record(task, result, reporter.current)  # the child's objective value picks the deployed child
                 reporter.end_fold()
             held.finish(ctx.gray, {"objective": reporter.value} if held.error is None else None)
         except BaseException as err:
