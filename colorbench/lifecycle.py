@@ -21,7 +21,7 @@ import math
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -161,13 +161,15 @@ def train_fold(
 
     After each epoch the record is logged, passed to `after_epoch` (e.g. a search's pruner), then checked for divergence."""
     train_cfg = cell.train.model_copy(update={"seed": cell.train.seed + fold.repeat})  # a training repeat: new init and batch order
+    if fold.refit_epochs is not None:
+        train_cfg = train_cfg.model_copy(update={"epochs": fold.refit_epochs, "patience": None})
     torch.manual_seed(train_cfg.seed)
     objective = LOSSES.build(cell.loss.name, cell.loss.options)
     model = build_model(cell.backbone.name, cell.backbone.options, objective.out_channels).to(device)
     train_images = rows(data.pool.images, fold.train)  # views of the cache's memory map: batches are read as training needs them
     val_images = rows(data.pool.images, fold.val)
     mlflow.log_params({"fold": fold.index, "draw": fold.draw, "repeat": fold.repeat, "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(data.test)})
-    bar.reset(epoch_task, total=cell.train.epochs, status="")
+    bar.reset(epoch_task, total=train_cfg.epochs, status="")
 
     def on_epoch(record: dict[str, float]) -> None:
         mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]))
@@ -176,7 +178,7 @@ def train_fold(
             after_epoch(record)
         check_divergence(record, cell.train.lr)
 
-    result = fit(model, objective, train_images, val_images, train_cfg, on_epoch)
+    result = fit(model, objective, train_images, val_images, train_cfg, on_epoch, keep_last=fold.refit_epochs is not None)
     test_metrics, per_image = evaluate(model, objective, data.test.images, cell.train.batch_size, all_variants=True)
     summary = {f"test_{k}": v for k, v in test_metrics.items()}
     summary.update(best_epoch=result.best_epoch, best_val_loss=min(r["val_loss"] for r in result.history), train_seconds=result.seconds)
@@ -199,9 +201,9 @@ def fold_summary(results: list[dict[str, float]]) -> dict[str, float]:
 ChildKey = tuple[int, int]  # a child run of a cell: (fold index, training repeat)
 
 
-def finished_children(run_id: str) -> dict[ChildKey, str]:
-    """The finished fold runs of a cell or trial run, by (fold index, training repeat)."""
-    query = f"tags.`{tracking.TAG_PARENT}` = '{run_id}' and tags.`{tracking.TAG_ROLE}` = 'fold' and attributes.status = 'FINISHED'"
+def finished_children(run_id: str, role: str = "fold") -> dict[ChildKey, str]:
+    """The finished child runs (`fold`, or the `refit`) of a cell or trial run, by (fold index, training repeat)."""
+    query = f"tags.`{tracking.TAG_PARENT}` = '{run_id}' and tags.`{tracking.TAG_ROLE}` = '{role}' and attributes.status = 'FINISHED'"
     runs = MlflowClient().search_runs([mlflow.get_run(run_id).info.experiment_id], filter_string=query, max_results=10_000)
     return {(int(r.data.tags[tracking.TAG_FOLD]), int(r.data.tags.get(tracking.TAG_REPEAT, 0))): r.info.run_id for r in runs}
 
@@ -223,18 +225,18 @@ def variance_summary(results: dict[ChildKey, dict[str, float]], children: dict[C
 
 def log_cell_summary(
     run_id: str, results: dict[ChildKey, dict[str, float]], scores: dict[ChildKey, float], maximize: bool, gray: dict[str, float],
-    extra: dict[str, float] | None = None,
+    extra: dict[str, float] | None = None, refit: str | None = None,
 ) -> dict[str, float]:
     """On the active cell or trial run `run_id`: means/stds over all children, the variance components (`variance_summary`), the
     gray baseline (`gray_test_*`), `n_folds` (children), `extra` metrics, and the deployed child: the one with the best validation
-    score (`scores`; no test metric takes part), tagged `colorbench.deployed` and logged as the run's pyfunc model
+    score (`scores`; no test metric takes part) or else the `refit` child run, tagged `colorbench.deployed` and logged as the run's pyfunc model
     (runs:/<run id>/model); returns the means/stds and the components."""
     summary = fold_summary([results[k] for k in sorted(results)])
     children = finished_children(run_id)
     components = variance_summary(results, children)
     mlflow.log_metrics({**summary, **components, **{f"gray_test_{k}": v for k, v in gray.items()}, "n_folds": len(results), **(extra or {})})
     chosen = (max if maximize else min)(sorted(scores), key=lambda k: scores[k])
-    mlflow.set_tag(tracking.TAG_DEPLOYED, children[chosen])
+    mlflow.set_tag(tracking.TAG_DEPLOYED, refit or children[chosen])
     log_cell_model(run_id)
     return {**summary, **components}
 
@@ -307,9 +309,11 @@ def run_fold(task: FoldTask, bench: Workbench) -> dict[str, float]:
     if bench.epoch_task is None:
         bench.epoch_task = bench.bar.add_task("epochs", total=task.cell.train.epochs, status="")
     with tracking.store_guard(task.tracking_uri):
-        tags = tracking.fold_tags(task.tags, fold.index, fold.draw, fold.repeat, task.parent_run_id)
+        refit = fold.refit_epochs is not None
+        tags = tracking.fold_tags(task.tags, fold.index, fold.draw, fold.repeat, task.parent_run_id, "refit" if refit else "fold")
         repeat = f" | repeat {fold.repeat}" if task.cell.train.repeats > 1 else ""
-        with tracking.run(f"{task.name} | fold {fold.index}{repeat}", tags, task.cell.flat_params()):
+        name = f"{task.name} | refit" if refit else f"{task.name} | fold {fold.index}{repeat}"
+        with tracking.run(name, tags, task.cell.flat_params()):
             return train_fold(task.cell, fold, bench.data, bench.device, bench.bar, bench.epoch_task, bench.after_epoch)
 
 
@@ -405,9 +409,10 @@ class CellRun:
         """The first failed fold's message, if any."""
         return None if self.error is None else str(self.error) or type(self.error).__name__
 
-    def finish(self, gray: dict[str, float], extra: dict[str, float] | None = None) -> dict[str, float]:
+    def finish(self, gray: dict[str, float], bench: Workbench, extra: dict[str, float] | None = None) -> dict[str, float]:
         """All folds reported: log the fold means/stds, the variance components, the gray baseline and the deployed child and end the run FINISHED; after a
         failed fold end it FAILED (KILLED when pruned) with the reason instead. Returns the means/stds ({} on a failure)."""
+        refit = self.refit(bench) if self.error is None and self.cell.train.refit else None
         self.held.close()
         self.closed = True
         self.set_state("COMPLETE" if self.error is None else "PRUNED" if isinstance(self.error, TrialPruned) else "FAIL")
@@ -415,7 +420,24 @@ class CellRun:
             tracking.close_run(self.run_id, tracking.status_for(self.error), tracking.failure_reason(self.error))
             return {}
         with tracking.run(self.name, {}, {}, run_id=self.run_id) as run_id:
-            return log_cell_summary(run_id, self.results, self.scores, self.maximize, gray, extra)
+            extra = {**(extra or {}), **({"refit_epochs": refit[1]} if refit else {})}
+            return log_cell_summary(run_id, self.results, self.scores, self.maximize, gray, extra, refit and refit[0])
+
+    def refit(self, bench: Workbench) -> tuple[str, int] | None:
+        """`train.refit`: train one model here on train + validation of the first split for the children's median best epoch, score
+        it on the test set in its own child run (role `refit`); returns (its run id, its epochs), or None after noting its failure."""
+        first = self.folds[0]
+        epochs = max(1, round(float(np.median([r["best_epoch"] for r in self.results.values()]))))
+        pool = np.union1d(first.train, first.val)
+        fold = Fold(len(self.folds), pool, pool, refit_epochs=epochs)  # no held-out data: its val_* records are on its training rows
+        experiment_id = MlflowClient().get_run(self.run_id).info.experiment_id
+        task = FoldTask(self.cell, fold, len(self.folds), self.run_id, experiment_id, mlflow.get_tracking_uri(), self.name, self.tags)
+        try:
+            run_fold(task, replace(bench, after_epoch=None))
+        except Exception as err:  # noqa: BLE001 - a failed refit fails its cell, like a failed fold
+            self.error = err
+            return None
+        return finished_children(self.run_id, "refit")[(fold.index, 0)], epochs
 
     def abort(self, error: BaseException) -> None:
         """Interrupted (Ctrl-C, SIGTERM) or the store failed: end the run KILLED with the reason, as far as the store still allows."""
@@ -475,11 +497,12 @@ def run_cells(
     open_cells: dict[str, CellRun] = {}
     with progress() as bar:
         cells_bar = bar.add_task("cells", total=len(cells), status="")
+        bench = Workbench(data, device, bar)
         folds_bar = bar.add_task("folds", total=sum(len(splits[c.id]) * c.train.repeats for c in cells), status=type(executor).__name__)
 
         def settle(held: CellRun) -> None:
             if held.settled:
-                metrics = held.finish(gray)
+                metrics = held.finish(gray, bench)
                 outcomes[held.cell.id] = CellOutcome(held.cell, held.run_id, metrics, held.failure)
                 del open_cells[held.cell.id]
                 bar.advance(cells_bar)
@@ -503,7 +526,7 @@ def run_cells(
 
         try:
             with tracking.store_guard(uri):
-                for task, result in executor.run(tasks(), Workbench(data, device, bar)):
+                for task, result in executor.run(tasks(), bench):
                     held = open_cells[task.cell.id]
                     held.record(task, result)
                     bar.advance(folds_bar)

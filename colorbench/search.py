@@ -117,7 +117,7 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float:
             for task, result in run_here(held.tasks(ctx.experiment_id, ctx.tracking_uri), replace(ctx.bench, after_epoch=reporter)):
                 held.record(task, result, reporter.current)  # the child's objective value picks the deployed child
                 reporter.end_fold()
-            held.finish(ctx.gray, {"objective": reporter.value} if held.error is None else None)
+            held.finish(ctx.gray, ctx.bench, {"objective": reporter.value} if held.error is None else None)
         except BaseException as err:
             abort_all([held], err)
             raise

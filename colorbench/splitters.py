@@ -26,6 +26,7 @@ class Fold:
     val: np.ndarray
     draw: int = 0
     repeat: int = 0
+    refit_epochs: int | None = None  # a refit (`train.refit`): train + validation for this many epochs, keeping the last state
 
 
 class Splitter:

@@ -12,6 +12,7 @@ from scipy import stats
 import colorbench
 from colorbench import tracking
 from colorbench.checkpoints import deployed_run
+from colorbench.config import expand
 from colorbench.lifecycle import finished_children
 from colorbench.resolve import parse_experiment
 from colorbench.runner import run_grid
@@ -110,3 +111,36 @@ def test_deployed_child_is_chosen_by_validation_never_by_test(repeated: tuple[st
         np.testing.assert_array_equal(model.colorize(image), expected.colorize(image))
     assert disagree > 0  # in at least one cell the best test PSNR belongs to another child: selection ignored it
     assert set(finished_children(outcomes[1].run_id)) == {(f, r) for f in range(3) for r in (0, 1)}
+
+
+def test_repeats_and_refit_at_their_defaults_keep_todays_cell_ids() -> None:
+    base = {"experiment": "ids", "grid": {"splitter": [{"name": "holdout"}]}}
+    today = expand(parse_experiment(base))[0]
+    explicit = expand(parse_experiment({**base, "train": {"repeats": 1, "refit": False}}))[0]
+    assert explicit.id == today.id and "repeats" not in today.model_dump(mode="json")["train"]
+    assert expand(parse_experiment({**base, "train": {"repeats": 2}}))[0].id != today.id
+    assert expand(parse_experiment({**base, "train": {"refit": True}}))[0].id != today.id
+
+
+def test_refit_child_is_scored_on_test_and_deployed(tracking_uri: str, tiny_grid: dict) -> None:
+    tiny_grid["train"].update(epochs=2, refit=True)
+    tiny_grid["grid"]["splitter"] = [{"name": "kfold", "k": 2}]
+    (outcome,), _ = run_grid(parse_experiment(tiny_grid), tracking_uri)
+    assert outcome.failure is None
+    client = MlflowClient()
+    cell = client.get_run(outcome.run_id)
+    refits = client.search_runs([cell.info.experiment_id], filter_string=f"tags.`{tracking.TAG_ROLE}` = 'refit'")
+    assert len(refits) == 1 and refits[0].info.status == "FINISHED"
+    refit = refits[0]
+    kids = children_of(outcome.run_id)
+    kids = kids[kids["run_id"] != refit.info.run_id]
+    assert refit.data.tags[tracking.TAG_PARENT] == outcome.run_id and "test_psnr" in refit.data.metrics
+    assert int(refit.data.params["n_train"]) == sum(int(client.get_run(r).data.params["n_train"]) for r in kids["run_id"]) / 2 + sum(
+        int(client.get_run(r).data.params["n_val"]) for r in kids["run_id"]
+    ) / 2  # train + validation of the pool
+    assert cell.data.metrics["refit_epochs"] == max(1, round(float(np.median(kids["best_epoch"]))))
+    assert cell.data.tags[tracking.TAG_DEPLOYED] == refit.info.run_id == deployed_run(outcome.run_id)
+    assert len(kids) == 2 and cell.data.metrics["n_folds"] == 2  # the refit is not one of the splits' children
+    image = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    loaded = colorbench.load(outcome.run_id, device="cpu").colorize(image)
+    np.testing.assert_array_equal(loaded, colorbench.load(refit.info.run_id, device="cpu").colorize(image))
