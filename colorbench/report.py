@@ -191,10 +191,12 @@ def per_image(folds: pd.DataFrame, metric: str, tmp: Path) -> Images | None:
 
 
 def sample(runs: Runs, cell: pd.Series, metric: str, images: Images | None) -> Sample:
-    """What a cell brings to a comparison: its children's test metric by fold, their n_val / n_train, its split key, per-image values."""
+    """What a cell brings to a comparison: its children's test metric by (fold, training repeat), their n_val / n_train, its split key, per-image values."""
     folds = runs.folds_of(cell)
     share = (folds["params.n_val"].astype(float) / folds["params.n_train"].astype(float)).mean()
-    return Sample(folds.groupby("fold")[f"metrics.test_{metric}"].mean(), float(share), split_key(cell), images)  # training repeats averaged
+    repeat = folds.get(f"tags.{tracking.TAG_REPEAT}", pd.Series(0, index=folds.index)).fillna(0).astype(int)
+    children = folds.assign(repeat=repeat).set_index(["fold", "repeat"]).sort_index()[f"metrics.test_{metric}"]  # J = splits x repeats
+    return Sample(children, float(share), split_key(cell), images)
 
 
 def significance(runs: Runs, baseline: str, metric: str) -> tuple[pd.DataFrame, dict[str, Images | None]]:
@@ -633,12 +635,12 @@ def terminal_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the compact terminal table."""
     metrics = [report.metric, *(m for m in headline_metrics() if m != report.metric)]
     described = ["sampled"] if "sampled" in report.table else ["backbone", "loss", "splitter"]  # a trial: its sampled values
-    header = ["cell", *described, *metrics, "p_adj (t)", "p (W, images)", "p_adj (W)", "rank"]
+    header = ["cell", *described, *metrics, f"{report.metric} SDs / SE", "p_adj (t)", "p (W, images)", "p_adj (W)", "rank"]
     rows = []
     for _, row in report.table.iterrows():
         names = [cell_name(report, row), *(fmt_value(row.get(c)) if c == "sampled" else row[c] for c in described)]
         tests = [fmt_p(row.get(P_ADJ_TTEST)), fmt_p(row.get(P_WILCOXON)), fmt_p(row.get(P_ADJ_WILCOXON)), fmt_value(row.get("rank"))]
-        rows.append(names + [mean_std(row, f"test_{m}") for m in metrics] + tests)
+        rows.append(names + [mean_std(row, f"test_{m}") for m in metrics] + [components_text(row, f"test_{report.metric}")] + tests)
     return header, rows
 
 

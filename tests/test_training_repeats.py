@@ -14,6 +14,7 @@ from colorbench import tracking
 from colorbench.checkpoints import deployed_run
 from colorbench.config import expand
 from colorbench.lifecycle import finished_children
+from colorbench.report import build_report, terminal_rows
 from colorbench.resolve import parse_experiment
 from colorbench.runner import run_grid
 
@@ -144,3 +145,20 @@ def test_refit_child_is_scored_on_test_and_deployed(tracking_uri: str, tiny_grid
     image = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     loaded = colorbench.load(outcome.run_id, device="cpu").colorize(image)
     np.testing.assert_array_equal(loaded, colorbench.load(refit.info.run_id, device="cpu").colorize(image))
+
+
+def test_report_pairs_children_by_split_and_repeat_and_shows_the_components(
+    repeated: tuple[str, list], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    uri, outcomes = repeated
+    report = build_report("repeats", tmp_path_factory.mktemp("report"), tracking_uri=uri)
+    table = report.table.set_index("cell")
+    for outcome in outcomes:
+        logged = MlflowClient(uri).get_run(outcome.run_id).data.metrics
+        for part in ("sd_split", "sd_seed", "se_images"):
+            assert table.loc[outcome.cell.id, f"test_psnr_{part}"] == pytest.approx(logged[f"test_psnr_{part}"], nan_ok=True)
+    header, rows = terminal_rows(report)
+    column = header.index("psnr SDs / SE")
+    kfold = next(r for r in rows if r[0].startswith(outcomes[1].cell.id))
+    assert kfold[column].startswith("split ") and "seed " in kfold[column] and "images " in kfold[column]
+    assert "psnr SDs / SE" in (report.out_dir / "table.md").read_text()
