@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 
 def load(model: str, device: str = "auto", size: int | None = None, plugins: Iterable[str] = ()) -> Colorizer:
-    """A Colorizer from a checkpoint file, an MLflow run id (cell run = its best fold) or a `runs:/` URI (imported lazily), after
+    """A Colorizer from a checkpoint file, an MLflow run id (cell run = its deployed child) or a `runs:/` URI (imported lazily), after
     the installed plugins and the `plugins` modules (a model may use their components)."""
     from colorbench.colorize import load as load_colorizer
     from colorbench.plugins import load_plugins

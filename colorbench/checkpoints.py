@@ -1,5 +1,5 @@
 """Model files: a fold's `checkpoint.pt` written and read back as tensors and plain data only (never unpickled objects),
-and the trained fold of an MLflow run (a fold run, or a cell run = its best fold).
+and the trained fold of an MLflow run (a fold run, or a cell run = its deployed child, chosen without the test set).
 
 A checkpoint is a dict: `format` (FORMAT), `state_dict` (tensors), `backbone` and `loss` ({name, options}), `image_size`,
 `cell_id`, `fold`. It loads with `torch.load(weights_only=True)`, so a file that holds any other object is refused before
@@ -86,16 +86,19 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Tra
     return TrainedModel(model.to(device).eval(), objective, int(ckpt["image_size"]), meta)
 
 
-def best_fold_run(run_id: str) -> str:
-    """A fold run id as is; for a cell or search-trial (parent) run, its fold with the highest test PSNR."""
+def deployed_run(run_id: str) -> str:
+    """A fold run id as is; for a cell or search-trial (parent) run, its deployed child (tag `colorbench.deployed`: chosen by
+    validation score, or the refit child); a parent run from before that tag: its finished fold with the lowest best_val_loss."""
     client = MlflowClient()
     run = client.get_run(run_id)
     if run.data.tags.get(tracking.TAG_ROLE) not in tracking.PARENT_ROLES:
         return run_id
+    if tracking.TAG_DEPLOYED in run.data.tags:
+        return run.data.tags[tracking.TAG_DEPLOYED]
     children = client.search_runs(
         [run.info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'FINISHED'",
-        order_by=["metrics.test_psnr DESC"],
+        order_by=["metrics.best_val_loss ASC"],
         max_results=1,
     )
     if not children:
@@ -104,6 +107,6 @@ def best_fold_run(run_id: str) -> str:
 
 
 def load_run(run_id: str, device: str | torch.device = "cpu") -> TrainedModel:
-    """The model of an MLflow fold run (or the best fold of a cell run) in the current tracking store."""
-    path = tracking.download(best_fold_run(run_id), "checkpoint.pt")
+    """The model of an MLflow fold run (or the deployed child of a cell run) in the current tracking store."""
+    path = tracking.download(deployed_run(run_id), "checkpoint.pt")
     return load_checkpoint(path, device)

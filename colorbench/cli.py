@@ -62,6 +62,7 @@ def print_config(config: BaseModel) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from colorbench import runner, tracking
     from colorbench.metrics import headline_metrics
+    from colorbench.report import components_text
     from colorbench.resolve import cell_labels, load_experiment
 
     exp = load_experiment(args.grid, args.overrides)
@@ -76,12 +77,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     outcomes, gray = runner.run_grid(exp, args.tracking_uri, args.executor, executor_options(args))
     shown = headline_metrics()
     table = Table(title=f"{exp.experiment}: test metrics, mean ± std over folds", show_edge=False)
-    for column in ("cell", "backbone", "loss", "splitter", *shown):
+    for column in ("cell", "backbone", "loss", "splitter", *shown, f"{shown[0]} SDs / SE"):
         table.add_column(column)
     for o in outcomes:
         status = " (failed)" if o.failure else " (trained by another process)" if o.elsewhere else " (skipped: done)" if o.skipped else ""
-        table.add_row(o.cell.id + status, *cell_labels(o.cell), *(fmt(o.metrics, m) for m in shown))
-    table.add_row("gray baseline", "-", "ab = 0", "-", *(fmt({f"test_{k}_mean": v for k, v in gray.items()}, m) for m in shown))
+        table.add_row(o.cell.id + status, *cell_labels(o.cell), *(fmt(o.metrics, m) for m in shown), components_text(o.metrics, f"test_{shown[0]}"))
+    table.add_row("gray baseline", "-", "ab = 0", "-", *(fmt({f"test_{k}_mean": v for k, v in gray.items()}, m) for m in shown), "-")
     stdout.print(table)
     for o in outcomes:
         if o.failure:
@@ -252,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--correction", choices=("holm", "bh", "none"), default="holm", help="p-value adjustment over the report (default: holm)")
     rep.set_defaults(func=cmd_report)
     col = sub.add_parser("colorize", parents=[common], help="colorize photos with a trained model")
-    col.add_argument("model", metavar="MODEL", help="MLflow run id (a cell run uses its best fold), runs:/<run id>/... URI, or checkpoint.pt file")
+    col.add_argument("model", metavar="MODEL", help="MLflow run id (a cell run uses its deployed child), runs:/<run id>/... URI, or checkpoint.pt file")
     col.add_argument("inputs", metavar="INPUT", nargs="+", help="image files or folders (searched recursively)")
     col.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output folder: one PNG per input, same relative name")
     col.add_argument("--size", type=int, metavar="N", help="square working size the model sees (default: its training image size)")

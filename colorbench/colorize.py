@@ -19,7 +19,7 @@ from mlflow.types.schema import Schema, TensorSpec
 from PIL import Image
 
 from colorbench import tracking
-from colorbench.checkpoints import TrainedModel, best_fold_run, load_checkpoint, load_run
+from colorbench.checkpoints import TrainedModel, deployed_run, load_checkpoint, load_run
 from colorbench.color import lab_to_rgb, rgb_to_lab
 from colorbench.data import IMAGE_SUFFIXES, gray_rgb, lab_batch, open_rgb
 from colorbench.errors import ColorbenchError, ConfigError
@@ -187,7 +187,7 @@ class Colorizer:
 
 
 def load_trained(model: str, device: str | torch.device = "cpu") -> TrainedModel:
-    """MODEL: a checkpoint file, an MLflow run id (fold run, or cell run = its best fold), a `runs:/<run id>/...` URI
+    """MODEL: a checkpoint file, an MLflow run id (fold run, or cell run = its deployed child), a `runs:/<run id>/...` URI
     or a registered `models:/<name>/<version>` URI."""
     if Path(model).is_file():
         return load_checkpoint(model, device)
@@ -207,7 +207,7 @@ def load_trained(model: str, device: str | torch.device = "cpu") -> TrainedModel
 
 
 def load(model: str, device: str = "auto", size: int | None = None) -> Colorizer:
-    """A Colorizer from a checkpoint file, an MLflow run id (cell run = its best fold), a `runs:/` or `models:/` URI."""
+    """A Colorizer from a checkpoint file, an MLflow run id (cell run = its deployed child), a `runs:/` or `models:/` URI."""
     dev = resolve_device(device)
     return Colorizer(load_trained(model, dev), dev, size)
 
@@ -275,6 +275,6 @@ def log_pyfunc(checkpoint_path: str | Path) -> None:
 
 
 def log_cell_model(cell_run_id: str) -> None:
-    """Log the best fold's checkpoint of the (active) cell run as its pyfunc model."""
+    """Log the deployed child's checkpoint of the (active) cell run as its pyfunc model."""
     with tempfile.TemporaryDirectory(prefix="colorbench-") as tmp:
-        log_pyfunc(str(tracking.download(best_fold_run(cell_run_id), "checkpoint.pt", Path(tmp))))
+        log_pyfunc(str(tracking.download(deployed_run(cell_run_id), "checkpoint.pt", Path(tmp))))

@@ -28,7 +28,7 @@ Images = tuple[list[str], np.ndarray]  # test image names, per-image metric aver
 class Sample:
     """What one cell brings to a comparison."""
 
-    children: pd.Series  # test metric per child, indexed by fold index
+    children: pd.Series  # test metric per child, indexed by (fold index, training repeat)
     val_over_train: float  # mean n_val / n_train of its children
     split_key: tuple  # cells with equal keys were trained on identical splits
     images: Images | None  # None when the metric is not logged per image

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from colorbench.errors import ConfigError
 
 STRICT = ConfigDict(extra="forbid")
+OMIT_AT_DEFAULT = ("repeats", "refit")  # TrainConfig fields left out of dumps (and so of cell ids) at their defaults
 
 
 class Component(BaseModel):
@@ -77,6 +78,17 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA GPUs that support it, else fp32
     channels_last: bool = True  # NHWC model on any device
     compile: bool = False  # torch.compile the training forward pass
+    repeats: int = Field(1, ge=1, strict=True)  # trainings per split, with training seeds seed, seed + 1, ...
+    refit: bool = False  # after the splits, train on train + validation for the children's median best epoch and deploy that
+
+    @pydantic.model_serializer(mode="wrap")
+    def _omit_later_defaults(self, handler: pydantic.SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """`repeats` and `refit` (added later) are left out at their defaults, so earlier cell ids stay the same."""
+        dumped = handler(self)
+        for key in OMIT_AT_DEFAULT:
+            if dumped.get(key) == TrainConfig.model_fields[key].default:
+                dumped.pop(key)
+        return dumped
 
 
 class GridAxes(BaseModel):

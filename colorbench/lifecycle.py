@@ -4,7 +4,9 @@
 2. Hold the cell's parent run: claimed for a grid cell (`claim`), created for a search trial (`CellRun`).
 3. Train its folds where an executor puts them: each `FoldTask` trains in its own fold run (`run_fold`), in this process
    (`run_here`) or in a worker (`run_fold_task`).
-4. Finish the cell (`CellRun.finish`): fold means/stds, the gray baseline and the best fold's model, run FINISHED.
+   Each split trains `train.repeats` times (training seed `train.seed + repeat`): one child run per (split, repeat).
+4. Finish the cell (`CellRun.finish`): means/stds over the children, the variance components (between splits, between training
+   seeds, over test images), the gray baseline and the deployed child (best validation score, never a test metric), run FINISHED.
 
 One failure policy: any exception in a fold fails that cell (its run FAILED, the reason in `colorbench.failure`) and the grid or
 search goes on; a pruned trial ends KILLED (Optuna: PRUNED); Ctrl-C and SIGTERM end the open runs KILLED; a failure of the
@@ -16,14 +18,16 @@ from __future__ import annotations
 import csv
 import hashlib
 import math
+import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
 import mlflow
 import numpy as np
+import pandas as pd
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
@@ -43,7 +47,8 @@ from colorbench.metrics import ColorizationMetrics
 from colorbench.plots import image_grid, loss_curves
 from colorbench.plugins import load_plugins, loaded_plugins
 from colorbench.resolve import cell_labels
-from colorbench.splitters import Fold, carve_test
+from colorbench.splitters import Fold, carve_test, with_repeats
+from colorbench.stats import variance_components
 from colorbench.train import EpochCallback, FoldResult, evaluate, fit, resolve_device
 from colorbench.ui import console, progress, quiet_libraries
 
@@ -155,13 +160,16 @@ def train_fold(
     """Train one fold inside its (active) MLflow run; return its test metrics.
 
     After each epoch the record is logged, passed to `after_epoch` (e.g. a search's pruner), then checked for divergence."""
-    torch.manual_seed(cell.train.seed)
+    train_cfg = cell.train.model_copy(update={"seed": cell.train.seed + fold.repeat})  # a training repeat: new init and batch order
+    if fold.refit_epochs is not None:
+        train_cfg = train_cfg.model_copy(update={"epochs": fold.refit_epochs, "patience": None})
+    torch.manual_seed(train_cfg.seed)
     objective = LOSSES.build(cell.loss.name, cell.loss.options)
     model = build_model(cell.backbone.name, cell.backbone.options, objective.out_channels).to(device)
     train_images = rows(data.pool.images, fold.train)  # views of the cache's memory map: batches are read as training needs them
     val_images = rows(data.pool.images, fold.val)
-    mlflow.log_params({"fold": fold.index, "repeat": fold.repeat, "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(data.test)})
-    bar.reset(epoch_task, total=cell.train.epochs, status="")
+    mlflow.log_params({"fold": fold.index, "draw": fold.draw, "repeat": fold.repeat, "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(data.test)})
+    bar.reset(epoch_task, total=train_cfg.epochs, status="")
 
     def on_epoch(record: dict[str, float]) -> None:
         mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]))
@@ -170,7 +178,7 @@ def train_fold(
             after_epoch(record)
         check_divergence(record, cell.train.lr)
 
-    result = fit(model, objective, train_images, val_images, cell.train, on_epoch)
+    result = fit(model, objective, train_images, val_images, train_cfg, on_epoch, keep_last=fold.refit_epochs is not None)
     test_metrics, per_image = evaluate(model, objective, data.test.images, cell.train.batch_size, all_variants=True)
     summary = {f"test_{k}": v for k, v in test_metrics.items()}
     summary.update(best_epoch=result.best_epoch, best_val_loss=min(r["val_loss"] for r in result.history), train_seconds=result.seconds)
@@ -190,13 +198,47 @@ def fold_summary(results: list[dict[str, float]]) -> dict[str, float]:
     return summary
 
 
-def log_cell_summary(run_id: str, results: list[dict[str, float]], gray: dict[str, float], extra: dict[str, float] | None = None) -> dict[str, float]:
-    """On the active cell or trial run `run_id`: fold means/stds, the gray baseline (`gray_test_*`), `n_folds`, `extra` metrics and the
-    best fold as its pyfunc model (runs:/<run id>/model); returns the means/stds."""
-    summary = fold_summary(results)
-    mlflow.log_metrics({**summary, **{f"gray_test_{k}": v for k, v in gray.items()}, "n_folds": len(results), **(extra or {})})
+ChildKey = tuple[int, int]  # a child run of a cell: (fold index, training repeat)
+
+
+def finished_children(run_id: str, role: str = "fold") -> dict[ChildKey, str]:
+    """The finished child runs (`fold`, or the `refit`) of a cell or trial run, by (fold index, training repeat)."""
+    query = f"tags.`{tracking.TAG_PARENT}` = '{run_id}' and tags.`{tracking.TAG_ROLE}` = '{role}' and attributes.status = 'FINISHED'"
+    runs = MlflowClient().search_runs([mlflow.get_run(run_id).info.experiment_id], filter_string=query, max_results=10_000)
+    return {(int(r.data.tags[tracking.TAG_FOLD]), int(r.data.tags.get(tracking.TAG_REPEAT, 0))): r.info.run_id for r in runs}
+
+
+def variance_summary(results: dict[ChildKey, dict[str, float]], children: dict[ChildKey, str]) -> dict[str, float]:
+    """Per test metric `m` with per-image values: `test_<m>_sd_split`, `test_<m>_sd_seed` and `test_<m>_se_images`
+    (`stats.variance_components`), the per-image values averaged over the children (their `test_per_image.csv`)."""
+    keys = sorted(results)
+    with tempfile.TemporaryDirectory(prefix="colorbench-") as tmp:
+        tables = [pd.read_csv(tracking.download(children[k], "test_per_image.csv", Path(tmp) / str(i))).set_index("image") for i, k in enumerate(keys)]
+    per_image = sum(tables) / len(tables)
+    out = {}
+    for metric in (c for c in per_image.columns if f"test_{c}" in results[keys[0]]):
+        values = np.array([results[k][f"test_{metric}"] for k in keys])
+        parts = variance_components(values, np.array([k[0] for k in keys]), per_image[metric].to_numpy())
+        out.update({f"test_{metric}_{part}": value for part, value in parts.items()})
+    return out
+
+
+def log_cell_summary(
+    run_id: str, results: dict[ChildKey, dict[str, float]], scores: dict[ChildKey, float], maximize: bool, gray: dict[str, float],
+    extra: dict[str, float] | None = None, refit: str | None = None,
+) -> dict[str, float]:
+    """On the active cell or trial run `run_id`: means/stds over all children, the variance components (`variance_summary`), the
+    gray baseline (`gray_test_*`), `n_folds` (children), `extra` metrics, and the deployed child: the one with the best validation
+    score (`scores`; no test metric takes part) or else the `refit` child run, tagged `colorbench.deployed` and logged as the run's pyfunc model
+    (runs:/<run id>/model); returns the means/stds and the components."""
+    summary = fold_summary([results[k] for k in sorted(results)])
+    children = finished_children(run_id)
+    components = variance_summary(results, children)
+    mlflow.log_metrics({**summary, **components, **{f"gray_test_{k}": v for k, v in gray.items()}, "n_folds": len(results), **(extra or {})})
+    chosen = (max if maximize else min)(sorted(scores), key=lambda k: scores[k])
+    mlflow.set_tag(tracking.TAG_DEPLOYED, refit or children[chosen])
     log_cell_model(run_id)
-    return summary
+    return {**summary, **components}
 
 
 def check_divergence(record: dict[str, float], lr: float) -> None:
@@ -210,10 +252,16 @@ def check_divergence(record: dict[str, float], lr: float) -> None:
     )
 
 
-def print_fold(cell: Cell, index: int, n_folds: int, result: dict[str, float]) -> None:
+def fold_label(cell: Cell, fold: Fold, n_folds: int) -> str:
+    """`fold i/n`, with ` repeat r/R` when the cell trains each split more than once."""
+    repeat = f" repeat {fold.repeat + 1}/{cell.train.repeats}" if cell.train.repeats > 1 else ""
+    return f"fold {fold.index + 1}/{n_folds}{repeat}"
+
+
+def print_fold(cell: Cell, fold: Fold, n_folds: int, result: dict[str, float]) -> None:
     """One line per trained fold: its test PSNR and colourfulness ratio, best epoch, training time."""
     console.print(
-        f"  [dim]{cell.id}[/] {' | '.join(cell_labels(cell))} fold {index + 1}/{n_folds}: test psnr {result['test_psnr']:.2f}, "
+        f"  [dim]{cell.id}[/] {' | '.join(cell_labels(cell))} {fold_label(cell, fold, n_folds)}: test psnr {result['test_psnr']:.2f}, "
         f"colorfulness ratio {result['test_colorfulness_ratio']:.2f} (best epoch {result['best_epoch']}, {result['train_seconds']:.0f} s)"
     )
 
@@ -228,7 +276,7 @@ class FoldTask:
     parent_run_id: str
     experiment_id: str
     tracking_uri: str
-    name: str  # the fold run is named "<name> | fold <index>"
+    name: str  # the fold run is named "<name> | fold <index>" (" | repeat <r>" added with train.repeats > 1)
     tags: dict[str, str]  # the cell or trial run's tags, which the fold run carries too (`tracking.fold_tags`)
     plugins: tuple[str, ...] = ()  # plugin modules the worker imports first
 
@@ -261,8 +309,11 @@ def run_fold(task: FoldTask, bench: Workbench) -> dict[str, float]:
     if bench.epoch_task is None:
         bench.epoch_task = bench.bar.add_task("epochs", total=task.cell.train.epochs, status="")
     with tracking.store_guard(task.tracking_uri):
-        tags = tracking.fold_tags(task.tags, fold.index, fold.repeat, task.parent_run_id)
-        with tracking.run(f"{task.name} | fold {fold.index}", tags, task.cell.flat_params()):
+        refit = fold.refit_epochs is not None
+        tags = tracking.fold_tags(task.tags, fold.index, fold.draw, fold.repeat, task.parent_run_id, "refit" if refit else "fold")
+        repeat = f" | repeat {fold.repeat}" if task.cell.train.repeats > 1 else ""
+        name = f"{task.name} | refit" if refit else f"{task.name} | fold {fold.index}{repeat}"
+        with tracking.run(name, tags, task.cell.flat_params()):
             return train_fold(task.cell, fold, bench.data, bench.device, bench.bar, bench.epoch_task, bench.after_epoch)
 
 
@@ -281,7 +332,7 @@ def close_earlier_attempts(task: FoldTask) -> None:
     """A retried task (its worker was lost) first closes the runs its earlier attempts left RUNNING."""
     query = (
         f"tags.`{tracking.TAG_PARENT}` = '{task.parent_run_id}' and tags.`{tracking.TAG_FOLD}` = '{task.fold.index}' "
-        "and attributes.status = 'RUNNING'"
+        f"and tags.`{tracking.TAG_REPEAT}` = '{task.fold.repeat}' and attributes.status = 'RUNNING'"
     )
     for run in MlflowClient().search_runs([task.experiment_id], filter_string=query, max_results=100):
         tracking.close_run(run.info.run_id, "KILLED", "interrupted: its worker was lost; the task was retried")
@@ -310,7 +361,9 @@ class CellRun:
     name: str  # its fold runs are named "<name> | fold <index>"
     tags: dict[str, str]  # the parent run's tags, copied onto its fold runs
     folds: list[Fold]
-    results: dict[int, dict[str, float]] = field(default_factory=dict)
+    results: dict[ChildKey, dict[str, float]] = field(default_factory=dict)
+    scores: dict[ChildKey, float] = field(default_factory=dict)  # each child's validation score, which picks the deployed child
+    maximize: bool = False  # whether a higher score is better (a search objective's direction; the grid's best_val_loss: no)
     error: BaseException | None = None
     sent: int = 0
     done: int = 0
@@ -319,9 +372,10 @@ class CellRun:
     held: ExitStack = field(default_factory=ExitStack)  # the claim's heartbeat, for a grid cell
 
     def tasks(self, experiment_id: str, tracking_uri: str) -> Iterator[FoldTask]:
-        """Its fold tasks, stopping after a failed fold (so folds trained one after another do not train the rest)."""
+        """Its fold tasks, each split `train.repeats` times, stopping after a failed fold (so folds trained one after another do not
+        train the rest)."""
         plugins = tuple(loaded_plugins())
-        for fold in self.folds:
+        for fold in with_repeats(self.folds, self.cell.train.repeats):
             if self.error is not None:
                 break
             self.sent += 1
@@ -333,28 +387,32 @@ class CellRun:
         """Every fold task it sent has reported."""
         return self.all_sent and self.done == self.sent
 
-    def record(self, task: FoldTask, result: TaskResult) -> None:
-        """Note one fold's result and print it; a failure of the store itself ends everything (StoreError)."""
+    def record(self, task: FoldTask, result: TaskResult, score: float | None = None) -> None:
+        """Note one fold's result, its validation `score` (default: its best_val_loss) and print it; a failure of the store itself
+        ends everything (StoreError)."""
         self.done += 1
         if isinstance(result, StoreError):
             raise result
         if isinstance(result, BaseException):
             self.error = self.error or result
             if not isinstance(result, TrialPruned):
-                where = f"{self.cell.id} {' | '.join(cell_labels(self.cell))} fold {task.fold.index + 1}/{task.n_folds}"
+                where = f"{self.cell.id} {' | '.join(cell_labels(self.cell))} {fold_label(self.cell, task.fold, task.n_folds)}"
                 console.print(f"  [red]{where} failed[/]: {result}", highlight=False)
             return
-        self.results[task.fold.index] = result
-        print_fold(self.cell, task.fold.index, task.n_folds, result)
+        key = (task.fold.index, task.fold.repeat)
+        self.results[key] = result
+        self.scores[key] = result["best_val_loss"] if score is None else score
+        print_fold(self.cell, task.fold, task.n_folds, result)
 
     @property
     def failure(self) -> str | None:
         """The first failed fold's message, if any."""
         return None if self.error is None else str(self.error) or type(self.error).__name__
 
-    def finish(self, gray: dict[str, float], extra: dict[str, float] | None = None) -> dict[str, float]:
-        """All folds reported: log the fold means/stds, the gray baseline and the best fold's model and end the run FINISHED; after a
+    def finish(self, gray: dict[str, float], bench: Workbench, extra: dict[str, float] | None = None) -> dict[str, float]:
+        """All folds reported: log the fold means/stds, the variance components, the gray baseline and the deployed child and end the run FINISHED; after a
         failed fold end it FAILED (KILLED when pruned) with the reason instead. Returns the means/stds ({} on a failure)."""
+        refit = self.refit(bench) if self.error is None and self.cell.train.refit else None
         self.held.close()
         self.closed = True
         self.set_state("COMPLETE" if self.error is None else "PRUNED" if isinstance(self.error, TrialPruned) else "FAIL")
@@ -362,7 +420,24 @@ class CellRun:
             tracking.close_run(self.run_id, tracking.status_for(self.error), tracking.failure_reason(self.error))
             return {}
         with tracking.run(self.name, {}, {}, run_id=self.run_id) as run_id:
-            return log_cell_summary(run_id, [self.results[i] for i in sorted(self.results)], gray, extra)
+            extra = {**(extra or {}), **({"refit_epochs": refit[1]} if refit else {})}
+            return log_cell_summary(run_id, self.results, self.scores, self.maximize, gray, extra, refit and refit[0])
+
+    def refit(self, bench: Workbench) -> tuple[str, int] | None:
+        """`train.refit`: train one model here on train + validation of the first split for the children's median best epoch, score
+        it on the test set in its own child run (role `refit`); returns (its run id, its epochs), or None after noting its failure."""
+        first = self.folds[0]
+        epochs = max(1, round(float(np.median([r["best_epoch"] for r in self.results.values()]))))
+        pool = np.union1d(first.train, first.val)
+        fold = Fold(len(self.folds), pool, pool, refit_epochs=epochs)  # no held-out data: its val_* records are on its training rows
+        experiment_id = MlflowClient().get_run(self.run_id).info.experiment_id
+        task = FoldTask(self.cell, fold, len(self.folds), self.run_id, experiment_id, mlflow.get_tracking_uri(), self.name, self.tags)
+        try:
+            run_fold(task, replace(bench, after_epoch=None))
+        except Exception as err:  # noqa: BLE001 - a failed refit fails its cell, like a failed fold
+            self.error = err
+            return None
+        return finished_children(self.run_id, "refit")[(fold.index, 0)], epochs
 
     def abort(self, error: BaseException) -> None:
         """Interrupted (Ctrl-C, SIGTERM) or the store failed: end the run KILLED with the reason, as far as the store still allows."""
@@ -422,11 +497,12 @@ def run_cells(
     open_cells: dict[str, CellRun] = {}
     with progress() as bar:
         cells_bar = bar.add_task("cells", total=len(cells), status="")
-        folds_bar = bar.add_task("folds", total=sum(len(splits[c.id]) for c in cells), status=type(executor).__name__)
+        bench = Workbench(data, device, bar)
+        folds_bar = bar.add_task("folds", total=sum(len(splits[c.id]) * c.train.repeats for c in cells), status=type(executor).__name__)
 
         def settle(held: CellRun) -> None:
             if held.settled:
-                metrics = held.finish(gray)
+                metrics = held.finish(gray, bench)
                 outcomes[held.cell.id] = CellOutcome(held.cell, held.run_id, metrics, held.failure)
                 del open_cells[held.cell.id]
                 bar.advance(cells_bar)
@@ -438,7 +514,7 @@ def run_cells(
                 if outcome.skipped:
                     outcomes[cell.id] = outcome
                     bar.advance(cells_bar)
-                    bar.advance(folds_bar, len(splits[cell.id]))
+                    bar.advance(folds_bar, len(splits[cell.id]) * cell.train.repeats)
                     continue
                 label = " | ".join(cell_labels(cell))
                 tracking.log_params(outcome.run_id, cell.flat_params())
@@ -450,7 +526,7 @@ def run_cells(
 
         try:
             with tracking.store_guard(uri):
-                for task, result in executor.run(tasks(), Workbench(data, device, bar)):
+                for task, result in executor.run(tasks(), bench):
                     held = open_cells[task.cell.id]
                     held.record(task, result)
                     bar.advance(folds_bar)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -190,10 +191,12 @@ def per_image(folds: pd.DataFrame, metric: str, tmp: Path) -> Images | None:
 
 
 def sample(runs: Runs, cell: pd.Series, metric: str, images: Images | None) -> Sample:
-    """What a cell brings to a comparison: its children's test metric by fold, their n_val / n_train, its split key, per-image values."""
+    """What a cell brings to a comparison: its children's test metric by (fold, training repeat), their n_val / n_train, its split key, per-image values."""
     folds = runs.folds_of(cell)
     share = (folds["params.n_val"].astype(float) / folds["params.n_train"].astype(float)).mean()
-    return Sample(folds.set_index("fold")[f"metrics.test_{metric}"], float(share), split_key(cell), images)
+    repeat = folds.get(f"tags.{tracking.TAG_REPEAT}", pd.Series(0, index=folds.index)).fillna(0).astype(int)
+    children = folds.assign(repeat=repeat).set_index(["fold", "repeat"]).sort_index()[f"metrics.test_{metric}"]  # J = splits x repeats
+    return Sample(children, float(share), split_key(cell), images)
 
 
 def significance(runs: Runs, baseline: str, metric: str) -> tuple[pd.DataFrame, dict[str, Images | None]]:
@@ -213,8 +216,8 @@ def bad_values(metric: str) -> Callable[[np.ndarray], np.ndarray]:
 
 def fold_columns(runs: Runs, cell: pd.Series, metrics: list[str]) -> dict[str, float]:
     """scikit-learn style `split<i>_test_<m>` values of one cell."""
-    folds = runs.folds_of(cell)
-    return {f"split{f}_test_{m}": v for m in metrics for f, v in zip(folds["fold"], folds[f"metrics.test_{m}"], strict=True)}
+    by_split = runs.folds_of(cell).groupby("fold")  # training repeats of a split averaged
+    return {f"split{f}_test_{m}": v for m in metrics for f, v in by_split[f"metrics.test_{m}"].mean().items()}
 
 
 def cell_row(runs: Runs, cell: pd.Series, metrics: list[str]) -> dict[str, object]:
@@ -228,6 +231,7 @@ def cell_row(runs: Runs, cell: pd.Series, metrics: list[str]) -> dict[str, objec
     row["n_folds"] = cell["metrics.n_folds"]
     for key in [f"test_{m}" for m in metrics] + ["best_epoch", "train_seconds"]:
         row[f"{key}_mean"], row[f"{key}_std"] = cell.get(f"metrics.{key}_mean"), cell.get(f"metrics.{key}_std")
+    row |= {f"test_{m}_{part}": cell.get(f"metrics.test_{m}_{part}", np.nan) for m in metrics for part in COMPONENTS}
     return row | fold_columns(runs, cell, metrics)
 
 
@@ -264,17 +268,17 @@ def build_table(
 
 
 def children(runs: Runs, table: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Every finished child run: its cell, configuration (backbone x loss, or a trial's sampled values), splitter, repeat, test
+    """Every finished child run: its cell, configuration (backbone x loss, or a trial's sampled values), splitter, draw, repeat, test
     `metric` and validation `metric` at its best epoch."""
     rows = []
     for _, cell in runs.cells.iterrows():
         row = table.set_index("cell").loc[cell[ROW]]
         configuration = row["sampled"] if pd.notna(row.get("sampled")) else f"{row['backbone']} | {row['loss']}"
         folds = runs.folds_of(cell)
-        repeat = folds.get(f"tags.{tracking.TAG_REPEAT}", pd.Series(0, index=folds.index)).fillna(0).astype(int)
+        draw, repeat = (folds.get(f"tags.{tag}", pd.Series(0, index=folds.index)).fillna(0).astype(int) for tag in (tracking.TAG_DRAW, tracking.TAG_REPEAT))
         rows.append(pd.DataFrame({
             "cell": cell[ROW], "configuration": configuration, "splitter": row["splitter"], "run_id": folds["run_id"], "fold": folds["fold"],
-            "repeat": repeat, "best_epoch": folds["metrics.best_epoch"], "test": folds[f"metrics.test_{metric}"],
+            "draw": draw, "repeat": repeat, "best_epoch": folds["metrics.best_epoch"], "test": folds[f"metrics.test_{metric}"],
         }))
     kids = pd.concat(rows, ignore_index=True)
     return kids.assign(val=validation_report.validation_values(kids, metric))
@@ -291,6 +295,16 @@ def mean_std(row: pd.Series, key: str) -> str:
     if mean is None or pd.isna(mean):
         return "-"
     return f"{mean:.3f} ± {std:.3f}" if pd.notna(row.get("n_folds")) and row["n_folds"] > 1 else f"{mean:.3f}"
+
+
+COMPONENTS = {"sd_split": "split", "sd_seed": "seed", "se_images": "images"}  # the variance components of a cell's test metric
+
+
+def components_text(values: Mapping[str, object], key: str) -> str:
+    """The variance components of test metric `key` that exist (e.g. `split 0.120, seed 0.050, images 0.310`), `-` when none do."""
+    parts = [(word, values.get(f"{key}_{part}")) for part, word in COMPONENTS.items()]
+    shown = [f"{word} {value:.3f}" for word, value in parts if isinstance(value, float) and not math.isnan(value)]
+    return ", ".join(shown) or "-"
 
 
 def fmt_p(p: float) -> str:
@@ -313,14 +327,18 @@ def markdown_table(report: Report) -> str:
     metrics = [m for m in metrics if DECODING_MARK not in m]
     splits = split_columns(report.table, report.metric)
     trials = ["sampled", "objective"] if "sampled" in report.table else []
-    header = ["cell", *trials, "backbone", "loss", "splitter", "rank", *COMPARISON_HEADER, *metrics, "best epoch", "train s", *splits]
+    header = ["cell", *trials, "backbone", "loss", "splitter", "rank", *COMPARISON_HEADER, *metrics, f"{report.metric} SDs / SE", "best epoch", "train s", *splits]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in report.table.iterrows():
         values = [cell_name(report, row), *(fmt_value(row.get(c)) for c in trials), row["backbone"], row["loss"], row["splitter"]]
         values += [fmt_value(row.get("rank")), *comparison_values(row), *(mean_std(row, f"test_{m}") for m in metrics)]
+        values += [components_text(row, f"test_{report.metric}")]
         values += [mean_std(row, "best_epoch"), mean_std(row, "train_seconds"), *(fmt_value(row.get(c)) for c in splits)]
         lines.append("| " + " | ".join(values) + " |")
-    ranking = f"Ranked on test {report.metric} ({direction(report.metric)}); mean ± std over folds; * = baseline. "
+    ranking = (
+        f"Ranked on test {report.metric} ({direction(report.metric)}); mean ± std over folds; * = baseline; `SDs / SE`: SD between splits, "
+        "SD between training seeds, bootstrap SE over test images. "
+    )
     return "\n".join(lines) + "\n\n" + ranking + tests_note(report) + failed_note(report) + decodings_table(report)
 
 
@@ -617,12 +635,12 @@ def terminal_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the compact terminal table."""
     metrics = [report.metric, *(m for m in headline_metrics() if m != report.metric)]
     described = ["sampled"] if "sampled" in report.table else ["backbone", "loss", "splitter"]  # a trial: its sampled values
-    header = ["cell", *described, *metrics, "p_adj (t)", "p (W, images)", "p_adj (W)", "rank"]
+    header = ["cell", *described, *metrics, f"{report.metric} SDs / SE", "p_adj (t)", "p (W, images)", "p_adj (W)", "rank"]
     rows = []
     for _, row in report.table.iterrows():
         names = [cell_name(report, row), *(fmt_value(row.get(c)) if c == "sampled" else row[c] for c in described)]
         tests = [fmt_p(row.get(P_ADJ_TTEST)), fmt_p(row.get(P_WILCOXON)), fmt_p(row.get(P_ADJ_WILCOXON)), fmt_value(row.get("rank"))]
-        rows.append(names + [mean_std(row, f"test_{m}") for m in metrics] + tests)
+        rows.append(names + [mean_std(row, f"test_{m}") for m in metrics] + [components_text(row, f"test_{report.metric}")] + tests)
     return header, rows
 
 

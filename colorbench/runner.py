@@ -18,8 +18,8 @@ from colorbench.ui import console
 
 
 def plan(exp: Experiment) -> list[tuple[Cell, int]]:
-    """Each cell with its number of fold trainings, without touching data."""
-    return [(cell, SPLITTERS.build(cell.splitter.name, cell.splitter.options).n_splits()) for cell in expand(exp)]
+    """Each cell with its number of fold trainings (splits x training repeats), without touching data."""
+    return [(cell, SPLITTERS.build(cell.splitter.name, cell.splitter.options).n_splits() * cell.train.repeats) for cell in expand(exp)]
 
 
 def run_grid(

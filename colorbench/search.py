@@ -126,13 +126,14 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float | list[float]:
     with tracking.store_guard(ctx.tracking_uri):
         run_id = tracking.create_run(ctx.experiment_id, f"{name} | {' | '.join(cell_labels(cell))}", tags, cell.flat_params())
         trial.set_user_attr(USER_ATTR_RUN, run_id)
-        held = CellRun(cell, run_id, name, tags, ctx.folds)
-        reporter = FoldAveragedReporter(trial, [g.metric for g in ctx.search.config.goals], cell.train.epochs, run_id)
+        goals = ctx.search.config.goals
+        held = CellRun(cell, run_id, name, tags, ctx.folds, maximize=goals[0].direction == "maximize")  # deploys by the first objective
+        reporter = FoldAveragedReporter(trial, [g.metric for g in goals], cell.train.epochs, run_id)
         try:
             for task, result in run_here(held.tasks(ctx.experiment_id, ctx.tracking_uri), replace(ctx.bench, after_epoch=reporter)):
-                held.record(task, result)
+                held.record(task, result, reporter.current[0])  # the child's (first) objective value picks the deployed child
                 reporter.end_fold()
-            held.finish(ctx.gray, reporter.logged() if held.error is None else None)
+            held.finish(ctx.gray, ctx.bench, reporter.logged() if held.error is None else None)
         except BaseException as err:
             abort_all([held], err)
             raise

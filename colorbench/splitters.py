@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePath
 from typing import Annotated
 
@@ -18,12 +18,15 @@ from colorbench.registry import Registry
 
 @dataclass(frozen=True)
 class Fold:
-    """One train/validation split, as indices into the training pool; `repeat` is the redrawn partition it belongs to."""
+    """One train/validation split, as indices into the training pool; `draw` is the redrawn partition it belongs to, `repeat` the
+    training repeat (training seed = `train.seed + repeat`, see `with_repeats`)."""
 
-    index: int  # position among the splitter's folds (unique across repeats)
+    index: int  # position among the splitter's folds (unique across draws)
     train: np.ndarray
     val: np.ndarray
+    draw: int = 0
     repeat: int = 0
+    refit_epochs: int | None = None  # a refit (`train.refit`): train + validation for this many epochs, keeping the last state
 
 
 class Splitter:
@@ -77,9 +80,9 @@ class HoldOut(Splitter):
 
 
 def shuffled_holdouts(pool: ImageSet, val_fraction: float, n: int, seed: int) -> list[Fold]:
-    """`n` grouped random train/validation splits (scikit-learn's GroupShuffleSplit), the i-th as repeat i."""
+    """`n` grouped random train/validation splits (scikit-learn's GroupShuffleSplit), the i-th as draw i."""
     splitter = GroupShuffleSplit(n_splits=n, test_size=val_fraction, random_state=seed)
-    return [Fold(i, np.sort(tr), np.sort(va), repeat=i) for i, (tr, va) in enumerate(splitter.split(pool.images, groups=pool.groups))]
+    return [Fold(i, np.sort(tr), np.sort(va), draw=i) for i, (tr, va) in enumerate(splitter.split(pool.images, groups=pool.groups))]
 
 
 @SPLITTERS.register("repeated-holdout")
@@ -112,11 +115,16 @@ class KFold(Splitter):
     def split(self, pool: ImageSet, seed: int) -> list[Fold]:
         check_photos(pool, self.k, f"kfold k={self.k}", "lower k")
         folds = []
-        for r in range(self.repeats):  # repeat r shuffles with seed + r: repeat 0 is the single partition of `repeats: 1`
+        for r in range(self.repeats):  # draw r shuffles with seed + r: draw 0 is the single partition of `repeats: 1`
             splitter = GroupKFold(n_splits=self.k, shuffle=True, random_state=seed + r)
             for tr, va in splitter.split(pool.images, groups=pool.groups):
-                folds.append(Fold(len(folds), np.sort(tr), np.sort(va), repeat=r))
+                folds.append(Fold(len(folds), np.sort(tr), np.sort(va), draw=r))
         return folds
+
+
+def with_repeats(folds: list[Fold], repeats: int) -> list[Fold]:
+    """Each split `repeats` times, as training repeats 0..repeats-1 (split-major): same split, training seed `train.seed + repeat`."""
+    return [replace(fold, repeat=r) for fold in folds for r in range(repeats)]
 
 
 @SPLITTERS.register("folders")

@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pandas as pd
 import scikit_posthocs
+import statsmodels.api as sm
 from matplotlib.axes import Axes
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
@@ -95,3 +96,23 @@ def kendall_tau(x: np.ndarray, y: np.ndarray) -> float:
     if len(x) < 2:
         return float("nan")
     return float(stats.kendalltau(x, y).statistic)
+
+
+def variance_components(values: np.ndarray, splits: np.ndarray, per_image: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """One test metric of a cell's children (`values`, with each child's split in `splits`) and its per-image values averaged over
+    the children: `sd_split` (SD of the per-split means, NaN with one split), `sd_seed` (pooled within-split SD over training seeds:
+    the root residual mean square of a one-way ANOVA by split, statsmodels' OLS; NaN with one child per split) and `se_images`
+    (bootstrap standard error of the mean over test images, scipy.stats.bootstrap, seeded)."""
+    frame = pd.DataFrame({"value": np.asarray(values, dtype=float), "split": np.asarray(splits)})
+    means = frame.groupby("split")["value"].mean()
+    sd_split = float(means.std(ddof=1)) if len(means) > 1 else float("nan")
+    sd_seed = float("nan")
+    if len(frame) > len(means):
+        design = pd.get_dummies(frame["split"], dtype=float)
+        sd_seed = math.sqrt(sm.OLS(frame["value"].to_numpy(), design.to_numpy()).fit().mse_resid)
+    images = np.asarray(per_image, dtype=float)
+    se_images = float("nan")
+    if len(images) > 1:
+        result = stats.bootstrap((images,), np.mean, n_resamples=N_RESAMPLES, method="percentile", random_state=np.random.default_rng(seed))
+        se_images = float(result.standard_error)
+    return {"sd_split": sd_split, "sd_seed": sd_seed, "se_images": se_images}

@@ -43,7 +43,9 @@ PARENT_ROLES = ("cell", "trial")  # runs whose children are fold runs: a grid ce
 TAG_PARENT = "mlflow.parentRunId"  # MLflow's own: a fold run's cell or trial run
 TAG_CELL = "colorbench.cell_id"
 TAG_FOLD = "colorbench.fold"
-TAG_REPEAT = "colorbench.repeat"  # a fold run's redrawn partition (0 for splitters drawn once)
+TAG_DRAW = "colorbench.draw"  # a fold run's redrawn partition (0 for splitters drawn once)
+TAG_REPEAT = "colorbench.repeat"  # a fold run's training repeat (training seed = train.seed + repeat)
+TAG_DEPLOYED = "colorbench.deployed"  # a cell or trial run's deployed child run (best validation metric, or the refit child)
 TAG_FAILURE = "colorbench.failure"
 TAG_VERSION = "colorbench.version"
 TAG_COMMIT = "colorbench.git_commit"
@@ -314,9 +316,10 @@ def cell_tags(cell: Cell, fingerprint: str) -> dict[str, str]:
     }
 
 
-def fold_tags(parent_tags: dict[str, str], fold: int, repeat: int, parent_run_id: str) -> dict[str, str]:
-    """A fold run's tags: its cell or trial run's, with role `fold`, the fold index, its partition's repeat and the parent run."""
-    return {**parent_tags, TAG_ROLE: "fold", TAG_FOLD: str(fold), TAG_REPEAT: str(repeat), TAG_PARENT: parent_run_id}
+def fold_tags(parent_tags: dict[str, str], fold: int, draw: int, repeat: int, parent_run_id: str, role: str = "fold") -> dict[str, str]:
+    """A child run's tags: its cell or trial run's, with role `fold` (or `refit`), the fold index, its partition's draw, its training
+    repeat and the parent run."""
+    return {**parent_tags, TAG_ROLE: role, TAG_FOLD: str(fold), TAG_DRAW: str(draw), TAG_REPEAT: str(repeat), TAG_PARENT: parent_run_id}
 
 
 def plugins_of(tags: dict[str, str]) -> list[str]:

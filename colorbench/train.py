@@ -226,8 +226,10 @@ def fit(
     val_images: Images,
     cfg: TrainConfig,
     on_epoch: EpochCallback | None = None,
+    keep_last: bool = False,
 ) -> FoldResult:
-    """Train with Adam; keep the state with the lowest validation loss; stop early after `cfg.patience` bad epochs.
+    """Train with Adam; keep the state with the lowest validation loss (`keep_last`: the last epoch's, for a refit that trains a
+    fixed number of epochs); stop early after `cfg.patience` bad epochs.
 
     Batches stay uint8 until they are on the device (see `train_batches`); the model runs under `cfg.precision`
     autocast, the loss in fp32; the model is channels_last if `cfg.channels_last` (faster on CUDA and on a CPU alike).
@@ -270,7 +272,7 @@ def fit(
         history.append(record)
         if on_epoch:
             on_epoch(record)
-        if val["loss"] < best_loss:
+        if val["loss"] < best_loss or keep_last:
             best_loss, best_epoch = val["loss"], epoch
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         elif cfg.patience and epoch - best_epoch >= cfg.patience:

@@ -39,7 +39,7 @@ def validation_values(children: pd.DataFrame, metric: str) -> pd.Series:
 
 
 def scheme_row(children: pd.DataFrame, bad: Bad) -> dict[str, float]:
-    """One splitter's numbers from its children (columns configuration, cell, repeat, val, test)."""
+    """One splitter's numbers from its children (columns configuration, cell, draw, repeat, val, test)."""
     cells = children.groupby("configuration").agg(val=("val", "mean"), test=("test", "mean"), n=("val", "size"))
     error = cells["val"] - cells["test"]
     spread = children.groupby("configuration")["val"].std(ddof=1)  # NaN for a configuration with one child
@@ -55,7 +55,7 @@ def scheme_row(children: pd.DataFrame, bad: Bad) -> dict[str, float]:
         "regret": float(picked - best),
     }
     truth = cells.index[np.argmin(bad(cells["test"].to_numpy()))]
-    repeats = children.groupby(["repeat", "configuration"])["val"].mean().unstack()
+    repeats = children.groupby(["draw", "repeat", "configuration"])["val"].mean().unstack()  # one selection per (draw, training repeat)
     if len(repeats) > 1:
         picks = [row_vals.index[np.argmin(bad(row_vals.to_numpy()))] for _, row_vals in repeats.iterrows()]
         row[PICKS_BEST] = float(np.mean([p == truth for p in picks]))
@@ -106,8 +106,8 @@ estimate is the mean over its children of validation {metric} at each child's be
 - `kendall_tau`: rank agreement between the configurations ranked by validation estimate and by test score (1 = same order).
 - `regret`: test score of the configuration best on test minus that of the configuration the scheme picks by validation
   (0 = picks the best; in {metric}'s units, as a loss: how much is lost).
-- `picks_best` (where repeats exist): share of repeats (redrawn splits) in which picking by that repeat's validation values
-  alone picks the configuration best on test (`-` for a scheme without repeats).
+- `picks_best` (where repeats exist): share of (draw, training repeat) pairs, a draw being a redrawn split, in which picking by
+  that pair's validation values alone picks the configuration best on test (`-` for a scheme without repeats).
 """
 
 

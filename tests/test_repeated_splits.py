@@ -31,7 +31,7 @@ def check_partition(pool: ImageSet, fold: Fold) -> None:
 def test_repeated_holdout_draws_a_new_grouped_split_per_repeat(pool: ImageSet) -> None:
     assert len(np.unique(pool.groups)) == 30
     folds = SPLITTERS.build("repeated-holdout", {"val_fraction": 0.25, "n_repeats": 4}).split(pool, seed=0)
-    assert [f.index for f in folds] == [0, 1, 2, 3] and [f.repeat for f in folds] == [0, 1, 2, 3]
+    assert [f.index for f in folds] == [0, 1, 2, 3] and [f.draw for f in folds] == [0, 1, 2, 3]
     for fold in folds:
         check_partition(pool, fold)
         assert len(photos(pool, fold.val)) == 8  # 25 % of 30 photos, rounded up
@@ -40,12 +40,12 @@ def test_repeated_holdout_draws_a_new_grouped_split_per_repeat(pool: ImageSet) -
 
 def test_kfold_repeats_draw_a_new_grouped_partition_per_repeat(pool: ImageSet) -> None:
     folds = SPLITTERS.build("kfold", {"k": 3, "repeats": 2}).split(pool, seed=0)
-    assert [f.index for f in folds] == list(range(6)) and [f.repeat for f in folds] == [0, 0, 0, 1, 1, 1]
+    assert [f.index for f in folds] == list(range(6)) and [f.draw for f in folds] == [0, 0, 0, 1, 1, 1]
     for fold in folds:
         check_partition(pool, fold)
     partitions = []
     for r in (0, 1):
-        vals = [f.val for f in folds if f.repeat == r]
+        vals = [f.val for f in folds if f.draw == r]
         assert np.array_equal(np.sort(np.concatenate(vals)), np.arange(len(pool)))  # within a repeat each image validates once
         partitions.append({frozenset(photos(pool, v)) for v in vals})
     assert partitions[0] != partitions[1]
