@@ -1,5 +1,6 @@
 """Model files: a fold's `checkpoint.pt` written and read back as tensors and plain data only (never unpickled objects),
-and the trained fold of an MLflow run (a fold run, or a cell run = its deployed child, chosen without the test set).
+the trained fold of an MLflow run (a fold run, or a cell run = its deployed child, chosen without the test set), and the MLflow
+pyfunc model logged from a checkpoint.
 
 A checkpoint is a dict: `format` (FORMAT), `state_dict` (tensors), `backbone` and `loss` ({name, options}), `image_size`,
 `cell_id`, `fold`. It loads with `torch.load(weights_only=True)`, so a file that holds any other object is refused before
@@ -10,12 +11,18 @@ from __future__ import annotations
 
 import pickle
 import re
+import tempfile
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import mlflow
+import numpy as np
 import torch
+from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
+from mlflow.types.schema import Schema, TensorSpec
 
 from colorbench import tracking
 from colorbench.atomic import atomic_path
@@ -23,6 +30,7 @@ from colorbench.backbones import ColorizationNet, build_model
 from colorbench.config import Cell
 from colorbench.errors import ConfigError
 from colorbench.losses import LOSSES, Objective
+from colorbench.plugins import load_plugins, loaded_plugins
 
 FORMAT = 1  # checkpoints without `format` (written before it existed) have the same layout
 REQUIRED = ("state_dict", "backbone", "loss", "image_size")
@@ -107,6 +115,35 @@ def deployed_run(run_id: str) -> str:
 
 
 def load_run(run_id: str, device: str | torch.device = "cpu") -> TrainedModel:
-    """The model of an MLflow fold run (or the deployed child of a cell run) in the current tracking store."""
-    path = tracking.download(deployed_run(run_id), "checkpoint.pt")
-    return load_checkpoint(path, device)
+    """The model of an MLflow fold run (or the deployed child of a cell run) in the current tracking store, after importing the
+    plugin modules the run recorded (its components may come from them)."""
+    child = deployed_run(run_id)
+    load_plugins(tracking.plugins_of(MlflowClient().get_run(child).data.tags))
+    return load_checkpoint(tracking.download(child, "checkpoint.pt"), device)
+
+
+IMAGES = TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))
+
+
+MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
+
+
+def log_pyfunc(checkpoint_path: str | Path) -> None:
+    """Log `checkpoint_path` as the active run's pyfunc model `model`, from code (`pyfunc_model.py`), with this process's
+    plugin modules in its config (load: `mlflow.pyfunc.load_model("runs:/<id>/model")`)."""
+    requirements = [f"{name}=={version(name).split('+')[0]}" for name in ("colorbench", "torch", "numpy", "pillow", "mlflow")]
+    mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(MODEL_CODE),
+        artifacts={"checkpoint": str(checkpoint_path)},
+        model_config={"plugins": loaded_plugins()},
+        signature=ModelSignature(inputs=Schema([IMAGES]), outputs=Schema([IMAGES])),
+        input_example=np.zeros((1, 16, 16, 3), dtype=np.uint8),
+        pip_requirements=requirements,  # colorbench itself is not on PyPI: serve with --env-manager local
+    )
+
+
+def log_cell_model(cell_run_id: str) -> None:
+    """Log the deployed child's checkpoint of the (active) cell run as its pyfunc model."""
+    with tempfile.TemporaryDirectory(prefix="colorbench-") as tmp:
+        log_pyfunc(str(tracking.download(deployed_run(cell_run_id), "checkpoint.pt", Path(tmp))))

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
@@ -13,17 +11,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
-from mlflow.types.schema import Schema, TensorSpec
 from PIL import Image
 
-from colorbench import tracking
-from colorbench.checkpoints import TrainedModel, deployed_run, load_checkpoint, load_run
+from colorbench.checkpoints import TrainedModel, load_checkpoint, load_run
 from colorbench.color import lab_to_rgb, rgb_to_lab
 from colorbench.data import IMAGE_SUFFIXES, gray_rgb, lab_batch, open_rgb
 from colorbench.errors import ColorbenchError, ConfigError
-from colorbench.plugins import loaded_plugins
 from colorbench.train import resolve_device
 from colorbench.ui import track
 
@@ -251,30 +245,3 @@ def colorize_files(
         except (MemoryError, torch.OutOfMemoryError) as err:
             failed.append((str(path), f"too large for the memory available ({type(err).__name__}); colorize it on a larger machine"))
     return written, failed
-
-
-IMAGES = TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))
-
-
-MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
-
-
-def log_pyfunc(checkpoint_path: str | Path) -> None:
-    """Log `checkpoint_path` as the active run's pyfunc model `model`, from code (`pyfunc_model.py`), with this process's
-    plugin modules in its config (load: `mlflow.pyfunc.load_model("runs:/<id>/model")`)."""
-    requirements = [f"{name}=={version(name).split('+')[0]}" for name in ("colorbench", "torch", "numpy", "pillow", "mlflow")]
-    mlflow.pyfunc.log_model(
-        name="model",
-        python_model=str(MODEL_CODE),
-        artifacts={"checkpoint": str(checkpoint_path)},
-        model_config={"plugins": loaded_plugins()},
-        signature=ModelSignature(inputs=Schema([IMAGES]), outputs=Schema([IMAGES])),
-        input_example=np.zeros((1, 16, 16, 3), dtype=np.uint8),
-        pip_requirements=requirements,  # colorbench itself is not on PyPI: serve with --env-manager local
-    )
-
-
-def log_cell_model(cell_run_id: str) -> None:
-    """Log the deployed child's checkpoint of the (active) cell run as its pyfunc model."""
-    with tempfile.TemporaryDirectory(prefix="colorbench-") as tmp:
-        log_pyfunc(str(tracking.download(deployed_run(cell_run_id), "checkpoint.pt", Path(tmp))))

@@ -35,9 +35,8 @@ from rich.progress import Progress, TaskID
 
 from colorbench import tracking
 from colorbench.backbones import ColorizationNet, build_model
-from colorbench.checkpoints import save_checkpoint
+from colorbench.checkpoints import log_cell_model, save_checkpoint
 from colorbench.color import lab_to_rgb
-from colorbench.colorize import log_cell_model
 from colorbench.components import LOSSES
 from colorbench.config import Cell, Experiment
 from colorbench.data import SOURCES, ImageSet, gray_rgb, lab_batch, rows

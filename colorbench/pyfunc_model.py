@@ -1,6 +1,6 @@
 """The MLflow pyfunc model of a cell run, logged as code (MLflow's models-from-code), never as a pickled object.
 
-`colorize.log_pyfunc` copies this file into the model; `mlflow.pyfunc.load_model` runs it, and `set_model` hands MLflow
+`checkpoints.log_pyfunc` copies this file into the model; `mlflow.pyfunc.load_model` runs it, and `set_model` hands MLflow
 the model. It relies only on colorbench's public API (`colorbench.load`, `colorbench.plugins.load_plugins`), so moving
 colorbench's internals does not break logged models. The model's config records the plugin modules of the run that
 logged it (`plugins`); they are imported before the checkpoint is read, so plugin components load too.

@@ -6,12 +6,23 @@ import copy
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from colorbench.data import builtin_photo_files
 
 PHOTOS = builtin_photo_files()  # the 8 real colour photos scikit-image, scikit-learn and matplotlib ship: the suite needs no others
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # the larger sets beside the project: `-m shared_data` only
+
+
+
+def rows_array(rows: object) -> np.ndarray:
+    """Every row of what `fit` or `Objective.prepare` received (a tensor, an array, `data.ImageRows` or `train.DeviceRows`), as a
+    numpy copy."""
+    full = rows[0 : len(rows)]
+    return full.cpu().numpy().copy() if isinstance(full, torch.Tensor) else np.array(full)
+
 
 TINY_GRID = {
     "experiment": "tiny",

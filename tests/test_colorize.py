@@ -237,7 +237,7 @@ import sys
 import mlflow
 from colorbench.backbones import build_model
 from colorbench.checkpoints import save_checkpoint
-from colorbench.colorize import log_pyfunc
+from colorbench.checkpoints import log_pyfunc
 from colorbench.config import expand
 from colorbench.plugins import load_plugins
 from colorbench.resolve import parse_experiment

@@ -22,7 +22,7 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_GRID
+from conftest import TINY_GRID, rows_array
 from mlflow.tracking import MlflowClient
 
 from colorbench import tracking
@@ -93,7 +93,7 @@ def install_spy(record: Spy, setter: Callable[[object, str, object], None] = set
     original_fit: Callable = getattr(module, name)
 
     def fit(model, objective, train_images, val_images, cfg, *args, **kwargs):
-        record.fits.append((train_images.cpu().numpy().copy(), val_images.cpu().numpy().copy()))
+        record.fits.append((rows_array(train_images), rows_array(val_images)))
         record.prepared.append([])
         result = original_fit(model, objective, train_images, val_images, cfg, *args, **kwargs)
         record.save_last()
@@ -109,7 +109,7 @@ def install_spy(record: Spy, setter: Callable[[object, str, object], None] = set
 def wrap_prepare(original: Callable, record: Spy) -> Callable:
     def prepare(self, train_rgb: torch.Tensor) -> None:
         assert record.prepared, "prepare was called outside fit"
-        record.prepared[-1].append(train_rgb.cpu().numpy().copy())
+        record.prepared[-1].append(rows_array(train_rgb))
         return original(self, train_rgb)
 
     return prepare

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import rows_array
 from skimage.color import rgb2lab
 
 from colorbench.backbones import build_model
@@ -116,7 +117,7 @@ def test_grid_prepares_each_fold_on_its_training_rows(tracking_uri: str, monkeyp
 
     def spy(self: RebalancedCrossEntropy, train_rgb: torch.Tensor) -> None:
         original(self, train_rgb)
-        seen.append((train_rgb.cpu().numpy().copy(), self.bin_weights.double().cpu().numpy()))
+        seen.append((rows_array(train_rgb), self.bin_weights.double().cpu().numpy()))
 
     monkeypatch.setattr(RebalancedCrossEntropy, "prepare", spy)
     exp = parse_experiment(GRID)
