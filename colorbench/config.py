@@ -73,6 +73,9 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA GPUs that support it, else fp32
     channels_last: bool = True  # NHWC model on any device
     compile: bool = False  # torch.compile the training forward pass
+    # save the fold's training state every this many epochs, to resume inside a fold; it cannot change results, so it is left
+    # out of config dumps and cell ids
+    checkpoint_every: int = Field(1, gt=0, strict=True, exclude=True)
 
 
 class GridAxes(BaseModel):
