@@ -88,7 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if o.failure:
             console.print(f"[red]failed[/] {o.cell.id}: {o.failure}")
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
-    console.print(f"Compare runs in the browser: mlflow ui --backend-store-uri {uri}")
+    console.print(f"Compare runs in the browser: {tracking.ui_hint(uri, exp.experiment)}", highlight=False, soft_wrap=True)
     return 1 if any(o.failure for o in outcomes) else 0
 
 
@@ -125,7 +125,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         console.print(f"[dim]skipped {figure}: {reason}[/]")
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     model = outcome.best_run_id or "RUN_ID"
-    console.print(f"Use a trained model: colorbench colorize {model} PHOTO -o out/; compare trials: mlflow ui --backend-store-uri {uri}")
+    console.print(
+        f"Use a trained model: colorbench colorize {model} PHOTO -o out/; compare trials: {tracking.ui_hint(uri, search.config.experiment)}",
+        highlight=False,
+        soft_wrap=True,
+    )
     return 0
 
 
@@ -196,6 +200,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
     if args.action == "clear":
         removed, freed = cache.clear()
         console.print(f"Removed {removed} cache entr{'y' if removed == 1 else 'ies'} from {cache.cache_dir()}, freed {cache.human_bytes(freed)}")
+        removed, freed = cache.clear_states()
+        console.print(f"Removed {removed} saved fold training state(s) (those folds train from epoch 1), freed {cache.human_bytes(freed)}")
         return 0
     entries = cache.entries()
     stdout.print(f"Decode cache: {cache.cache_dir()} (set ${cache.ENV_VAR} to move it)", highlight=False)
@@ -209,6 +215,11 @@ def cmd_cache(args: argparse.Namespace) -> int:
     if entries:
         stdout.print(table)
     stdout.print(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {cache.human_bytes(sum(e.bytes for e in entries))} in all")
+    saved = cache.states()
+    for s in saved:
+        when = datetime.datetime.fromtimestamp(s.modified).strftime("%Y-%m-%d %H:%M")
+        stdout.print(f"  training state: cell {s.cell_id} run {s.run_id} {s.fold}, {cache.human_bytes(s.bytes)}, saved {when}", highlight=False)
+    stdout.print(f"{len(saved)} saved fold training state(s) of interrupted runs (resumed by the next run; `cache clear` removes them)")
     return 0
 
 

@@ -80,6 +80,9 @@ class TrainConfig(BaseModel):
     compile: bool = False  # torch.compile the training forward pass
     repeats: int = Field(1, ge=1, strict=True)  # trainings per split, with training seeds seed, seed + 1, ...
     refit: bool = False  # after the splits, train on train + validation for the children's median best epoch and deploy that
+    # save the fold's training state every this many epochs, to resume inside a fold; it cannot change results, so it is left
+    # out of config dumps and cell ids
+    checkpoint_every: int = Field(1, gt=0, strict=True, exclude=True)
 
     @pydantic.model_serializer(mode="wrap")
     def _omit_later_defaults(self, handler: pydantic.SerializerFunctionWrapHandler) -> dict[str, Any]:

@@ -33,7 +33,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from rich.progress import Progress, TaskID
 
-from colorbench import tracking
+from colorbench import cache, tracking
 from colorbench.backbones import ColorizationNet, build_model
 from colorbench.checkpoints import log_cell_model, save_checkpoint
 from colorbench.color import lab_to_rgb
@@ -155,10 +155,13 @@ def train_fold(
     bar: Progress,
     epoch_task: TaskID,
     after_epoch: EpochCallback | None = None,
+    state: Path | None = None,
 ) -> dict[str, float]:
     """Train one fold inside its (active) MLflow run; return its test metrics.
 
-    After each epoch the record is logged, passed to `after_epoch` (e.g. a search's pruner), then checked for divergence."""
+    After each epoch the record is logged, passed to `after_epoch` (e.g. a search's pruner), then checked for divergence. With a
+    `state` file, the training state is saved there (`cache.save_state`) and, when one is there already, training continues
+    from it: epochs the run has not logged yet are logged first, so each epoch is logged once, at its own step."""
     train_cfg = cell.train.model_copy(update={"seed": cell.train.seed + fold.repeat})  # a training repeat: new init and batch order
     if fold.refit_epochs is not None:
         train_cfg = train_cfg.model_copy(update={"epochs": fold.refit_epochs, "patience": None})
@@ -169,15 +172,24 @@ def train_fold(
     val_images = rows(data.pool.images, fold.val)
     mlflow.log_params({"fold": fold.index, "draw": fold.draw, "repeat": fold.repeat, "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(data.test)})
     bar.reset(epoch_task, total=train_cfg.epochs, status="")
+    run_id = mlflow.active_run().info.run_id
+    tracking.log_datasets(run_id, cell.data.model_dump(mode="json"), data.fingerprint)
+    resume = None if state is None else cache.load_state(state)
+    logged = tracking.logged_steps(run_id, "val_loss") if resume else set()
+    if resume:
+        tracking.log_history([r for r in resume["history"] if r["epoch"] not in logged])
+        bar.update(epoch_task, completed=resume["epoch"], status=f"resumed after epoch {resume['epoch']}")
 
     def on_epoch(record: dict[str, float]) -> None:
-        mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]))
+        if record["epoch"] not in logged:
+            mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]))
         bar.update(epoch_task, advance=1, status=f"train {record['train_loss']:.4f} val {record['val_loss']:.4f}")
         if after_epoch:
             after_epoch(record)
         check_divergence(record, cell.train.lr)
 
-    result = fit(model, objective, train_images, val_images, train_cfg, on_epoch, keep_last=fold.refit_epochs is not None)
+    save = None if state is None else lambda training: cache.save_state(state, training)
+    result = fit(model, objective, train_images, val_images, train_cfg, on_epoch, keep_last=fold.refit_epochs is not None, resume=resume, save_state=save)
     test_metrics, per_image = evaluate(model, objective, data.test.images, cell.train.batch_size, all_variants=True)
     summary = {f"test_{k}": v for k, v in test_metrics.items()}
     summary.update(best_epoch=result.best_epoch, best_val_loss=min(r["val_loss"] for r in result.history), train_seconds=result.seconds)
@@ -303,17 +315,20 @@ class Executor(Protocol):
 
 
 def run_fold(task: FoldTask, bench: Workbench) -> dict[str, float]:
-    """Train the task's fold in its own fold run (a child of the cell or trial run, tagged like it); return its test metrics."""
+    """Train the task's fold in its own fold run (a child of the cell or trial run, tagged like it); return its test metrics. A fold
+    that saved a training state (an interrupted process, a retried task) continues from it in the same fold run."""
     fold = task.fold
     if bench.epoch_task is None:
         bench.epoch_task = bench.bar.add_task("epochs", total=task.cell.train.epochs, status="")
+    state = cache.state_path(task.cell.id, task.parent_run_id, fold.index, fold.repeat)
     with tracking.store_guard(task.tracking_uri):
         refit = fold.refit_epochs is not None
         tags = tracking.fold_tags(task.tags, fold.index, fold.draw, fold.repeat, task.parent_run_id, "refit" if refit else "fold")
         repeat = f" | repeat {fold.repeat}" if task.cell.train.repeats > 1 else ""
         name = f"{task.name} | refit" if refit else f"{task.name} | fold {fold.index}{repeat}"
-        with tracking.run(name, tags, task.cell.flat_params()):
-            return train_fold(task.cell, fold, bench.data, bench.device, bench.bar, bench.epoch_task, bench.after_epoch)
+        earlier = tracking.fold_run(task.experiment_id, task.parent_run_id, fold.index, fold.repeat) if state.exists() else None
+        with tracking.run(name, tags, task.cell.flat_params(), run_id=earlier):
+            return train_fold(task.cell, fold, bench.data, bench.device, bench.bar, bench.epoch_task, bench.after_epoch, state)
 
 
 def run_here(tasks: Iterable[FoldTask], bench: Workbench) -> Iterator[tuple[FoldTask, TaskResult]]:
@@ -328,12 +343,16 @@ def run_here(tasks: Iterable[FoldTask], bench: Workbench) -> Iterator[tuple[Fold
 
 
 def close_earlier_attempts(task: FoldTask) -> None:
-    """A retried task (its worker was lost) first closes the runs its earlier attempts left RUNNING."""
+    """A retried task (its worker was lost) first closes the runs its earlier attempts left RUNNING, except one that saved a training
+    state: the task continues in it (`run_fold`)."""
     query = (
         f"tags.`{tracking.TAG_PARENT}` = '{task.parent_run_id}' and tags.`{tracking.TAG_FOLD}` = '{task.fold.index}' "
         f"and tags.`{tracking.TAG_REPEAT}` = '{task.fold.repeat}' and attributes.status = 'RUNNING'"
     )
+    resumed = cache.state_path(task.cell.id, task.parent_run_id, task.fold.index, task.fold.repeat).exists()
     for run in MlflowClient().search_runs([task.experiment_id], filter_string=query, max_results=100):
+        if resumed and run.data.tags.get(tracking.TAG_REPEAT) == str(task.fold.repeat):
+            continue
         tracking.close_run(run.info.run_id, "KILLED", "interrupted: its worker was lost; the task was retried")
 
 
@@ -414,11 +433,13 @@ class CellRun:
         refit = self.refit(bench) if self.error is None and self.cell.train.refit else None
         self.held.close()
         self.closed = True
+        cache.drop_states(self.cell.id, self.run_id)  # ended for good: nothing left to resume
         self.set_state("COMPLETE" if self.error is None else "PRUNED" if isinstance(self.error, TrialPruned) else "FAIL")
         if self.error is not None:
             tracking.close_run(self.run_id, tracking.status_for(self.error), tracking.failure_reason(self.error))
             return {}
         with tracking.run(self.name, {}, {}, run_id=self.run_id) as run_id:
+            tracking.log_datasets(run_id, self.cell.data.model_dump(mode="json"), self.tags.get(tracking.TAG_FINGERPRINT, ""))
             extra = {**(extra or {}), **({"refit_epochs": refit[1]} if refit else {})}
             return log_cell_summary(run_id, self.results, self.scores, self.maximize, gray, extra, refit and refit[0])
 
@@ -466,11 +487,18 @@ def abort_all(cells: Iterable[CellRun], error: BaseException) -> None:
 
 def claim(cell: Cell, experiment_id: str, tags: dict[str, str]) -> CellOutcome:
     """Close the cell's dead runs and claim it (`tracking.claim_cell`): an outcome holding the claimed run id, or a skipped
-    one naming the process that holds or finished the cell."""
-    stale = tracking.close_stale_runs(experiment_id, cell.id)
+    one naming the process that holds or finished the cell. An interrupted cell run whose folds saved training states is not
+    closed but claimed again, so its folds continue in their own fold runs."""
+
+    def resumable(run_id: str) -> bool:
+        return cache.has_states(cell.id, run_id)
+
+    stale = tracking.close_stale_runs(experiment_id, cell.id, keep=resumable)
     if stale:
         console.print(f"  closed {stale} interrupted run(s) of cell {cell.id} as KILLED")
-    result = tracking.claim_cell(experiment_id, cell.id, " | ".join(cell_labels(cell)), tags)
+    result = tracking.claim_cell(experiment_id, cell.id, " | ".join(cell_labels(cell)), tags, resumable)
+    if result.resumed:
+        console.print(f"  resuming cell {cell.id} in its interrupted run {result.run_id} from its folds' saved training states", highlight=False)
     if result.won:
         return CellOutcome(cell, run_id=result.run_id)
     state = "was trained" if result.finished else "is being trained"

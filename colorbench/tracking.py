@@ -10,7 +10,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +20,9 @@ from urllib.parse import urlparse
 import mlflow
 import pandas as pd
 import requests
-from mlflow.entities import Param, Run, RunStatus
+from mlflow.data.code_dataset_source import CodeDatasetSource
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import DatasetInput, InputTag, Param, Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
@@ -61,6 +63,10 @@ TAG_CLAIM_HOST = "colorbench.claim.host"  # a cell run's claim: the host and pid
 TAG_CLAIM_PID = "colorbench.claim.pid"
 TAG_HEARTBEAT = "colorbench.heartbeat"  # unix time, refreshed every HEARTBEAT_SECONDS while the claim is held
 TAG_OPENED = "colorbench.opened_by"  # experiment tag written before any training: proves the store takes writes
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow's own: what kind of experiment this is (its UI's GenAI / model training)
+EXPERIMENT_KIND = "custom_model_development"
+CONTEXT_TAG = "mlflow.data.context"  # MLflow's own input tag: what a dataset input was used for
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 DEFAULT_DB = "mlflow.db"
 HEARTBEAT_SECONDS = 30.0
 STALE_AFTER_ENV = "COLORBENCH_STALE_AFTER"  # seconds without a heartbeat before a RUNNING claim counts as abandoned
@@ -153,7 +159,9 @@ def open_experiment(uri: str, name: str) -> str:
                 found = mlflow.get_experiment_by_name(name)
             if found.lifecycle_stage == "deleted":
                 raise ConfigError(f"MLflow experiment {name!r} is deleted in {uri}; restore it in the UI or rename the experiment")
-            MlflowClient().set_experiment_tag(found.experiment_id, TAG_OPENED, f"{HOST}:{os.getpid()} at {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            client = MlflowClient()
+            client.set_experiment_tag(found.experiment_id, TAG_OPENED, f"{HOST}:{os.getpid()} at {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            client.set_experiment_tag(found.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
             check_artifact_folder(found.artifact_location)
             mlflow.set_experiment(experiment_id=found.experiment_id)
         return found.experiment_id
@@ -162,6 +170,29 @@ def open_experiment(uri: str, name: str) -> str:
     except Exception as err:  # noqa: BLE001 - any store failure (unreachable server, read-only file, ...) stops before training
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"cannot use MLflow tracking store {uri}: {first}") from None
+
+
+def runs_url(experiment_id: str) -> str:
+    """The experiment's training-runs view in `mlflow ui` (its default address)."""
+    return f"{UI_ADDRESS}/#/experiments/{experiment_id}/runs"
+
+
+def ui_hint(uri: str, experiment: str) -> str:
+    """How to see experiment `experiment` of store `uri` in the browser: the `mlflow ui` command and its training-runs URL."""
+    found = MlflowClient(uri).get_experiment_by_name(experiment)
+    where = runs_url(found.experiment_id) if found else UI_ADDRESS
+    return f"mlflow ui --backend-store-uri {uri}, then open {where} (the \"Model training\" runs, nested by cell)"
+
+
+def log_datasets(run_id: str, source: dict[str, Any], fingerprint: str, contexts: tuple[str, ...] = ("training", "validation", "test")) -> None:
+    """Record the data on run `run_id` as MLflow dataset inputs, one per context (`<source>-<context>`, digest: the data
+    fingerprint), so the UI's Dataset column and filter show it; `source` (the data config) is the dataset's source."""
+    name = str(source.get("source", "data"))
+    inputs = [
+        DatasetInput(MetaDataset(CodeDatasetSource(source), name=f"{name}-{context}", digest=fingerprint)._to_mlflow_entity(), [InputTag(CONTEXT_TAG, context)])
+        for context in contexts
+    ]
+    MlflowClient().log_inputs(run_id, datasets=inputs)
 
 
 def cell_runs(experiment_id: str, status: str | None = None) -> pd.DataFrame:
@@ -220,14 +251,15 @@ def cell_parent_runs(experiment_id: str, cell_id: str) -> list[Run]:
     return MlflowClient().search_runs([experiment_id], filter_string=query, max_results=10000)
 
 
-def close_stale_runs(experiment_id: str, cell_id: str) -> int:
+def close_stale_runs(experiment_id: str, cell_id: str, keep: Callable[[str], bool] = lambda run_id: False) -> int:
     """Close the RUNNING runs of `cell_id` whose process is gone (`is_stale`) as KILLED, fold runs with their cell run; return how
-    many. The runs of a live process (another `colorbench run` training the cell) are left alone."""
+    many. The runs of a live process (another `colorbench run` training the cell) are left alone, and so are cell runs for which
+    `keep(run id)` holds (they can resume, `claim_cell`) with their fold runs."""
     client = MlflowClient()
     runs = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_CELL}` = '{cell_id}'", max_results=10000)
     now, timeout = time.time(), stale_after()
     cells = {r.info.run_id: r for r in runs if r.data.tags.get(TAG_ROLE) == "cell"}
-    live = {i for i, r in cells.items() if r.info.status == "RUNNING" and not is_stale(r, now, timeout)}
+    live = {i for i, r in cells.items() if r.info.status == "RUNNING" and (not is_stale(r, now, timeout) or keep(i))}
     closed = 0
     for run in runs:
         owner = cells.get(run.info.run_id) or cells.get(run.data.tags.get("mlflow.parentRunId", ""))  # the cell run itself, or a fold's
@@ -246,18 +278,53 @@ class Claim:
     run_id: str
     holder: str = ""
     finished: bool = False
+    resumed: bool = False  # `run_id` is an interrupted cell run taken over to continue its folds
 
 
-def claim_cell(experiment_id: str, cell_id: str, name: str, tags: dict[str, str]) -> Claim:
+def claim_tags() -> dict[str, str]:
+    """The tags that say this process holds a cell run: host, pid and a fresh heartbeat."""
+    return {TAG_CLAIM_HOST: HOST, TAG_CLAIM_PID: str(os.getpid()), TAG_HEARTBEAT: str(time.time())}
+
+
+def orphan(rivals: list[Run], resumable: Callable[[str], bool]) -> Run | None:
+    """The latest interrupted cell run (RUNNING with its process gone, or KILLED) that `resumable` accepts, unless the cell
+    FINISHED or a live process holds it."""
+    now, timeout = time.time(), stale_after()
+    if any(r.info.status == "FINISHED" or (r.info.status == "RUNNING" and not is_stale(r, now, timeout)) for r in rivals):
+        return None
+    left = [r for r in rivals if r.info.status in ("RUNNING", "KILLED") and resumable(r.info.run_id)]
+    return max(left, key=lambda r: (r.info.start_time, r.info.run_id), default=None)
+
+
+def take_over(run: Run, locked: bool) -> bool:
+    """Claim an interrupted cell run for this process: RUNNING again, failure tag gone, claim tags ours. On stores without a lock,
+    after CLAIM_SETTLE_SECONDS the claim must still be ours (else another process took it: False)."""
+    client, run_id = MlflowClient(), run.info.run_id
+    client.update_run(run_id, status="RUNNING")
+    if TAG_FAILURE in run.data.tags:
+        client.delete_tag(run_id, TAG_FAILURE)
+    mine = claim_tags()
+    for key, value in mine.items():
+        client.set_tag(run_id, key, value)
+    if not locked:
+        time.sleep(CLAIM_SETTLE_SECONDS)
+    return client.get_run(run_id).data.tags.get(TAG_CLAIM_PID) == mine[TAG_CLAIM_PID]
+
+
+def claim_cell(experiment_id: str, cell_id: str, name: str, tags: dict[str, str], resumable: Callable[[str], bool] | None = None) -> Claim:
     """Claim a cell: create its cell run (RUNNING, tagged with host, pid and heartbeat), then keep it only if no other process holds
     the cell. The claim is lost (and its run deleted) if a cell run of `cell_id` FINISHED, or a live RUNNING one (not `is_stale`) came
     first: on SQLite, create and read happen under `store_lock`, so every run seen came first and exactly one claimer wins; on other
     stores the claimer waits CLAIM_SETTLE_SECONDS before reading and the earliest run by (start time, run id) wins.
+
+    With `resumable`, an interrupted cell run it accepts (`orphan`) is taken over instead of creating a new one (`take_over`).
     """
     client = MlflowClient()
-    claim_tags = {**tags, TAG_ROLE: "cell", TAG_CLAIM_HOST: HOST, TAG_CLAIM_PID: str(os.getpid()), TAG_HEARTBEAT: str(time.time())}
     with store_lock() as locked:
-        own = client.create_run(experiment_id, tags=resolve_tags(claim_tags), run_name=name)
+        found = orphan(cell_parent_runs(experiment_id, cell_id), resumable) if resumable else None
+        if found is not None and take_over(found, locked):
+            return Claim(True, found.info.run_id, resumed=True)
+        own = client.create_run(experiment_id, tags=resolve_tags({**tags, TAG_ROLE: "cell", **claim_tags()}), run_name=name)
         if not locked:
             time.sleep(CLAIM_SETTLE_SECONDS)
         rivals = [r for r in cell_parent_runs(experiment_id, cell_id) if r.info.run_id != own.info.run_id]
@@ -320,6 +387,18 @@ def fold_tags(parent_tags: dict[str, str], fold: int, draw: int, repeat: int, pa
     """A child run's tags: its cell or trial run's, with role `fold` (or `refit`), the fold index, its partition's draw, its training
     repeat and the parent run."""
     return {**parent_tags, TAG_ROLE: role, TAG_FOLD: str(fold), TAG_DRAW: str(draw), TAG_REPEAT: str(repeat), TAG_PARENT: parent_run_id}
+
+
+def fold_run(experiment_id: str, parent_run_id: str, fold: int, repeat: int) -> str | None:
+    """The id of the latest fold run of (`fold`, `repeat`) under the cell or trial run `parent_run_id`, if there is one."""
+    query = f"tags.`{TAG_PARENT}` = '{parent_run_id}' and tags.`{TAG_FOLD}` = '{fold}' and tags.`{TAG_ROLE}` = 'fold'"
+    found = [r for r in MlflowClient().search_runs([experiment_id], filter_string=query, max_results=100) if r.data.tags.get(TAG_REPEAT) == str(repeat)]
+    return max(found, key=lambda r: r.info.start_time).info.run_id if found else None
+
+
+def logged_steps(run_id: str, key: str) -> set[int]:
+    """The steps at which run `run_id` logged metric `key`."""
+    return {m.step for m in MlflowClient().get_metric_history(run_id, key)}
 
 
 def plugins_of(tags: dict[str, str]) -> list[str]:

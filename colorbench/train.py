@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from queue import Empty, Full, Queue
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -23,6 +23,8 @@ from colorbench.losses import Objective
 from colorbench.metrics import ColorizationMetrics, decoded
 
 EpochCallback = Callable[[dict[str, float]], None]
+TrainingState = dict[str, Any]  # what `fit` needs to continue a fold: plain data and tensors only (loads with weights_only=True)
+SaveState = Callable[[TrainingState], None]
 Images = HostImages | torch.Tensor  # uint8 (N,H,W,3): rows on the host (an array, the cache's memory map, rows of it) or a tensor
 T = TypeVar("T")
 STAGE_CHUNK = 1024  # images per copy when a fold moves to GPU memory
@@ -227,6 +229,8 @@ def fit(
     cfg: TrainConfig,
     on_epoch: EpochCallback | None = None,
     keep_last: bool = False,
+    resume: TrainingState | None = None,
+    save_state: SaveState | None = None,
 ) -> FoldResult:
     """Train with Adam; keep the state with the lowest validation loss (`keep_last`: the last epoch's, for a refit that trains a
     fixed number of epochs); stop early after `cfg.patience` bad epochs.
@@ -237,6 +241,10 @@ def fit(
     (the cache's memory map) while the previous one trains, so a fold is never loaded whole. The loss is summed on the device and checked once
     per epoch, so the host never waits for the GPU mid-epoch. Each epoch's record includes its training throughput,
     `train_images_per_s`.
+
+    Every `cfg.checkpoint_every` epochs, after the last one and when stopping early, `save_state` gets the training state
+    (`training_state`); `resume`, such a state, continues after its epoch exactly as the uninterrupted run would have (same
+    model, optimizer, data order and augmentation draws; `on_epoch` sees only the epochs trained now).
     """
     started = time.perf_counter()
     device = next(model.parameters()).device
@@ -250,7 +258,17 @@ def fit(
     objective.prepare(DeviceRows(train_images, device))
     history: list[dict[str, float]] = []
     best_loss, best_epoch, best_state = math.inf, 0, copy.deepcopy(model.state_dict())
-    for epoch in range(1, cfg.epochs + 1):
+    done, stopped, earlier = 0, False, 0.0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        generator.set_state(resume["generator"])
+        torch.set_rng_state(resume["torch_rng"])
+        history, best_loss, best_epoch, best_state = list(resume["history"]), resume["best_loss"], resume["best_epoch"], resume["best_state"]
+        done, stopped, earlier = resume["epoch"], resume["stopped"], resume["seconds"]
+    for epoch in range(done + 1, cfg.epochs + 1):
+        if stopped:
+            break
         model.train()
         epoch_started = time.perf_counter()
         total, seen = torch.zeros((), dtype=torch.float64, device=device), 0
@@ -276,6 +294,38 @@ def fit(
             best_loss, best_epoch = val["loss"], epoch
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         elif cfg.patience and epoch - best_epoch >= cfg.patience:
-            break
+            stopped = True
+        if save_state and (stopped or epoch == cfg.epochs or epoch % cfg.checkpoint_every == 0):
+            seconds = earlier + time.perf_counter() - started
+            save_state(training_state(model, optimizer, generator, epoch, stopped, history, best_loss, best_epoch, best_state, seconds))
     model.load_state_dict(best_state)
-    return FoldResult(history, best_epoch, best_state, seconds=time.perf_counter() - started)
+    return FoldResult(history, best_epoch, best_state, seconds=earlier + time.perf_counter() - started)
+
+
+def training_state(
+    model: ColorizationNet,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    epoch: int,
+    stopped: bool,
+    history: list[dict[str, float]],
+    best_loss: float,
+    best_epoch: int,
+    best_state: dict[str, torch.Tensor],
+    seconds: float,
+) -> TrainingState:
+    """A fold's training after `epoch` as plain data and tensors: model, optimizer, data-order generator and torch RNG, history,
+    best state so far, whether it stopped early and the seconds spent."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "epoch": epoch,
+        "stopped": stopped,
+        "history": history,
+        "best_loss": best_loss,
+        "best_epoch": best_epoch,
+        "best_state": best_state,
+        "seconds": seconds,
+    }

@@ -40,14 +40,12 @@ def test_kill_9_mid_cell_then_rerun_finishes_the_grid_without_retraining(
     assert cli.main(["run", str(path), "--tracking-uri", tracking_uri]) == 0  # the rerun (in this process, to save a start-up)
     rerun = capsys.readouterr()
     assert "Skipping 1 finished cell(s)" in rerun.err
-    assert f"closed 2 interrupted run(s) of cell {second} as KILLED" in rerun.err  # the cell run and its fold run
+    assert f"resuming cell {second} in its interrupted run {interrupted.info.run_id}" in rerun.err  # its fold saved its state
     assert [r.info.run_id for r in cell_runs(tracking_uri, first)] == [done.info.run_id]  # not retrained
-    by_status = {r.info.status: r for r in cell_runs(tracking_uri, second)}
-    assert sorted(by_status) == ["FINISHED", "KILLED"]
-    assert by_status["KILLED"].info.run_id == interrupted.info.run_id
-    assert f"({tracking.HOST}:{killed.process.pid}) ended before the run finished" in by_status["KILLED"].data.tags[tracking.TAG_FAILURE]
-    assert statuses(fold_runs(tracking_uri, interrupted.info.run_id)) == ["KILLED"]
-    assert statuses(fold_runs(tracking_uri, by_status["FINISHED"].info.run_id)) == ["FINISHED"]
+    [resumed] = cell_runs(tracking_uri, second)
+    assert (resumed.info.run_id, resumed.info.status) == (interrupted.info.run_id, "FINISHED")
+    assert resumed.data.tags[tracking.TAG_CLAIM_PID] == str(os.getpid())  # claimed again by the rerun
+    assert statuses(fold_runs(tracking_uri, interrupted.info.run_id)) == ["FINISHED"]  # the same fold run, continued
     assert table_row(rerun.out, first).startswith(f"{first} (skipped")
     assert table_row(rerun.out, second) == second
 
