@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import TINY_GRID
+from mlflow.tracking import MlflowClient
 from PIL import Image
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
@@ -336,3 +337,29 @@ def test_importing_the_report_loads_neither_torch_nor_optuna() -> None:
     imported = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
     assert "colorbench.report" in imported and "mlflow" in imported  # the check sees the imports
     assert not {name.split(".")[0] for name in imported} & {"torch", "optuna", "sklearn"}
+
+
+def too_colourful_copy(store: str, metric: str, tmp_path: Path) -> str:
+    """A copy of the store where the cell highest on `metric` is moved above 1, to the largest distance from 1 of all cells."""
+    db = tmp_path / "mlflow.db"
+    shutil.copy(store.removeprefix("sqlite:///"), db)
+    uri = f"sqlite:///{db}"
+    cells = runs_of(uri, EXPERIMENT)
+    cells = cells[(cells["tags.colorbench.role"] == "cell") & cells[f"metrics.test_{metric}_mean"].notna()]
+    values = cells[f"metrics.test_{metric}_mean"]
+    MlflowClient(uri).log_metric(cells.loc[values.idxmax(), "run_id"], f"test_{metric}_mean", 2 - values.min() + 0.05)
+    return uri
+
+
+@pytest.mark.parametrize("metric", list(METRICS))
+def test_every_metric_of_the_table_ranks_the_real_cells_its_own_way(metric: str, store: str, tmp_path: Path) -> None:
+    """End to end, for each metric of the table: the report's rank order follows the metric's direction, written out here
+    independently of report.badness (higher: descending, lower: ascending, one: by distance to 1)."""
+    if METRICS[metric].better == "one":  # young models are all below 1: make the most colourful cell overshoot, farthest from 1
+        store = too_colourful_copy(store, metric, tmp_path)
+    table = build_report(EXPERIMENT, tmp_path, metric=metric, tracking_uri=store).table
+    cells = table[table["cell"] != GRAY].sort_values("rank")
+    values = cells[f"test_{metric}_mean"].to_numpy()
+    goodness = {"higher": values, "lower": -values, "one": -np.abs(values - 1)}[METRICS[metric].better]
+    assert np.all(np.diff(goodness) <= 1e-12), f"{metric}: {values} is not ranked {METRICS[metric].better} first"
+    assert list(cells["rank"].astype(int)) == list(stats.rankdata(-goodness, method="min").astype(int))  # ties share a rank
