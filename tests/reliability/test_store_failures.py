@@ -50,7 +50,9 @@ def test_a_store_locked_mid_grid_ends_it_with_one_line_and_the_same_command_resu
     rerun = Colorbench.start(path, tracking_uri, "rerun")  # the same command, the lock gone
     assert rerun.wait() == 0, rerun.stderr
     assert [r.info.run_id for r in cell_runs(tracking_uri, first)] == [done.info.run_id]
-    assert statuses(cell_runs(tracking_uri, second)) == ["FINISHED", "KILLED"]
+    [resumed] = cell_runs(tracking_uri, second)  # its fold saved a training state: the same runs continue (resume inside a fold)
+    assert resumed.info.run_id == interrupted.info.run_id and resumed.info.status == "FINISHED"
+    assert statuses(fold_runs(tracking_uri, resumed.info.run_id)) == ["FINISHED"]
     assert statuses(cell_runs(tracking_uri, third)) == ["FINISHED"]
 
 
