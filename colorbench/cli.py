@@ -147,7 +147,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     )
     table = Table(title=title, caption=caption, show_edge=False)
     for column in header:
-        table.add_column(column)
+        table.add_column(column, no_wrap=column == "cell")  # a cell id (and its baseline mark) is never cut, whatever the width
     for row in rows:
         table.add_row(*row)
     stdout.print(table)

@@ -13,7 +13,7 @@ from rich.text import Text
 T = TypeVar("T")
 
 console = Console(stderr=True, soft_wrap=True)  # progress and messages
-stdout = Console(width=None if sys.stdout.isatty() else 160)  # results: tables
+stdout = Console(width=None if sys.stdout.isatty() else 200)  # results: tables (a file or pipe has no width of its own)
 
 
 class RateColumn(ProgressColumn):
