@@ -168,7 +168,7 @@ class Cell(BaseModel):
 def format_error(where: str, err: pydantic.ValidationError) -> str:
     """The first validation problem as one line: `where: field.path: message`."""
     first = err.errors()[0]
-    loc = ".".join(str(x) for x in first["loc"]) or "top level"
+    loc = ".".join(str(x) if str(x).isprintable() and str(x) else repr(x) for x in first["loc"]) or "top level"  # a key "\n" stays on the line
     return f"{where}: {loc}: {first['msg']}"
 
 
