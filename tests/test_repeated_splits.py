@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
 
 from colorbench.config import expand
 from colorbench.data import SOURCES, ImageSet
@@ -14,8 +13,8 @@ from colorbench.splitters import SPLITTERS, Fold
 
 @pytest.fixture(scope="module")
 def pool() -> ImageSet:
-    """30 real BSDS500 photos, 2 crops each: 60 images in 30 groups."""
-    return SOURCES.build("folder", {"path": str(SHARED_DATA / "bsds500"), "include": ["train_3*"], "image_size": 16, "crops_per_photo": 2})
+    """The 8 real photos the dependencies bundle, 3 crops each: 24 images in 8 groups."""
+    return SOURCES.build("builtin", {"image_size": 16, "crops_per_photo": 3})
 
 
 def photos(pool: ImageSet, idx: np.ndarray) -> set[int]:
@@ -29,12 +28,12 @@ def check_partition(pool: ImageSet, fold: Fold) -> None:
 
 
 def test_repeated_holdout_draws_a_new_grouped_split_per_repeat(pool: ImageSet) -> None:
-    assert len(np.unique(pool.groups)) == 30
-    folds = SPLITTERS.build("repeated-holdout", {"val_fraction": 0.25, "n_repeats": 4}).split(pool, seed=0)
+    assert len(np.unique(pool.groups)) == 8
+    folds = SPLITTERS.build("repeated-holdout", {"val_fraction": 0.5, "n_repeats": 4}).split(pool, seed=0)
     assert [f.index for f in folds] == [0, 1, 2, 3] and [f.draw for f in folds] == [0, 1, 2, 3]
     for fold in folds:
         check_partition(pool, fold)
-        assert len(photos(pool, fold.val)) == 8  # 25 % of 30 photos, rounded up
+        assert len(photos(pool, fold.val)) == 4  # 50 % of 8 photos
     assert len({tuple(f.val) for f in folds}) == 4  # every repeat validates on other photos
 
 
