@@ -147,19 +147,24 @@ def child_colorize(checkpoint: str, photo: str, out: str) -> None:
     written, failed = colorize_files(colorizer, [photo], out)
     seconds = time.perf_counter() - started
     assert written and not failed, failed
-    print("RESULT " + json.dumps({"seconds": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB_PER_MIB}), flush=True)
+    print(
+        "RESULT " + json.dumps({"seconds": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB_PER_MIB}),
+        flush=True,
+    )
 
 
-def make_large_photo(data: Path, path: Path, megapixels: float) -> int:
-    """A square JPEG of about `megapixels` MP: a shared photo upscaled (made in a child process to keep this one small)."""
+def make_large_photos(data: Path, folder: Path, megapixels: float) -> tuple[int, dict[str, Path]]:
+    """A square JPEG of about `megapixels` MP (a shared photo upscaled) in colour and as a gray scan (mode L), made in a child
+    process to keep this one small; returns the side and the two files."""
     side = round((megapixels * 1e6) ** 0.5)
+    photos = {"colour": folder / "large.jpg", "gray": folder / "large_scan.jpg"}
     code = (
         "import sys; from PIL import Image; from colorbench.data import find_images, open_rgb; from pathlib import Path; "
-        f"Image.MAX_IMAGE_PIXELS = None; open_rgb(find_images(Path({str(data)!r}), ('*',), ())[0]).resize(({side}, {side}), Image.Resampling.BICUBIC)"
-        f".save({str(path)!r}, quality=90)"
+        f"Image.MAX_IMAGE_PIXELS = None; big = open_rgb(find_images(Path({str(data)!r}), ('*',), ())[0]).resize(({side}, {side}), Image.Resampling.BICUBIC); "
+        f"big.save({str(photos['colour'])!r}, quality=90); big.convert('L').save({str(photos['gray'])!r}, quality=90)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env=child_env())
-    return side
+    return side, photos
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -169,11 +174,17 @@ def child_env(**extra: str) -> dict[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="photos to crop from (default: ../shared/data)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000], help="numbers of photos (default: 2000 20000)")
+    parser.add_argument(
+        "--sizes", type=int, nargs="*", default=[2000, 20000], help="numbers of photos (default: 2000 20000; none: colorize only)"
+    )
     parser.add_argument("--image-size", type=int, default=64, help="cache image_size (default: 64)")
     parser.add_argument("--workers", type=int, help="decoding processes of the parallel build (default: the usable CPUs)")
-    parser.add_argument("--folder", default=str(Path(tempfile.gettempdir()) / "colorbench-data-scale"), help="where the photo folders are made and kept")
-    parser.add_argument("--threads", type=int, help="torch threads of the training epoch (default: torch's; 1 is steadier on a busy machine)")
+    parser.add_argument(
+        "--folder", default=str(Path(tempfile.gettempdir()) / "colorbench-data-scale"), help="where the photo folders are made and kept"
+    )
+    parser.add_argument(
+        "--threads", type=int, help="torch threads of the training epoch (default: torch's; 1 is steadier on a busy machine)"
+    )
     parser.add_argument("--colorize-mp", type=float, default=144.0, help="megapixels of the colorized photo (0: skip; default: 144)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -186,38 +197,60 @@ def main() -> None:
 
     workers = args.workers or decode_workers()
     root, data = Path(args.folder), Path(args.data).expanduser().resolve()
-    print(f"{os.cpu_count()} CPUs, decoding workers {workers}, torch threads {args.threads or 'default'}; load {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    print(
+        f"{os.cpu_count()} CPUs, decoding workers {workers}, torch threads {args.threads or 'default'}; load {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+        flush=True,
+    )
     rows: dict[tuple[int, int], tuple[dict, float]] = {}
     for n in args.sizes:
         folder = photo_folder(root, data, n)
         for w in (1, workers):
             with tempfile.TemporaryDirectory(prefix="colorbench-scale-cache-") as cache:
                 env = child_env(COLORBENCH_CACHE_DIR=cache, COLORBENCH_DECODE_WORKERS=str(w), SCALE_THREADS=str(args.threads or ""))
-                result, anon, _ = measured([sys.executable, __file__, "--child", "run", str(folder), str(args.image_size), "1" if w == workers else "0"], env)
+                result, anon, _ = measured(
+                    [sys.executable, __file__, "--child", "run", str(folder), str(args.image_size), "1" if w == workers else "0"], env
+                )
             rows[n, w] = result, anon
             epoch = f"{result['epoch_img_per_s']:.1f}" if "epoch_img_per_s" in result else "-"
-            print(f"scale n={n} workers={w} build_img_per_s={result['build_img_per_s']:.1f} epoch_img_per_s={epoch} peak_anon_mib={anon:.0f}", flush=True)
-    small, large = min(args.sizes), max(args.sizes)
+            print(
+                f"scale n={n} workers={w} build_img_per_s={result['build_img_per_s']:.1f} epoch_img_per_s={epoch} peak_anon_mib={anon:.0f}",
+                flush=True,
+            )
+    if args.sizes:
+        report_ratios(rows, args.sizes, workers)
+    if args.colorize_mp > 0:
+        colorize_large(data, args.colorize_mp, args.image_size)
+
+
+def report_ratios(rows: dict[tuple[int, int], tuple[dict, float]], sizes: list[int], workers: int) -> None:
+    """The last line: memory growth, decoding speed-up and epoch-rate ratio between the smallest and largest N."""
+    small, large = min(sizes), max(sizes)
     growth = rows[large, workers][1] / rows[small, workers][1]
     speedup = rows[large, workers][0]["build_img_per_s"] / rows[large, 1][0]["build_img_per_s"]
     ratio = rows[large, workers][0]["epoch_img_per_s"] / rows[small, workers][0]["epoch_img_per_s"]
     print(f"scale ratio anon_growth={growth:.3f} decode_speedup={speedup:.2f} epoch_ratio={ratio:.2f}", flush=True)
 
-    if args.colorize_mp > 0:
-        import torch
 
-        from colorbench.backbones import build_model
+def colorize_large(data: Path, megapixels: float, image_size: int) -> None:
+    """Colorize a colour photo and a gray scan of `megapixels` MP, each in a fresh process; one `colorize` line each."""
+    import torch
 
-        with tempfile.TemporaryDirectory(prefix="colorbench-scale-colorize-") as tmp:
-            photo, checkpoint = Path(tmp) / "large.jpg", Path(tmp) / "checkpoint.pt"
-            side = make_large_photo(data, photo, args.colorize_mp)
-            torch.manual_seed(0)
-            meta = {"backbone": {"name": "resnet18-6", "options": {}}, "loss": {"name": "mse", "options": {}}, "image_size": args.image_size}
-            torch.save({"state_dict": build_model("resnet18-6", {}, 2).state_dict(), **meta}, checkpoint)
+    from colorbench.backbones import build_model
+
+    with tempfile.TemporaryDirectory(prefix="colorbench-scale-colorize-") as tmp:
+        checkpoint = Path(tmp) / "checkpoint.pt"
+        side, photos = make_large_photos(data, Path(tmp), megapixels)
+        torch.manual_seed(0)
+        meta = {"backbone": {"name": "resnet18-6", "options": {}}, "loss": {"name": "mse", "options": {}}, "image_size": image_size}
+        torch.save({"state_dict": build_model("resnet18-6", {}, 2).state_dict(), **meta}, checkpoint)
+        for kind, photo in photos.items():
             command = [sys.executable, __file__, "--child", "colorize", str(checkpoint), str(photo), str(Path(tmp) / "out")]
-            result, _, peak = measured(command, child_env())
-        mp = side * side / 1e6
-        print(f"colorize mp={mp:.1f} peak_rss_mib={peak:.0f} mp_per_s={mp / result['seconds']:.2f}", flush=True)
+            result, anon, peak = measured(command, child_env())
+            mp = side * side / 1e6
+            print(
+                f"colorize kind={kind} mp={mp:.1f} peak_rss_mib={peak:.0f} peak_anon_mib={anon:.0f} mp_per_s={mp / result['seconds']:.2f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -47,36 +47,52 @@ def _mix(m: tuple[tuple[float, ...], ...], c0: torch.Tensor, c1: torch.Tensor, c
     return tuple(r[0] * c0 + r[1] * c1 + r[2] * c2 for r in m)
 
 
-def _srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
+def srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
+    """sRGB in [0,1] -> linear light (IEC 61966-2-1)."""
     return torch.where(x > 0.04045, ((x.clamp_min(0.04045) + 0.055) / 1.055).pow(2.4), x / 12.92)
 
 
-def _linear_to_srgb(x: torch.Tensor) -> torch.Tensor:
+def linear_to_srgb(x: torch.Tensor) -> torch.Tensor:
+    """Linear light -> sRGB (IEC 61966-2-1); not clipped."""
     return torch.where(x > 0.0031308, 1.055 * x.clamp_min(0.0031308).pow(1 / 2.4) - 0.055, x * 12.92)
 
 
+def _f(t: torch.Tensor) -> torch.Tensor:
+    """CIE's companding of a tristimulus ratio (X/Xn, Y/Yn or Z/Zn)."""
+    return torch.where(t > 0.008856, t.clamp_min(0.008856).pow(1 / 3), 7.787 * t + 16 / 116)
+
+
 def _lab_from_linear(r: torch.Tensor, g: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    fx, fy, fz = (
-        torch.where(t > 0.008856, t.clamp_min(0.008856).pow(1 / 3), 7.787 * t + 16 / 116)
-        for t in (v / w for v, w in zip(_mix(_XYZ_FROM_RGB, r, g, b), _WHITE_D65))
-    )
+    fx, fy, fz = (_f(v / w) for v, w in zip(_mix(_XYZ_FROM_RGB, r, g, b), _WHITE_D65))
     return 116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)
+
+
+LUMINANCE_FROM_LINEAR = _XYZ_FROM_RGB[1]  # Y = these weights . linear (R, G, B); they sum to 1, so a gray's Y is its linear value
+
+
+def lightness_from_luminance(y: torch.Tensor) -> torch.Tensor:
+    """Relative luminance Y (white = 1) -> CIE L in [0,100]: the L of `rgb_to_lab` without computing a and b."""
+    return 116 * _f(y) - 16
 
 
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     """(B,3,H,W) sRGB in [0,1] (float) -> (B,3,H,W) CIE Lab, D65 / 2deg, skimage-compatible: L in [0,100], a,b ~[-110,110]."""
     _check_image(rgb, 3, "rgb")
-    return torch.stack(_lab_from_linear(*_srgb_to_linear(rgb).unbind(1)), dim=1)
+    return torch.stack(_lab_from_linear(*srgb_to_linear(rgb).unbind(1)), dim=1)
 
 
 def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     """Inverse of `rgb_to_lab`, as `skimage.color.lab2rgb` (negative Z clipped to 0); output clipped to [0,1]."""
     _check_image(lab, 3, "lab")
-    L, a, b = lab.unbind(1)
+    return linear_to_srgb(torch.stack(linear_from_lab(*lab.unbind(1)), dim=1)).clamp(0, 1)
+
+
+def linear_from_lab(L: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Lab channels -> linear R, G, B, not clipped: a colour is inside the sRGB gamut when all three lie in [0,1]."""
     fy = (L + 16) / 116
     f = (a / 500 + fy, fy, (fy - b / 200).clamp_min(0))
     xyz = (torch.where(t > 0.2068966, t.pow(3), (t - 16 / 116) / 7.787) * w for t, w in zip(f, _WHITE_D65))
-    return _linear_to_srgb(torch.stack(_mix(_RGB_FROM_XYZ, *xyz), dim=1)).clamp(0, 1)
+    return _mix(_RGB_FROM_XYZ, *xyz)
 
 
 @functools.lru_cache(maxsize=8)
@@ -85,7 +101,7 @@ def _gamut_patterns(grid: float) -> torch.Tensor:
     span = math.ceil(_AB_BOUND / grid) + 1  # one cell of room for the 5 nearest
     n = 2 * span + 1
     seen = torch.zeros(n * n * 12, dtype=torch.bool)
-    levels = _srgb_to_linear(torch.arange(256, dtype=torch.float32) / 255)
+    levels = srgb_to_linear(torch.arange(256, dtype=torch.float32) / 255)
     for red in levels.split(16):
         _, a, b = _lab_from_linear(red[:, None, None], levels[:, None], levels)
         ua, ub = a / grid, b / grid

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from colorbench.color import lab_to_rgb, rgb_to_lab
+from colorbench.color import rgb_to_lab
+from colorbench.compose import gray, lightness
 from colorbench.errors import ConfigError, DataError
 from colorbench.registry import Registry
 from colorbench.ui import track
@@ -113,10 +114,11 @@ class ImageSet:
 SOURCES: Registry[ImageSet] = Registry("data source")
 
 
-def open_rgb(path: Path, draft: bool = True) -> Image.Image:
+def open_rgb(path: Path, draft: bool = True, keep_gray: bool = False) -> Image.Image:
     """Open an image as 8-bit RGB, EXIF-rotated, honouring 16-bit, CMYK and alpha; raise DataError if unreadable.
 
     `draft` lets huge JPEGs decode at a reduced scale (training only needs small squares); False keeps full resolution.
+    `keep_gray` returns a gray photo (without alpha) in mode L, a third of RGB's memory.
     """
     try:
         with warnings.catch_warnings():
@@ -134,6 +136,8 @@ def open_rgb(path: Path, draft: bool = True) -> Image.Image:
                 img = img.convert("RGBA")
                 background = Image.new("RGBA", img.size, (255, 255, 255, 255))
                 img = Image.alpha_composite(background, img)
+            if keep_gray and img.mode in ("1", "L"):
+                return img.convert("L")
             return img if img.mode == "RGB" else img.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise DataError(f"{path}: unreadable image ({type(err).__name__}: {err})") from None
@@ -376,6 +380,4 @@ def lab_batch(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def gray_rgb(images: np.ndarray) -> np.ndarray:
     """uint8 (N,H,W,3) -> their lightness alone as gray uint8 RGB (what the model sees)."""
-    L, _ = lab_batch(torch.from_numpy(np.ascontiguousarray(images)))
-    gray = lab_to_rgb(torch.cat([L, torch.zeros_like(L).repeat(1, 2, 1, 1)], dim=1))
-    return gray.mul(255).round().byte().permute(0, 2, 3, 1).numpy()
+    return np.stack([gray(lightness(image)) for image in images])

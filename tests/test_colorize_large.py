@@ -1,4 +1,5 @@
-"""Photos of any size: full-resolution composition in row strips, and photos that cannot be processed skipped by name."""
+"""Photos of any size: full-resolution composition in row strips against scikit-image, PNGs written a strip at a time, and
+photos that cannot be processed skipped by name."""
 
 from __future__ import annotations
 
@@ -7,14 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
+from skimage import color as skcolor
 
 import colorbench
-from colorbench import colorize
+from colorbench import colorize, compose
 from colorbench.backbones import build_model
-from colorbench.color import lab_to_rgb, rgb_to_lab
-from colorbench.data import builtin_photo_files, lab_batch, open_rgb
+from colorbench.data import builtin_photo_files, open_rgb
 
 
 @pytest.fixture(scope="module")
@@ -31,46 +31,72 @@ def colorizer(tmp_path_factory: pytest.TempPathFactory) -> colorize.Colorizer:
     return colorbench.load(str(path), device="cpu")
 
 
-def old_keeping_L(L: torch.Tensor, ab: torch.Tensor, steps: int = 8) -> torch.Tensor:
-    """The whole-image gamut bisection colorbench used before (every pixel bisected when any is out of gamut)."""
-
-    def fits(scale: torch.Tensor) -> torch.Tensor:
-        lab = torch.cat([L, ab * scale], dim=1)
-        return (rgb_to_lab(lab_to_rgb(lab)) - lab).abs().amax(dim=1, keepdim=True) < colorize.GAMUT_TOLERANCE
-
-    lo, hi = fits(torch.ones_like(L)).float(), torch.ones_like(L)
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        ok = fits(mid)
-        lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
-    return lab_to_rgb(torch.cat([L, ab * lo], dim=1))
+@pytest.fixture(scope="module")
+def rgb() -> np.ndarray:
+    return np.array(open_rgb(builtin_photo_files()[0]).resize((641, 459)))
 
 
-@torch.no_grad()
-def whole_image(colorizer: colorize.Colorizer, rgb: np.ndarray) -> tuple[torch.Tensor, np.ndarray, float]:
-    """The whole-image composition colorbench used before strips: the model's ab, the colorized photo, and the share of its
-    pixels out of the sRGB gamut."""
-    L = lab_batch(torch.from_numpy(rgb)[None])[0]
-    small = F.interpolate(L, size=(colorizer.size, colorizer.size), mode="bilinear", antialias=True)
-    ab = colorizer.objective.decode(colorizer.model(small)).float()
-    ab_full = F.interpolate(ab, size=L.shape[-2:], mode="bilinear", align_corners=False)
-    lab = torch.cat([L, ab_full], dim=1)
-    outside = ((rgb_to_lab(lab_to_rgb(lab)) - lab).abs().amax(dim=1) >= colorize.GAMUT_TOLERANCE).float().mean().item()
-    return ab[0], colorize.to_uint8(old_keeping_L(L, ab_full))[0], outside
+def test_lightness_from_tables_equals_scikit_image(rgb: np.ndarray) -> None:
+    assert np.abs(compose.lightness(rgb).numpy() - skcolor.rgb2lab(rgb)[..., 0]).max() < 0.01
+    gray = rgb[..., 1]
+    assert np.abs(compose.lightness(gray).numpy() - skcolor.rgb2lab(np.dstack([gray] * 3))[..., 0]).max() < 1e-4
 
 
-def test_composition_in_strips_equals_the_whole_image_composition(colorizer: colorize.Colorizer, monkeypatch: pytest.MonkeyPatch) -> None:
-    rgb = np.array(open_rgb(builtin_photo_files()[0]).resize((641, 459)))
-    ab_whole, expected, outside = whole_image(colorizer, rgb)
-    assert outside > 0.05  # the gamut bisection is exercised
-    monkeypatch.setattr(colorize, "STRIP_PIXELS", 6000)  # 9 rows a strip: 51 strips
-    read, write, strip_out = colorize.array_rows(rgb)
-    ab = colorizer.predict_ab([(read, *rgb.shape[:2])])[0]
-    colorizer.compose(read, write, *rgb.shape[:2], ab)
+def test_in_gamut_colours_convert_as_scikit_image_does(rgb: np.ndarray) -> None:
+    lab = skcolor.rgb2lab(rgb).astype(np.float32)
+    lab[..., 1:] *= 0.5  # less chroma: every colour stays inside the gamut
+    expected = (skcolor.lab2rgb(lab) * 255).round()
+    out = compose.colour(torch.from_numpy(lab[..., 0]), torch.from_numpy(lab[..., 1:]).permute(2, 0, 1))
+    assert np.abs(out - expected).max() <= 1 and (out == expected).mean() > 0.99
+    gray = (skcolor.lab2rgb(np.dstack([skcolor.rgb2lab(rgb)[..., 0], np.zeros(rgb.shape[:2] + (2,))])) * 255).round()
+    assert np.abs(compose.gray(compose.lightness(rgb)) - gray).max() <= 1
+
+
+def test_out_of_gamut_colours_keep_lightness_and_hue_and_lose_just_enough_chroma(rgb: np.ndarray) -> None:
+    lab = skcolor.rgb2lab(rgb)
+    L, ab = torch.from_numpy(lab[..., 0]).float(), torch.from_numpy(lab[..., 1:] * 3).permute(2, 0, 1).float()
+    linear = np.stack([c.numpy() for c in compose.linear_from_lab(L, ab[0], ab[1])])
+    outside = ((linear < -0.01) | (linear > 1.01)).any(0)  # clearly outside, beyond 8-bit rounding
+    assert outside.mean() > 0.2  # the bisection is exercised
+    out = skcolor.rgb2lab(compose.colour(L, ab))
+    assert np.percentile(np.abs(out[..., 0] - lab[..., 0]), 99) < 0.7  # L kept, up to 8-bit rounding
+    chroma_in, chroma_out = np.hypot(*(lab[..., 1:] * 3).transpose(2, 0, 1)), np.hypot(out[..., 1], out[..., 2])
+    assert (chroma_out[outside] < chroma_in[outside]).all()
+    coloured = outside & (chroma_out > 10)
+    hue_error = np.angle(np.exp(1j * (np.arctan2(out[..., 2], out[..., 1]) - np.arctan2(lab[..., 2], lab[..., 1]))))[coloured]
+    assert np.percentile(np.abs(hue_error), 95) < 0.05
+    # just enough: 6 bisection steps (2.3 %) more chroma than kept (read back from 8 bits) would leave the gamut
+    scale = chroma_out[coloured] / chroma_in[coloured] + 6 / 2**compose.GAMUT_STEPS
+    more = [c.numpy() for c in compose.linear_from_lab(L[coloured], ab[0][coloured] * torch.from_numpy(scale).float(), ab[1][coloured] * torch.from_numpy(scale).float())]
+    assert ((np.stack(more) < -compose.GAMUT_TOLERANCE) | (np.stack(more) > 1 + compose.GAMUT_TOLERANCE)).any(0).mean() > 0.95
+
+
+def test_composition_in_strips_equals_one_strip(colorizer: colorize.Colorizer, rgb: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    whole = colorizer.colorize(rgb)
+    ab_whole = colorizer.predict_ab([Image.fromarray(rgb)])[0]
+    monkeypatch.setattr(compose, "STRIP_PIXELS", 6000)  # 9 rows a strip: 51 strips
+    ab = colorizer.predict_ab([Image.fromarray(rgb)])[0]
     torch.testing.assert_close(ab, ab_whole, atol=1e-3, rtol=0)  # float rounding of the separable resize, not more
-    diff = np.abs(strip_out.astype(int) - expected.astype(int))
+    diff = np.abs(colorizer.colorize(rgb).astype(int) - whole)
     assert diff.max() <= 1 and (diff == 0).mean() > 0.999
-    assert np.array_equal(colorizer.colorize(rgb), strip_out)
+
+
+def test_png_written_in_strips_reads_back_exactly(colorizer: colorize.Colorizer, rgb: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compose, "STRIP_PIXELS", 6000)
+    Image.fromarray(rgb).save(tmp_path / "photo.png")
+    Image.fromarray(rgb).convert("L").save(tmp_path / "scan.png")
+    written, failed = colorize.colorize_files(colorizer, [tmp_path / "photo.png", tmp_path / "scan.png"], tmp_path / "out", compare=True)
+    assert failed == [] and len(written) == 2
+    out = np.asarray(Image.open(tmp_path / "out" / "photo.png"))
+    assert np.array_equal(out, colorizer.colorize(rgb))
+    panel = np.asarray(Image.open(tmp_path / "out" / "photo_compare.png"))
+    assert np.array_equal(panel[:, rgb.shape[1] : 2 * rgb.shape[1]], out) and np.array_equal(panel[:, 2 * rgb.shape[1] :], rgb)
+    assert np.array_equal(panel[:, : rgb.shape[1]], colorize.gray_image(rgb))
+    scan = np.asarray(Image.open(tmp_path / "scan.png"))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "scan.png")), colorizer.colorize(scan))
+    with pytest.raises(ValueError, match="expected rows from 0"), compose.png_rows(tmp_path / "broken.png", 4, 4) as write:
+        write(2, 4, np.zeros((2, 4, 3), np.uint8))
+    assert not (tmp_path / "broken.png").exists()
 
 
 def test_a_photo_too_large_to_decode_is_skipped_by_name_and_the_others_are_written(
