@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from colorbench.checkpoints import TrainedModel, load_checkpoint, load_run
-from colorbench.compose import WriteRows, compose, gray, lightness, png_rows, strips
+from colorbench.compose import WriteRows, compose, gray, lightness, one_torch_thread, png_rows, strips
 from colorbench.data import IMAGE_SUFFIXES, open_rgb
 from colorbench.errors import ColorbenchError, ConfigError
 from colorbench.train import resolve_device
@@ -91,12 +91,13 @@ class Colorizer:
         size a strip at a time (antialiased bilinear across each strip, then down the column of strips), so colour cannot
         leak into it and memory stays bounded."""
         small = []
-        for photo in photos:
-            across = [
-                F.interpolate(lightness(np.asarray(photo.crop((0, a, photo.width, b))))[None, None], size=(b - a, self.size), mode="bilinear", antialias=True)
-                for a, b in strips(photo.height, photo.width)
-            ]
-            small.append(F.interpolate(torch.cat(across, dim=2), size=(self.size, self.size), mode="bilinear", antialias=True))
+        with one_torch_thread():
+            for photo in photos:
+                across = [
+                    F.interpolate(lightness(np.asarray(photo.crop((0, a, photo.width, b))))[None, None], size=(b - a, self.size), mode="bilinear", antialias=True)
+                    for a, b in strips(photo.height, photo.width)
+                ]
+                small.append(F.interpolate(torch.cat(across, dim=2), size=(self.size, self.size), mode="bilinear", antialias=True))
         return self.objective.decode(self.model(torch.cat(small).to(self.device))).float().cpu()
 
     def colorize_file(self, path: Path, target: Path, compare: bool = False) -> None:
