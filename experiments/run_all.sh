@@ -11,3 +11,9 @@ colorbench run experiments/validation.yaml
 colorbench report --experiment bsds-validation-schemes --out results/bsds-validation-schemes --baseline 415b58b8df59
 colorbench run experiments/validation-repeats.yaml
 colorbench report --experiment bsds-validation-repeats --out results/bsds-validation-repeats --baseline 3b99de80e50d
+OMP_NUM_THREADS=1 colorbench run experiments/validation.yaml experiment=bsds-validation-48 data.image_size=48 test_data.image_size=48 \
+    train.repeats=2 --executor process --workers 2
+colorbench report --experiment bsds-validation-48 --out results/bsds-validation-48 --baseline d95a0690fd78
+OMP_NUM_THREADS=1 colorbench run experiments/validation.yaml experiment=bsds-validation-64 data.image_size=64 test_data.image_size=64 \
+    train.epochs=6 train.repeats=3 --executor process --workers 2
+colorbench report --experiment bsds-validation-64 --out results/bsds-validation-64 --baseline ca5f93552c03
