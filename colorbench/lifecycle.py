@@ -19,7 +19,7 @@ import csv
 import hashlib
 import math
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -515,10 +515,11 @@ def run_cells(
     data: PreparedData,
     gray: dict[str, float],
     device: torch.device,
+    overrides: Sequence[str] = (),
 ) -> dict[str, CellOutcome]:
     """The grid's lifecycle: claim each cell just before `executor` takes its first fold task (a pool takes them all at once), send
     its folds, finish each cell when its last fold reports. A failed fold fails its cell only; Ctrl-C, SIGTERM or a failed store
-    end the open cell runs KILLED and stop the grid."""
+    end the open cell runs KILLED and stop the grid. Every run is tagged with the command line's `overrides`."""
     uri = tracking.absolute_uri(tracking_uri)
     outcomes: dict[str, CellOutcome] = {}
     open_cells: dict[str, CellRun] = {}
@@ -536,7 +537,7 @@ def run_cells(
 
         def tasks() -> Iterator[FoldTask]:
             for cell in cells:
-                tags = {**tracking.cell_tags(cell, data.fingerprint), tracking.TAG_ROLE: "cell"}
+                tags = {**tracking.cell_tags(cell, data.fingerprint, overrides), tracking.TAG_ROLE: "cell"}
                 outcome = claim(cell, experiment_id, tags)
                 if outcome.skipped:
                     outcomes[cell.id] = outcome

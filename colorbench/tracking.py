@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import socket
@@ -10,7 +11,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ TAG_VERSION = "colorbench.version"
 TAG_COMMIT = "colorbench.git_commit"
 TAG_FINGERPRINT = "colorbench.data_fingerprint"
 TAG_PLUGINS = "colorbench.plugins"  # plugin modules loaded when the run started, comma-separated (empty: none)
+TAG_OVERRIDES = "colorbench.overrides"  # the command line's KEY=VALUE overrides, a JSON list in order (absent: none given)
 TAG_STUDY = "colorbench.study"  # search trials (and their fold runs): the Optuna study
 TAG_TRIAL = "colorbench.trial"  # the Optuna trial number
 TAG_STATE = "colorbench.trial_state"  # COMPLETE, PRUNED or FAIL, as in Optuna
@@ -372,14 +374,16 @@ def git_commit() -> str:
     return out.stdout.strip() or "unknown"
 
 
-def cell_tags(cell: Cell, fingerprint: str) -> dict[str, str]:
-    """The tags every run of a cell carries (its cell or trial run and each fold run): id, version, commit, data, plugins."""
+def cell_tags(cell: Cell, fingerprint: str, overrides: Sequence[str] = ()) -> dict[str, str]:
+    """The tags every run of a cell carries (its cell or trial run and each fold run): id, version, commit, data, plugins and the
+    command line's `overrides` (TAG_OVERRIDES, only when some were given)."""
     return {
         TAG_CELL: cell.id,
         TAG_VERSION: colorbench.__version__,
         TAG_COMMIT: git_commit(),
         TAG_FINGERPRINT: fingerprint,
         TAG_PLUGINS: ",".join(loaded_plugins()),
+        **({TAG_OVERRIDES: json.dumps(list(overrides))} if overrides else {}),
     }
 
 
