@@ -160,8 +160,9 @@ def train_fold(
     """Train one fold inside its (active) MLflow run; return its test metrics.
 
     After each epoch the record is logged, passed to `after_epoch` (e.g. a search's pruner), then checked for divergence. With a
-    `state` file, the training state is saved there (`cache.save_state`) and, when one is there already, training continues
-    from it: epochs the run has not logged yet are logged first, so each epoch is logged once, at its own step."""
+    `state` file, the training state is saved there (`cache.save_state`), and also as the run's artifact
+    `training_state/<file name>` when its artifact store is remote (`tracking.upload_state`); when one is there already,
+    training continues from it: epochs the run has not logged yet are logged first, so each epoch is logged once, at its own step."""
     train_cfg = cell.train.model_copy(update={"seed": cell.train.seed + fold.repeat})  # a training repeat: new init and batch order
     if fold.refit_epochs is not None:
         train_cfg = train_cfg.model_copy(update={"epochs": fold.refit_epochs, "patience": None})
@@ -188,8 +189,14 @@ def train_fold(
             after_epoch(record)
         check_divergence(record, cell.train.lr)
 
-    save = None if state is None else lambda training: cache.save_state(state, training)
-    result = fit(model, objective, train_images, val_images, train_cfg, on_epoch, keep_last=fold.refit_epochs is not None, resume=resume, save_state=save)
+    remote = state is not None and tracking.remote_artifacts(run_id)
+
+    def save(training: dict[str, object]) -> None:
+        cache.save_state(state, training)
+        if remote:
+            tracking.upload_state(run_id, state)
+
+    result = fit(model, objective, train_images, val_images, train_cfg, on_epoch, keep_last=fold.refit_epochs is not None, resume=resume, save_state=save if state is not None else None)
     test_metrics, per_image = evaluate(model, objective, data.test.images, cell.train.batch_size, all_variants=True)
     summary = {f"test_{k}": v for k, v in test_metrics.items()}
     summary.update(best_epoch=result.best_epoch, best_val_loss=min(r["val_loss"] for r in result.history), train_seconds=result.seconds)
@@ -314,19 +321,31 @@ class Executor(Protocol):
     def run(self, tasks: Iterable[FoldTask], bench: Workbench) -> Iterator[tuple[FoldTask, TaskResult]]: ...
 
 
+def fold_state(task: FoldTask) -> tuple[Path, str | None]:
+    """The task's training state file and the fold run that saved it, which the fold continues in (None: no state, train from epoch
+    1 in a new run). A state missing here (another machine saved it) is fetched from that run's artifacts, where a remote
+    artifact store keeps a copy (`tracking.download_state`)."""
+    fold = task.fold
+    state = cache.state_path(task.cell.id, task.parent_run_id, fold.index, fold.repeat)
+    earlier = tracking.fold_run(task.experiment_id, task.parent_run_id, fold.index, fold.repeat)
+    if earlier is not None and not state.exists() and tracking.remote_artifacts(earlier):
+        tracking.download_state(earlier, state)
+    return state, earlier if state.exists() else None
+
+
 def run_fold(task: FoldTask, bench: Workbench) -> dict[str, float]:
     """Train the task's fold in its own fold run (a child of the cell or trial run, tagged like it); return its test metrics. A fold
-    that saved a training state (an interrupted process, a retried task) continues from it in the same fold run."""
+    that saved a training state (an interrupted process, a retried task, here or on another machine) continues from it in the same
+    fold run (`fold_state`)."""
     fold = task.fold
     if bench.epoch_task is None:
         bench.epoch_task = bench.bar.add_task("epochs", total=task.cell.train.epochs, status="")
-    state = cache.state_path(task.cell.id, task.parent_run_id, fold.index, fold.repeat)
     with tracking.store_guard(task.tracking_uri):
+        state, earlier = fold_state(task)
         refit = fold.refit_epochs is not None
         tags = tracking.fold_tags(task.tags, fold.index, fold.draw, fold.repeat, task.parent_run_id, "refit" if refit else "fold")
         repeat = f" | repeat {fold.repeat}" if task.cell.train.repeats > 1 else ""
         name = f"{task.name} | refit" if refit else f"{task.name} | fold {fold.index}{repeat}"
-        earlier = tracking.fold_run(task.experiment_id, task.parent_run_id, fold.index, fold.repeat) if state.exists() else None
         with tracking.run(name, tags, task.cell.flat_params(), run_id=earlier):
             return train_fold(task.cell, fold, bench.data, bench.device, bench.bar, bench.epoch_task, bench.after_epoch, state)
 
@@ -349,7 +368,7 @@ def close_earlier_attempts(task: FoldTask) -> None:
         f"tags.`{tracking.TAG_PARENT}` = '{task.parent_run_id}' and tags.`{tracking.TAG_FOLD}` = '{task.fold.index}' "
         f"and tags.`{tracking.TAG_REPEAT}` = '{task.fold.repeat}' and attributes.status = 'RUNNING'"
     )
-    resumed = cache.state_path(task.cell.id, task.parent_run_id, task.fold.index, task.fold.repeat).exists()
+    resumed = fold_state(task)[1] is not None
     for run in MlflowClient().search_runs([task.experiment_id], filter_string=query, max_results=100):
         if resumed and run.data.tags.get(tracking.TAG_REPEAT) == str(task.fold.repeat):
             continue
@@ -434,6 +453,7 @@ class CellRun:
         self.held.close()
         self.closed = True
         cache.drop_states(self.cell.id, self.run_id)  # ended for good: nothing left to resume
+        tracking.drop_remote_states(self.run_id)
         self.set_state("COMPLETE" if self.error is None else "PRUNED" if isinstance(self.error, TrialPruned) else "FAIL")
         if self.error is not None:
             tracking.close_run(self.run_id, tracking.status_for(self.error), tracking.failure_reason(self.error))
@@ -491,7 +511,7 @@ def claim(cell: Cell, experiment_id: str, tags: dict[str, str]) -> CellOutcome:
     closed but claimed again, so its folds continue in their own fold runs."""
 
     def resumable(run_id: str) -> bool:
-        return cache.has_states(cell.id, run_id)
+        return cache.has_states(cell.id, run_id) or bool(tracking.state_runs(run_id))
 
     stale = tracking.close_stale_runs(experiment_id, cell.id, keep=resumable)
     if stale:
