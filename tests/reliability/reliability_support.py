@@ -54,10 +54,10 @@ class Colorbench:
     err: Path
 
     @classmethod
-    def start(cls, grid: Path, uri: str, name: str = "run") -> Colorbench:
+    def start(cls, grid: Path, uri: str, name: str = "run", options: tuple[str, ...] = ()) -> Colorbench:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)]), "OMP_NUM_THREADS": "1"}  # this checkout's colorbench
         out, err = grid.parent / f"{name}.out", grid.parent / f"{name}.err"
-        command = [sys.executable, "-m", "colorbench.cli", "run", str(grid), "--plugin", "slow_loss", "--tracking-uri", uri]
+        command = [sys.executable, "-m", "colorbench.cli", "run", str(grid), "--plugin", "slow_loss", "--tracking-uri", uri, *options]
         previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a child inherits an ignored SIGINT, never a handled one
         try:
             with open(out, "w") as stdout, open(err, "w") as stderr:
