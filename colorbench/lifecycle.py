@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -162,7 +163,8 @@ def train_fold(
     After each epoch the record is logged, passed to `after_epoch` (e.g. a search's pruner), then checked for divergence. With a
     `state` file, the training state is saved there (`cache.save_state`), and also as the run's artifact
     `training_state/<file name>` when its artifact store is remote (`tracking.upload_state`); when one is there already,
-    training continues from it: epochs the run has not logged yet are logged first, so each epoch is logged once, at its own step."""
+    training continues from it: epochs the run has not logged yet are logged first, so each epoch is logged once, at its own step,
+    and the saved epochs pass through `after_epoch` again (a search's reporter then scores the fold as if uninterrupted)."""
     train_cfg = cell.train.model_copy(update={"seed": cell.train.seed + fold.repeat})  # a training repeat: new init and batch order
     if fold.refit_epochs is not None:
         train_cfg = train_cfg.model_copy(update={"epochs": fold.refit_epochs, "patience": None})
@@ -180,6 +182,8 @@ def train_fold(
     if resume:
         tracking.log_history([r for r in resume["history"] if r["epoch"] not in logged])
         bar.update(epoch_task, completed=resume["epoch"], status=f"resumed after epoch {resume['epoch']}")
+        for record in resume["history"] if after_epoch else []:  # a search's reporter sees every epoch, as in an uninterrupted fold
+            after_epoch(record)
 
     def on_epoch(record: dict[str, float]) -> None:
         if record["epoch"] not in logged:
@@ -505,18 +509,20 @@ def abort_all(cells: Iterable[CellRun], error: BaseException) -> None:
             return
 
 
+def resumable(cell_id: str, run_id: str) -> bool:
+    """Whether the cell or trial run `run_id` has folds that saved a training state, here or as its fold runs' artifacts."""
+    return cache.has_states(cell_id, run_id) or bool(tracking.state_runs(run_id))
+
+
 def claim(cell: Cell, experiment_id: str, tags: dict[str, str]) -> CellOutcome:
     """Close the cell's dead runs and claim it (`tracking.claim_cell`): an outcome holding the claimed run id, or a skipped
     one naming the process that holds or finished the cell. An interrupted cell run whose folds saved training states is not
     closed but claimed again, so its folds continue in their own fold runs."""
-
-    def resumable(run_id: str) -> bool:
-        return cache.has_states(cell.id, run_id) or bool(tracking.state_runs(run_id))
-
-    stale = tracking.close_stale_runs(experiment_id, cell.id, keep=resumable)
+    keep = partial(resumable, cell.id)
+    stale = tracking.close_stale_runs(experiment_id, cell.id, keep=keep)
     if stale:
         console.print(f"  closed {stale} interrupted run(s) of cell {cell.id} as KILLED")
-    result = tracking.claim_cell(experiment_id, cell.id, " | ".join(cell_labels(cell)), tags, resumable)
+    result = tracking.claim_cell(experiment_id, cell.id, " | ".join(cell_labels(cell)), tags, keep)
     if result.resumed:
         console.print(f"  resuming cell {cell.id} in its interrupted run {result.run_id} from its folds' saved training states", highlight=False)
     if result.won:

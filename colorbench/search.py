@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import statistics
 import sys
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -17,14 +18,24 @@ from mlflow.tracking import MlflowClient
 
 from colorbench import tracking
 from colorbench.errors import CellFailed, ColorbenchError, ConfigError, TrialPruned
-from colorbench.lifecycle import CellRun, PreparedData, Workbench, abort_all, gray_baseline, prepare_data, report_skipped, run_here
+from colorbench.lifecycle import (
+    CellRun,
+    PreparedData,
+    Workbench,
+    abort_all,
+    gray_baseline,
+    prepare_data,
+    report_skipped,
+    resumable,
+    run_here,
+)
 from colorbench.pareto import OBJECTIVES_ATTR, front_table, objective_names, tag_front
 from colorbench.plugins import load_plugins, loaded_plugins
 from colorbench.resolve import cell_labels
 from colorbench.search_engines import PRUNERS, SAMPLERS
 from colorbench.search_space import Search
 from colorbench.splitters import SPLITTERS, Fold
-from colorbench.studies import USER_ATTR_RUN, default_storage, open_storage, save_study_figures, shown
+from colorbench.studies import USER_ATTR_RESUMES, USER_ATTR_RUN, default_storage, open_storage, save_study_figures, shown
 from colorbench.tracking import TAG_SAMPLED, TAG_STORAGE, TAG_STUDY, TAG_TRIAL
 from colorbench.train import resolve_device
 from colorbench.ui import console, progress, quiet_libraries
@@ -125,10 +136,12 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float | list[float]:
     }
     name = f"trial {trial.number}"
     with tracking.store_guard(ctx.tracking_uri):
-        run_id = tracking.create_run(ctx.experiment_id, f"{name} | {' | '.join(cell_labels(cell))}", tags, cell.flat_params())
+        title = f"{name} | {' | '.join(cell_labels(cell))}"
+        run_id = continue_run(trial, title) or tracking.create_run(ctx.experiment_id, title, {**tags, **tracking.claim_tags()}, cell.flat_params())
         trial.set_user_attr(USER_ATTR_RUN, run_id)
         goals = ctx.search.config.goals
         held = CellRun(cell, run_id, name, tags, ctx.folds, maximize=goals[0].direction == "maximize")  # deploys by the first objective
+        held.held.enter_context(tracking.heartbeat(run_id))  # a killed search's trial run goes stale: the next search continues it
         reporter = FoldAveragedReporter(trial, [g.metric for g in goals], cell.train.epochs, run_id)
         try:
             for task, result in run_here(held.tasks(ctx.experiment_id, ctx.tracking_uri), replace(ctx.bench, after_epoch=reporter)):
@@ -144,6 +157,23 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float | list[float]:
         raise CellFailed(held.failure)
     values = reporter.values
     return values[0] if len(values) == 1 else values
+
+
+def continue_run(trial: optuna.Trial, title: str) -> str | None:
+    """An interrupted trial's run that `trial` was enqueued to continue (`enqueue_interrupted`), claimed for this process and
+    renamed after `trial`; None for a new trial, or when another process took the run first."""
+    run_id = trial.user_attrs.get(USER_ATTR_RESUMES)
+    if run_id is None:
+        return None
+    with tracking.store_lock() as locked:
+        run = MlflowClient().get_run(run_id)
+        if run.info.status == "RUNNING" and not tracking.is_stale(run, time.time(), tracking.stale_after()):
+            return None
+        if not tracking.take_over(run, locked):
+            return None
+    MlflowClient().set_tag(run_id, TAG_TRIAL, str(trial.number))
+    MlflowClient().set_tag(run_id, "mlflow.runName", title)
+    return run_id
 
 
 def trial_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float | list[float]]:
@@ -187,6 +217,28 @@ def close_orphan_runs(experiment_id: str, study: optuna.Study) -> int:
     return len(orphans)
 
 
+def enqueue_interrupted(experiment_id: str, study: optuna.Study) -> int:
+    """Enqueue again, with the same sampled values, each interrupted trial (its process gone) whose folds saved training states;
+    its Optuna trial is failed if it was left RUNNING. The new trial continues in the interrupted trial's run and fold runs
+    (`continue_run`). Returns how many."""
+    trials = study.get_trials(deepcopy=False)
+    by_number = {t.number: t for t in trials}
+    queued = {t.user_attrs.get(USER_ATTR_RESUMES) for t in trials if t.state == optuna.trial.TrialState.WAITING}
+    query = f"tags.`{TAG_STUDY}` = '{study.study_name}' and tags.`{tracking.TAG_ROLE}` = 'trial'"
+    now, timeout, enqueued = time.time(), tracking.stale_after(), 0
+    for run in MlflowClient().search_runs([experiment_id], filter_string=query, max_results=10_000):
+        trial = by_number.get(int(run.data.tags.get(TAG_TRIAL, -1)))
+        if trial is None or run.info.run_id in queued or run.info.status not in ("RUNNING", "KILLED"):
+            continue
+        if (run.info.status == "RUNNING" and not tracking.is_stale(run, now, timeout)) or not resumable(run.data.tags[tracking.TAG_CELL], run.info.run_id):
+            continue
+        if trial.state == optuna.trial.TrialState.RUNNING:
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={USER_ATTR_RESUMES: run.info.run_id})
+        enqueued += 1
+    return enqueued
+
+
 def optimize(
     search: Search,
     storage: str,
@@ -209,6 +261,9 @@ def optimize(
     closed = close_orphan_runs(experiment_id, study)
     if closed and interactive:
         console.print(f"Closed {closed} MLflow run(s) of interrupted trials as KILLED.")
+    resumed = enqueue_interrupted(experiment_id, study)
+    if resumed and interactive:
+        console.print(f"Continuing {resumed} interrupted trial(s) from their folds' saved training states, in their MLflow runs.")
     data = prepare_data(cfg)
     folds = SPLITTERS.build(cfg.splitter.name, cfg.splitter.options).split(data.pool, cfg.seed)
     device = resolve_device(cfg.train.device)

@@ -494,6 +494,8 @@ def run(name: str, tags: dict[str, str], params: dict[str, Any], run_id: str | N
     """Start a run (or resume `run_id`, e.g. a cell run at its end) as the active run and end it FINISHED, FAILED (reason tagged) or
     KILLED (Ctrl-C, SIGTERM, a failed store) as the block ends; yields its id."""
     active = mlflow.start_run(run_id=run_id, run_name=None if run_id else name, tags=tags)
+    if run_id is not None and TAG_FAILURE in active.data.tags:  # an interrupted run continues: it has not failed (yet)
+        MlflowClient().delete_tag(run_id, TAG_FAILURE)
     if params:
         mlflow.log_params(params)
     try:

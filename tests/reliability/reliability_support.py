@@ -47,17 +47,17 @@ def write_grid(folder: Path, grid: dict, name: str = "grid.yaml") -> Path:
 
 @dataclass
 class Colorbench:
-    """One `colorbench run GRID --tracking-uri URI` process, its output in files."""
+    """One `colorbench run GRID --tracking-uri URI` process (or `search FILE`), its output in files."""
 
     process: subprocess.Popen
     out: Path
     err: Path
 
     @classmethod
-    def start(cls, grid: Path, uri: str, name: str = "run", options: tuple[str, ...] = ()) -> Colorbench:
+    def start(cls, grid: Path, uri: str, name: str = "run", options: tuple[str, ...] = (), verb: str = "run") -> Colorbench:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)]), "OMP_NUM_THREADS": "1"}  # this checkout's colorbench
         out, err = grid.parent / f"{name}.out", grid.parent / f"{name}.err"
-        command = [sys.executable, "-m", "colorbench.cli", "run", str(grid), "--plugin", "slow_loss", "--tracking-uri", uri, *options]
+        command = [sys.executable, "-m", "colorbench.cli", verb, str(grid), "--plugin", "slow_loss", "--tracking-uri", uri, *options]
         previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a child inherits an ignored SIGINT, never a handled one
         try:
             with open(out, "w") as stdout, open(err, "w") as stderr:
