@@ -176,9 +176,10 @@ def open_experiment(uri: str, name: str) -> str:
         raise ConfigError(f"cannot use MLflow tracking store {uri}: {first}") from None
 
 
-def runs_url(experiment_id: str) -> str:
-    """The experiment's training-runs view in `mlflow ui` (its default address)."""
-    return f"{UI_ADDRESS}/#/experiments/{experiment_id}/runs"
+def runs_url(experiment_id: str, address: str = UI_ADDRESS) -> str:
+    """The experiment's training-runs view in `mlflow ui` (at its default address), in the UI's "Model training" mode (MLflow 3's
+    `workflowType` switch, which otherwise may open on GenAI)."""
+    return f"{address}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def ui_hint(uri: str, experiment: str) -> str:
