@@ -5,22 +5,27 @@ run, to the result of a run never interrupted."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
-from reliability_support import Colorbench, cell_ids, cell_runs, fold_runs, slow_grid, write_grid
+from reliability_support import (
+    Colorbench,
+    cell_ids,
+    cell_runs,
+    check_continued,
+    check_uninterrupted,
+    epochs_logged,
+    fold_history,
+    fold_runs,
+    slow_grid,
+    write_grid,
+)
 
 from colorbench import cache
 
 pytestmark = pytest.mark.scaleout
 EPOCHS = 6
-
-
-def history(uri: str, run_id: str) -> list[tuple[int, float]]:
-    return sorted((m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, "val_loss"))
 
 
 def descendants(pid: int) -> list[int]:
@@ -58,15 +63,12 @@ def test_a_ray_retry_continues_the_fold_from_its_saved_state(tiny_grid: dict, tr
     path = write_grid(tmp_path, grid)
     driver = Colorbench.start(path, tracking_uri, "ray", ("--executor", "ray", "--num-cpus", "1"))
 
-    def at_epoch_3() -> bool:
-        return any(len(history(tracking_uri, f.info.run_id)) >= 3 for r in cell_runs(tracking_uri, cell) for f in fold_runs(tracking_uri, r.info.run_id))
-
-    driver.wait_until(at_epoch_3)
+    driver.wait_until(lambda: epochs_logged(tracking_uri, cell_runs(tracking_uri, cell)) >= 3)
     [interrupted] = cell_runs(tracking_uri, cell)
     [fold] = fold_runs(tracking_uri, interrupted.info.run_id)
     killed = fold_worker(driver.process.pid)
     os.kill(killed, signal.SIGKILL)  # the worker dies mid-fold; the driver lives on and Ray retries the task
-    assert len(history(tracking_uri, fold.info.run_id)) < EPOCHS
+    assert len(fold_history(tracking_uri, fold.info.run_id)) < EPOCHS
 
     def retried() -> bool:
         try:
@@ -77,20 +79,6 @@ def test_a_ray_retry_continues_the_fold_from_its_saved_state(tiny_grid: dict, tr
     driver.wait_until(retried)  # a new worker runs the task again
     assert driver.wait() == 0, driver.stderr
 
-    [cell_run] = cell_runs(tracking_uri, cell)
-    assert (cell_run.info.run_id, cell_run.info.status) == (interrupted.info.run_id, "FINISHED")
-    [again] = fold_runs(tracking_uri, cell_run.info.run_id)
-    assert (again.info.run_id, again.info.status) == (fold.info.run_id, "FINISHED")  # the retried task continued the same fold run
-    resumed = history(tracking_uri, fold.info.run_id)
-    assert [step for step, _ in resumed] == list(range(1, EPOCHS + 1))
+    check_continued(tracking_uri, cell, interrupted.info.run_id, fold.info.run_id, EPOCHS)  # the retried task continued the fold run
     assert all(s.cell_id != cell for s in cache.states())
-
-    reference_uri = f"sqlite:///{tmp_path / 'reference.db'}"
-    shutil.copy(empty_store, tmp_path / "reference.db")
-    reference = Colorbench.start(path, reference_uri, "reference")  # the same grid, never interrupted, in one process
-    assert reference.wait() == 0, reference.stderr
-    [whole] = fold_runs(reference_uri, cell_runs(reference_uri, cell)[0].info.run_id)
-    assert resumed == history(reference_uri, whole.info.run_id)
-    final = MlflowClient(tracking_uri).get_run(fold.info.run_id).data.metrics
-    tests = {k: v for k, v in whole.data.metrics.items() if k.startswith(("test_", "best_"))}
-    assert tests and {k: final[k] for k in tests} == tests
+    check_uninterrupted(path, cell, tracking_uri, fold.info.run_id, tmp_path, empty_store)  # the same grid in one process
