@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pandas as pd
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from colorbench import tracking
@@ -159,6 +160,11 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float | list[float]:
     return values[0] if len(values) == 1 else values
 
 
+def interrupted(run: Run, now: float, timeout: float) -> bool:
+    """Whether a trial run was interrupted: KILLED, or RUNNING with its process gone (`tracking.is_stale`)."""
+    return run.info.status == "KILLED" or (run.info.status == "RUNNING" and tracking.is_stale(run, now, timeout))
+
+
 def continue_run(trial: optuna.Trial, title: str) -> str | None:
     """An interrupted trial's run that `trial` was enqueued to continue (`enqueue_interrupted`), claimed for this process and
     renamed after `trial`; None for a new trial, or when another process took the run first."""
@@ -167,9 +173,7 @@ def continue_run(trial: optuna.Trial, title: str) -> str | None:
         return None
     with tracking.store_lock() as locked:
         run = MlflowClient().get_run(run_id)
-        if run.info.status == "RUNNING" and not tracking.is_stale(run, time.time(), tracking.stale_after()):
-            return None
-        if not tracking.take_over(run, locked):
+        if not interrupted(run, time.time(), tracking.stale_after()) or not tracking.take_over(run, locked):
             return None
     MlflowClient().set_tag(run_id, TAG_TRIAL, str(trial.number))
     MlflowClient().set_tag(run_id, "mlflow.runName", title)
@@ -228,9 +232,9 @@ def enqueue_interrupted(experiment_id: str, study: optuna.Study) -> int:
     now, timeout, enqueued = time.time(), tracking.stale_after(), 0
     for run in MlflowClient().search_runs([experiment_id], filter_string=query, max_results=10_000):
         trial = by_number.get(int(run.data.tags.get(TAG_TRIAL, -1)))
-        if trial is None or run.info.run_id in queued or run.info.status not in ("RUNNING", "KILLED"):
+        if trial is None or run.info.run_id in queued or not interrupted(run, now, timeout):
             continue
-        if (run.info.status == "RUNNING" and not tracking.is_stale(run, now, timeout)) or not resumable(run.data.tags[tracking.TAG_CELL], run.info.run_id):
+        if not resumable(run.data.tags[tracking.TAG_CELL], run.info.run_id):
             continue
         if trial.state == optuna.trial.TrialState.RUNNING:
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
