@@ -92,7 +92,7 @@ def test_kill_9_of_a_search_mid_fold_then_rerun_continues_the_trial_in_its_runs(
     assert (again.info.run_id, again.info.status) == (fold.info.run_id, "FINISHED")  # the same fold run, continued
     history = fold_history(tracking_uri, fold.info.run_id)
     assert [step for step, _ in history] == list(range(1, EPOCHS + 1))
-    assert cache.states() == []
+    assert all(s.run_id != interrupted.info.run_id for s in cache.states())  # the finished trial's state is gone (other tests may leave theirs)
 
     (tmp_path / "reference").mkdir()
     reference_uri = f"sqlite:///{tmp_path / 'reference' / 'mlflow.db'}"
