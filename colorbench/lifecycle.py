@@ -195,12 +195,13 @@ def train_fold(
 
     remote = state is not None and tracking.remote_artifacts(run_id)
 
-    def save(training: dict[str, object]) -> None:
+    def save_here(training: dict[str, object]) -> None:
         cache.save_state(state, training)
         if remote:
             tracking.upload_state(run_id, state)
 
-    result = fit(model, objective, train_images, val_images, train_cfg, on_epoch, keep_last=fold.refit_epochs is not None, resume=resume, save_state=save if state is not None else None)
+    save = None if state is None else save_here
+    result = fit(model, objective, train_images, val_images, train_cfg, on_epoch, keep_last=fold.refit_epochs is not None, resume=resume, save_state=save)
     test_metrics, per_image = evaluate(model, objective, data.test.images, cell.train.batch_size, all_variants=True)
     summary = {f"test_{k}": v for k, v in test_metrics.items()}
     summary.update(best_epoch=result.best_epoch, best_val_loss=min(r["val_loss"] for r in result.history), train_seconds=result.seconds)

@@ -265,9 +265,6 @@ def optimize(
     closed = close_orphan_runs(experiment_id, study)
     if closed and interactive:
         console.print(f"Closed {closed} MLflow run(s) of interrupted trials as KILLED.")
-    resumed = enqueue_interrupted(experiment_id, study)
-    if resumed and interactive:
-        console.print(f"Continuing {resumed} interrupted trial(s) from their folds' saved training states, in their MLflow runs.")
     data = prepare_data(cfg)
     folds = SPLITTERS.build(cfg.splitter.name, cfg.splitter.options).split(data.pool, cfg.seed)
     device = resolve_device(cfg.train.device)
@@ -365,10 +362,12 @@ def run_search(
         raise ConfigError(f"--n-workers must be at least 1, got {n_workers}")
     cfg = search.config
     uri = tracking.resolve_tracking_uri(tracking_uri)
-    tracking.open_experiment(uri, cfg.experiment)  # a bad store fails here, before any worker starts
+    experiment_id = tracking.open_experiment(uri, cfg.experiment)  # a bad store fails here, before any worker starts
     storage = storage or default_storage(uri, n_workers)
     study_name = study_name or cfg.experiment
-    open_study(search, storage, study_name)
+    resumed = enqueue_interrupted(experiment_id, open_study(search, storage, study_name))  # once, before the workers start
+    if resumed:
+        console.print(f"Continuing {resumed} interrupted trial(s) from their folds' saved training states, in their MLflow runs.")
     n_trials = n_trials or cfg.n_trials
     timeout = timeout or cfg.timeout
     console.print(f"Study {study_name!r} in {shown(storage)}: adding {n_trials} trial(s) with {n_workers} worker(s).")
