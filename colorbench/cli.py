@@ -74,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"{cell.id}  backbone={backbone}  loss={loss}  splitter={splitter}  folds={n}")
         print(f"{len(planned)} cells, {sum(n for _, n in planned)} fold trainings of {exp.train.epochs} epochs each (dry run: nothing trained)")
         return 0
-    outcomes, gray = runner.run_grid(exp, args.tracking_uri, args.executor, executor_options(args))
+    outcomes, gray = runner.run_grid(exp, args.tracking_uri, args.executor, executor_options(args), args.overrides)
     shown = headline_metrics()
     table = Table(title=f"{exp.experiment}: test metrics, mean ± std over folds", show_edge=False)
     for column in ("cell", "backbone", "loss", "splitter", *shown, f"{shown[0]} SDs / SE"):
@@ -101,7 +101,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.dry_run:
         print_config(search.config)
         return 0
-    outcome = run_search(search, args.n_trials, args.timeout, args.storage, args.study, args.n_workers, args.tracking_uri, args.out)
+    outcome = run_search(search, args.n_trials, args.timeout, args.storage, args.study, args.n_workers, args.tracking_uri, args.out, args.overrides)
     counts = ", ".join(f"{n} {state.lower()}" for state, n in outcome.counts.items() if n)
     stdout.print(f"Study {outcome.study_name!r} ({outcome.storage}): {counts or 'no trials'}.")
     if outcome.front is not None and len(outcome.front):

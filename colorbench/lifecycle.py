@@ -19,9 +19,10 @@ import csv
 import hashlib
 import math
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -160,8 +161,10 @@ def train_fold(
     """Train one fold inside its (active) MLflow run; return its test metrics.
 
     After each epoch the record is logged, passed to `after_epoch` (e.g. a search's pruner), then checked for divergence. With a
-    `state` file, the training state is saved there (`cache.save_state`) and, when one is there already, training continues
-    from it: epochs the run has not logged yet are logged first, so each epoch is logged once, at its own step."""
+    `state` file, the training state is saved there (`cache.save_state`), and also as the run's artifact
+    `training_state/<file name>` when its artifact store is remote (`tracking.upload_state`); when one is there already,
+    training continues from it: epochs the run has not logged yet are logged first, so each epoch is logged once, at its own step,
+    and the saved epochs pass through `after_epoch` again (a search's reporter then scores the fold as if uninterrupted)."""
     train_cfg = cell.train.model_copy(update={"seed": cell.train.seed + fold.repeat})  # a training repeat: new init and batch order
     if fold.refit_epochs is not None:
         train_cfg = train_cfg.model_copy(update={"epochs": fold.refit_epochs, "patience": None})
@@ -179,6 +182,8 @@ def train_fold(
     if resume:
         tracking.log_history([r for r in resume["history"] if r["epoch"] not in logged])
         bar.update(epoch_task, completed=resume["epoch"], status=f"resumed after epoch {resume['epoch']}")
+        for record in resume["history"] if after_epoch else []:  # a search's reporter sees every epoch, as in an uninterrupted fold
+            after_epoch(record)
 
     def on_epoch(record: dict[str, float]) -> None:
         if record["epoch"] not in logged:
@@ -188,7 +193,14 @@ def train_fold(
             after_epoch(record)
         check_divergence(record, cell.train.lr)
 
-    save = None if state is None else lambda training: cache.save_state(state, training)
+    remote = state is not None and tracking.remote_artifacts(run_id)
+
+    def save_here(training: dict[str, object]) -> None:
+        cache.save_state(state, training)
+        if remote:
+            tracking.upload_state(run_id, state)
+
+    save = None if state is None else save_here
     result = fit(model, objective, train_images, val_images, train_cfg, on_epoch, keep_last=fold.refit_epochs is not None, resume=resume, save_state=save)
     test_metrics, per_image = evaluate(model, objective, data.test.images, cell.train.batch_size, all_variants=True)
     summary = {f"test_{k}": v for k, v in test_metrics.items()}
@@ -314,19 +326,31 @@ class Executor(Protocol):
     def run(self, tasks: Iterable[FoldTask], bench: Workbench) -> Iterator[tuple[FoldTask, TaskResult]]: ...
 
 
+def fold_state(task: FoldTask) -> tuple[Path, str | None]:
+    """The task's training state file and the fold run that saved it, which the fold continues in (None: no state, train from epoch
+    1 in a new run). A state missing here (another machine saved it) is fetched from that run's artifacts, where a remote
+    artifact store keeps a copy (`tracking.download_state`)."""
+    fold = task.fold
+    state = cache.state_path(task.cell.id, task.parent_run_id, fold.index, fold.repeat)
+    earlier = tracking.fold_run(task.experiment_id, task.parent_run_id, fold.index, fold.repeat)
+    if earlier is not None and not state.exists() and tracking.remote_artifacts(earlier):
+        tracking.download_state(earlier, state)
+    return state, earlier if state.exists() else None
+
+
 def run_fold(task: FoldTask, bench: Workbench) -> dict[str, float]:
     """Train the task's fold in its own fold run (a child of the cell or trial run, tagged like it); return its test metrics. A fold
-    that saved a training state (an interrupted process, a retried task) continues from it in the same fold run."""
+    that saved a training state (an interrupted process, a retried task, here or on another machine) continues from it in the same
+    fold run (`fold_state`)."""
     fold = task.fold
     if bench.epoch_task is None:
         bench.epoch_task = bench.bar.add_task("epochs", total=task.cell.train.epochs, status="")
-    state = cache.state_path(task.cell.id, task.parent_run_id, fold.index, fold.repeat)
     with tracking.store_guard(task.tracking_uri):
+        state, earlier = fold_state(task)
         refit = fold.refit_epochs is not None
         tags = tracking.fold_tags(task.tags, fold.index, fold.draw, fold.repeat, task.parent_run_id, "refit" if refit else "fold")
         repeat = f" | repeat {fold.repeat}" if task.cell.train.repeats > 1 else ""
         name = f"{task.name} | refit" if refit else f"{task.name} | fold {fold.index}{repeat}"
-        earlier = tracking.fold_run(task.experiment_id, task.parent_run_id, fold.index, fold.repeat) if state.exists() else None
         with tracking.run(name, tags, task.cell.flat_params(), run_id=earlier):
             return train_fold(task.cell, fold, bench.data, bench.device, bench.bar, bench.epoch_task, bench.after_epoch, state)
 
@@ -349,7 +373,7 @@ def close_earlier_attempts(task: FoldTask) -> None:
         f"tags.`{tracking.TAG_PARENT}` = '{task.parent_run_id}' and tags.`{tracking.TAG_FOLD}` = '{task.fold.index}' "
         f"and tags.`{tracking.TAG_REPEAT}` = '{task.fold.repeat}' and attributes.status = 'RUNNING'"
     )
-    resumed = cache.state_path(task.cell.id, task.parent_run_id, task.fold.index, task.fold.repeat).exists()
+    resumed = fold_state(task)[1] is not None
     for run in MlflowClient().search_runs([task.experiment_id], filter_string=query, max_results=100):
         if resumed and run.data.tags.get(tracking.TAG_REPEAT) == str(task.fold.repeat):
             continue
@@ -434,6 +458,7 @@ class CellRun:
         self.held.close()
         self.closed = True
         cache.drop_states(self.cell.id, self.run_id)  # ended for good: nothing left to resume
+        tracking.drop_remote_states(self.run_id)
         self.set_state("COMPLETE" if self.error is None else "PRUNED" if isinstance(self.error, TrialPruned) else "FAIL")
         if self.error is not None:
             tracking.close_run(self.run_id, tracking.status_for(self.error), tracking.failure_reason(self.error))
@@ -485,18 +510,20 @@ def abort_all(cells: Iterable[CellRun], error: BaseException) -> None:
             return
 
 
+def resumable(cell_id: str, run_id: str) -> bool:
+    """Whether the cell or trial run `run_id` has folds that saved a training state, here or as its fold runs' artifacts."""
+    return cache.has_states(cell_id, run_id) or bool(tracking.state_runs(run_id))
+
+
 def claim(cell: Cell, experiment_id: str, tags: dict[str, str]) -> CellOutcome:
     """Close the cell's dead runs and claim it (`tracking.claim_cell`): an outcome holding the claimed run id, or a skipped
     one naming the process that holds or finished the cell. An interrupted cell run whose folds saved training states is not
     closed but claimed again, so its folds continue in their own fold runs."""
-
-    def resumable(run_id: str) -> bool:
-        return cache.has_states(cell.id, run_id)
-
-    stale = tracking.close_stale_runs(experiment_id, cell.id, keep=resumable)
+    keep = partial(resumable, cell.id)
+    stale = tracking.close_stale_runs(experiment_id, cell.id, keep=keep)
     if stale:
         console.print(f"  closed {stale} interrupted run(s) of cell {cell.id} as KILLED")
-    result = tracking.claim_cell(experiment_id, cell.id, " | ".join(cell_labels(cell)), tags, resumable)
+    result = tracking.claim_cell(experiment_id, cell.id, " | ".join(cell_labels(cell)), tags, keep)
     if result.resumed:
         console.print(f"  resuming cell {cell.id} in its interrupted run {result.run_id} from its folds' saved training states", highlight=False)
     if result.won:
@@ -515,10 +542,11 @@ def run_cells(
     data: PreparedData,
     gray: dict[str, float],
     device: torch.device,
+    overrides: Sequence[str] = (),
 ) -> dict[str, CellOutcome]:
     """The grid's lifecycle: claim each cell just before `executor` takes its first fold task (a pool takes them all at once), send
     its folds, finish each cell when its last fold reports. A failed fold fails its cell only; Ctrl-C, SIGTERM or a failed store
-    end the open cell runs KILLED and stop the grid."""
+    end the open cell runs KILLED and stop the grid. Every run is tagged with the command line's `overrides`."""
     uri = tracking.absolute_uri(tracking_uri)
     outcomes: dict[str, CellOutcome] = {}
     open_cells: dict[str, CellRun] = {}
@@ -536,7 +564,7 @@ def run_cells(
 
         def tasks() -> Iterator[FoldTask]:
             for cell in cells:
-                tags = {**tracking.cell_tags(cell, data.fingerprint), tracking.TAG_ROLE: "cell"}
+                tags = {**tracking.cell_tags(cell, data.fingerprint, overrides), tracking.TAG_ROLE: "cell"}
                 outcome = claim(cell, experiment_id, tags)
                 if outcome.skipped:
                     outcomes[cell.id] = outcome

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -23,11 +24,15 @@ def plan(exp: Experiment) -> list[tuple[Cell, int]]:
 
 
 def run_grid(
-    exp: Experiment, tracking_uri: str | None = None, executor: str = "local", executor_options: dict[str, Any] | None = None
+    exp: Experiment,
+    tracking_uri: str | None = None,
+    executor: str = "local",
+    executor_options: dict[str, Any] | None = None,
+    overrides: Sequence[str] = (),
 ) -> tuple[list[CellOutcome], dict[str, float]]:
     """Train every unfinished cell of `exp` through the cell lifecycle (`lifecycle.run_cells`), its folds on `executor` (`local`,
     `process`, `slurm`, `ray` or a plugin's, see colorbench.executors); return each cell's outcome and the gray baseline's test
-    metrics."""
+    metrics. `overrides`, the command line's that made `exp`, are tagged on every run (`tracking.TAG_OVERRIDES`)."""
     engine = EXECUTORS.build(executor, executor_options)  # unknown names/options fail here
     uri = tracking.resolve_tracking_uri(tracking_uri)
     experiment_id = tracking.open_experiment(uri, exp.experiment)
@@ -47,7 +52,7 @@ def run_grid(
         build_model(cell.backbone.name, cell.backbone.options, LOSSES.build(cell.loss.name, cell.loss.options).out_channels)
     outcomes = {c.id: CellOutcome(c, run_id=done[c.id], skipped=True) for c in cells if c.id in done}
     gray = gray_baseline(data.test)
-    outcomes.update(run_cells(engine, todo, splits, experiment_id, uri, data, gray, device))
+    outcomes.update(run_cells(engine, todo, splits, experiment_id, uri, data, gray, device, overrides))
     fill_metrics(experiment_id, outcomes)
     return [outcomes[c.id] for c in cells], gray
 

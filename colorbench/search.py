@@ -5,26 +5,38 @@ from __future__ import annotations
 import multiprocessing
 import statistics
 import sys
+import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pandas as pd
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from colorbench import tracking
 from colorbench.errors import CellFailed, ColorbenchError, ConfigError, TrialPruned
-from colorbench.lifecycle import CellRun, PreparedData, Workbench, abort_all, gray_baseline, prepare_data, report_skipped, run_here
+from colorbench.lifecycle import (
+    CellRun,
+    PreparedData,
+    Workbench,
+    abort_all,
+    gray_baseline,
+    prepare_data,
+    report_skipped,
+    resumable,
+    run_here,
+)
 from colorbench.pareto import OBJECTIVES_ATTR, front_table, objective_names, tag_front
 from colorbench.plugins import load_plugins, loaded_plugins
 from colorbench.resolve import cell_labels
 from colorbench.search_engines import PRUNERS, SAMPLERS
 from colorbench.search_space import Search
 from colorbench.splitters import SPLITTERS, Fold
-from colorbench.studies import USER_ATTR_RUN, default_storage, open_storage, save_study_figures, shown
+from colorbench.studies import USER_ATTR_RESUMES, USER_ATTR_RUN, default_storage, open_storage, save_study_figures, shown
 from colorbench.tracking import TAG_SAMPLED, TAG_STORAGE, TAG_STUDY, TAG_TRIAL
 from colorbench.train import resolve_device
 from colorbench.ui import console, progress, quiet_libraries
@@ -102,6 +114,7 @@ class TrialContext:
     folds: list[Fold]
     gray: dict[str, float]
     bench: Workbench
+    overrides: tuple[str, ...] = ()  # the command line's, tagged on every run (`tracking.TAG_OVERRIDES`)
 
     @property
     def data(self) -> PreparedData:
@@ -115,7 +128,7 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float | list[float]:
     values = ctx.search.sample(trial)
     cell = ctx.search.cell(values)
     tags = {
-        **tracking.cell_tags(cell, ctx.data.fingerprint),
+        **tracking.cell_tags(cell, ctx.data.fingerprint, ctx.overrides),
         tracking.TAG_ROLE: "trial",
         TAG_STUDY: ctx.study_name,
         TAG_TRIAL: str(trial.number),
@@ -124,10 +137,12 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float | list[float]:
     }
     name = f"trial {trial.number}"
     with tracking.store_guard(ctx.tracking_uri):
-        run_id = tracking.create_run(ctx.experiment_id, f"{name} | {' | '.join(cell_labels(cell))}", tags, cell.flat_params())
+        title = f"{name} | {' | '.join(cell_labels(cell))}"
+        run_id = continue_run(trial, title) or tracking.create_run(ctx.experiment_id, title, {**tags, **tracking.claim_tags()}, cell.flat_params())
         trial.set_user_attr(USER_ATTR_RUN, run_id)
         goals = ctx.search.config.goals
         held = CellRun(cell, run_id, name, tags, ctx.folds, maximize=goals[0].direction == "maximize")  # deploys by the first objective
+        held.held.enter_context(tracking.heartbeat(run_id))  # a killed search's trial run goes stale: the next search continues it
         reporter = FoldAveragedReporter(trial, [g.metric for g in goals], cell.train.epochs, run_id)
         try:
             for task, result in run_here(held.tasks(ctx.experiment_id, ctx.tracking_uri), replace(ctx.bench, after_epoch=reporter)):
@@ -143,6 +158,26 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float | list[float]:
         raise CellFailed(held.failure)
     values = reporter.values
     return values[0] if len(values) == 1 else values
+
+
+def interrupted(run: Run, now: float, timeout: float) -> bool:
+    """Whether a trial run was interrupted: KILLED, or RUNNING with its process gone (`tracking.is_stale`)."""
+    return run.info.status == "KILLED" or (run.info.status == "RUNNING" and tracking.is_stale(run, now, timeout))
+
+
+def continue_run(trial: optuna.Trial, title: str) -> str | None:
+    """An interrupted trial's run that `trial` was enqueued to continue (`enqueue_interrupted`), claimed for this process and
+    renamed after `trial`; None for a new trial, or when another process took the run first."""
+    run_id = trial.user_attrs.get(USER_ATTR_RESUMES)
+    if run_id is None:
+        return None
+    with tracking.store_lock() as locked:
+        run = MlflowClient().get_run(run_id)
+        if not interrupted(run, time.time(), tracking.stale_after()) or not tracking.take_over(run, locked):
+            return None
+    MlflowClient().set_tag(run_id, TAG_TRIAL, str(trial.number))
+    MlflowClient().set_tag(run_id, "mlflow.runName", title)
+    return run_id
 
 
 def trial_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float | list[float]]:
@@ -186,6 +221,28 @@ def close_orphan_runs(experiment_id: str, study: optuna.Study) -> int:
     return len(orphans)
 
 
+def enqueue_interrupted(experiment_id: str, study: optuna.Study) -> int:
+    """Enqueue again, with the same sampled values, each interrupted trial (its process gone) whose folds saved training states;
+    its Optuna trial is failed if it was left RUNNING. The new trial continues in the interrupted trial's run and fold runs
+    (`continue_run`). Returns how many."""
+    trials = study.get_trials(deepcopy=False)
+    by_number = {t.number: t for t in trials}
+    queued = {t.user_attrs.get(USER_ATTR_RESUMES) for t in trials if t.state == optuna.trial.TrialState.WAITING}
+    query = f"tags.`{TAG_STUDY}` = '{study.study_name}' and tags.`{tracking.TAG_ROLE}` = 'trial'"
+    now, timeout, enqueued = time.time(), tracking.stale_after(), 0
+    for run in MlflowClient().search_runs([experiment_id], filter_string=query, max_results=10_000):
+        trial = by_number.get(int(run.data.tags.get(TAG_TRIAL, -1)))
+        if trial is None or run.info.run_id in queued or not interrupted(run, now, timeout):
+            continue
+        if not resumable(run.data.tags[tracking.TAG_CELL], run.info.run_id):
+            continue
+        if trial.state == optuna.trial.TrialState.RUNNING:
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={USER_ATTR_RESUMES: run.info.run_id})
+        enqueued += 1
+    return enqueued
+
+
 def optimize(
     search: Search,
     storage: str,
@@ -195,8 +252,10 @@ def optimize(
     tracking_uri: str,
     worker: int = 0,
     interactive: bool = True,
+    overrides: Sequence[str] = (),
 ) -> None:
-    """One worker: load the data and the study, then run `n_trials` trials (or until `timeout` seconds)."""
+    """One worker: load the data and the study, then run `n_trials` trials (or until `timeout` seconds), each run tagged with the
+    command line's `overrides`."""
     cfg = search.config
     experiment_id = tracking.open_experiment(tracking_uri, cfg.experiment)
     study = open_study(search, storage, study_name)
@@ -214,7 +273,8 @@ def optimize(
         console.print(f"Data: {len(data.pool)} training-pool images, {len(data.test)} test images; {len(folds)} fold(s); device {device}.")
     with progress(interactive) as bar:
         bench = Workbench(data, device, bar)
-        ctx = TrialContext(search, study_name, storage, experiment_id, tracking.absolute_uri(tracking_uri), folds, gray_baseline(data.test), bench)
+        uri = tracking.absolute_uri(tracking_uri)
+        ctx = TrialContext(search, study_name, storage, experiment_id, uri, folds, gray_baseline(data.test), bench, tuple(overrides))
         trials_bar = bar.add_task("trials", total=n_trials, status="")
 
         def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -227,25 +287,36 @@ def optimize(
 
 
 def worker_main(
-    search: Search, storage: str, study_name: str, n_trials: int, timeout: float | None, tracking_uri: str, worker: int, plugins: list[str]
+    search: Search,
+    storage: str,
+    study_name: str,
+    n_trials: int,
+    timeout: float | None,
+    tracking_uri: str,
+    worker: int,
+    plugins: list[str],
+    overrides: Sequence[str] = (),
 ) -> None:
     """Entry point of a worker process (spawned, so CUDA and MLflow start fresh): the parent's plugins first, errors as one line."""
     quiet_libraries()
     try:
         load_plugins(plugins)
-        optimize(search, storage, study_name, n_trials, timeout, tracking_uri, worker, interactive=False)
+        optimize(search, storage, study_name, n_trials, timeout, tracking_uri, worker, interactive=False, overrides=overrides)
     except ColorbenchError as err:
         console.print(f"[red]error:[/] worker {worker}: {err}", highlight=False, soft_wrap=True)
         sys.exit(1)
 
 
-def run_workers(search: Search, storage: str, study_name: str, n_trials: int, timeout: float | None, tracking_uri: str, n_workers: int) -> None:
+def run_workers(
+    search: Search, storage: str, study_name: str, n_trials: int, timeout: float | None, tracking_uri: str, n_workers: int, overrides: Sequence[str] = ()
+) -> None:
     """`n_workers` processes on one study, sharing `n_trials` between them exactly (no trial lost or run twice)."""
     shares = [n_trials // n_workers + (w < n_trials % n_workers) for w in range(n_workers)]
     context = multiprocessing.get_context("spawn")
     workers = [
         context.Process(
-            target=worker_main, args=(search, storage, study_name, share, timeout, tracking_uri, w, loaded_plugins()), name=f"colorbench-worker-{w}"
+            target=worker_main, args=(search, storage, study_name, share, timeout, tracking_uri, w, loaded_plugins(), overrides),
+            name=f"colorbench-worker-{w}",
         )
         for w, share in enumerate(shares)
         if share
@@ -283,16 +354,20 @@ def run_search(
     n_workers: int = 1,
     tracking_uri: str | None = None,
     out_dir: str | Path | None = None,
+    overrides: Sequence[str] = (),
 ) -> SearchOutcome:
-    """Add `n_trials` trials (default: the file's `n_trials`) to the study, in `n_workers` processes; save Optuna's figures."""
+    """Add `n_trials` trials (default: the file's `n_trials`) to the study, in `n_workers` processes; save Optuna's figures. Every
+    run is tagged with the command line's `overrides` that made `search`."""
     if n_workers < 1:
         raise ConfigError(f"--n-workers must be at least 1, got {n_workers}")
     cfg = search.config
     uri = tracking.resolve_tracking_uri(tracking_uri)
-    tracking.open_experiment(uri, cfg.experiment)  # a bad store fails here, before any worker starts
+    experiment_id = tracking.open_experiment(uri, cfg.experiment)  # a bad store fails here, before any worker starts
     storage = storage or default_storage(uri, n_workers)
     study_name = study_name or cfg.experiment
-    open_study(search, storage, study_name)
+    resumed = enqueue_interrupted(experiment_id, open_study(search, storage, study_name))  # once, before the workers start
+    if resumed:
+        console.print(f"Continuing {resumed} interrupted trial(s) from their folds' saved training states, in their MLflow runs.")
     n_trials = n_trials or cfg.n_trials
     timeout = timeout or cfg.timeout
     console.print(f"Study {study_name!r} in {shown(storage)}: adding {n_trials} trial(s) with {n_workers} worker(s).")
@@ -302,9 +377,9 @@ def run_search(
             "consider objective: {metric: val_auc_rebalanced, direction: maximize}"
         )
     if n_workers == 1:
-        optimize(search, storage, study_name, n_trials, timeout, uri)
+        optimize(search, storage, study_name, n_trials, timeout, uri, overrides=overrides)
     else:
-        run_workers(search, storage, study_name, n_trials, timeout, uri, n_workers)
+        run_workers(search, storage, study_name, n_trials, timeout, uri, n_workers, overrides)
     study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
     counts = {state.name: len(study.get_trials(deepcopy=False, states=(state,))) for state in optuna.trial.TrialState}
     several = len(cfg.goals) > 1

@@ -15,6 +15,7 @@ from colorbench import tracking
 from colorbench.errors import ConfigError
 
 USER_ATTR_RUN = "mlflow_run_id"  # an Optuna trial's user attribute: the id of its MLflow run
+USER_ATTR_RESUMES = "resumes_mlflow_run"  # an enqueued trial's user attribute: the interrupted trial run it continues
 JOURNAL_PREFIX = "journal:"
 STUDY_FIGURES = {
     "optuna_history.png": "plot_optimization_history",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import socket
@@ -10,7 +11,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from mlflow.data.code_dataset_source import CodeDatasetSource
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import DatasetInput, InputTag, Param, Run, RunStatus
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
 from sqlalchemy.exc import OperationalError
@@ -53,6 +55,7 @@ TAG_VERSION = "colorbench.version"
 TAG_COMMIT = "colorbench.git_commit"
 TAG_FINGERPRINT = "colorbench.data_fingerprint"
 TAG_PLUGINS = "colorbench.plugins"  # plugin modules loaded when the run started, comma-separated (empty: none)
+TAG_OVERRIDES = "colorbench.overrides"  # the command line's KEY=VALUE overrides, a JSON list in order (absent: none given)
 TAG_STUDY = "colorbench.study"  # search trials (and their fold runs): the Optuna study
 TAG_TRIAL = "colorbench.trial"  # the Optuna trial number
 TAG_STATE = "colorbench.trial_state"  # COMPLETE, PRUNED or FAIL, as in Optuna
@@ -65,6 +68,7 @@ TAG_HEARTBEAT = "colorbench.heartbeat"  # unix time, refreshed every HEARTBEAT_S
 TAG_OPENED = "colorbench.opened_by"  # experiment tag written before any training: proves the store takes writes
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow's own: what kind of experiment this is (its UI's GenAI / model training)
 EXPERIMENT_KIND = "custom_model_development"
+STATE_ARTIFACTS = "training_state"  # a fold run's artifact folder holding its saved training state when the artifact store is remote
 CONTEXT_TAG = "mlflow.data.context"  # MLflow's own input tag: what a dataset input was used for
 UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 DEFAULT_DB = "mlflow.db"
@@ -172,9 +176,10 @@ def open_experiment(uri: str, name: str) -> str:
         raise ConfigError(f"cannot use MLflow tracking store {uri}: {first}") from None
 
 
-def runs_url(experiment_id: str) -> str:
-    """The experiment's training-runs view in `mlflow ui` (its default address)."""
-    return f"{UI_ADDRESS}/#/experiments/{experiment_id}/runs"
+def runs_url(experiment_id: str, address: str = UI_ADDRESS) -> str:
+    """The experiment's training-runs view in `mlflow ui` (at its default address), in the UI's "Model training" mode (MLflow 3's
+    `workflowType` switch, which otherwise may open on GenAI)."""
+    return f"{address}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def ui_hint(uri: str, experiment: str) -> str:
@@ -372,14 +377,16 @@ def git_commit() -> str:
     return out.stdout.strip() or "unknown"
 
 
-def cell_tags(cell: Cell, fingerprint: str) -> dict[str, str]:
-    """The tags every run of a cell carries (its cell or trial run and each fold run): id, version, commit, data, plugins."""
+def cell_tags(cell: Cell, fingerprint: str, overrides: Sequence[str] = ()) -> dict[str, str]:
+    """The tags every run of a cell carries (its cell or trial run and each fold run): id, version, commit, data, plugins and the
+    command line's `overrides` (TAG_OVERRIDES, only when some were given)."""
     return {
         TAG_CELL: cell.id,
         TAG_VERSION: colorbench.__version__,
         TAG_COMMIT: git_commit(),
         TAG_FINGERPRINT: fingerprint,
         TAG_PLUGINS: ",".join(loaded_plugins()),
+        **({TAG_OVERRIDES: json.dumps(list(overrides))} if overrides else {}),
     }
 
 
@@ -394,6 +401,42 @@ def fold_run(experiment_id: str, parent_run_id: str, fold: int, repeat: int) -> 
     query = f"tags.`{TAG_PARENT}` = '{parent_run_id}' and tags.`{TAG_FOLD}` = '{fold}' and tags.`{TAG_ROLE}` = 'fold'"
     found = [r for r in MlflowClient().search_runs([experiment_id], filter_string=query, max_results=100) if r.data.tags.get(TAG_REPEAT) == str(repeat)]
     return max(found, key=lambda r: r.info.start_time).info.run_id if found else None
+
+
+def remote_artifacts(run_id: str) -> bool:
+    """Whether run `run_id` keeps its artifacts off this machine's file system (a server's `mlflow-artifacts:`, S3, ...)."""
+    return urlparse(MlflowClient().get_run(run_id).info.artifact_uri).scheme not in ("", "file")
+
+
+def upload_state(run_id: str, path: Path) -> None:
+    """Log the training state file `path` as `training_state/<its name>` of run `run_id`, replacing the previous one."""
+    MlflowClient().log_artifact(run_id, str(path), STATE_ARTIFACTS)
+
+
+def download_state(run_id: str, path: Path) -> bool:
+    """Fetch run `run_id`'s `training_state/<name of path>` to `path` (atomically); False when the run has none."""
+    names = {Path(f.path).name for f in MlflowClient().list_artifacts(run_id, STATE_ARTIFACTS)}
+    if path.name not in names:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=path.parent) as tmp:
+        os.replace(download(run_id, f"{STATE_ARTIFACTS}/{path.name}", Path(tmp)), path)
+    return True
+
+
+def state_runs(parent_run_id: str) -> list[str]:
+    """The child runs of the cell or trial run `parent_run_id` that keep a training state as an artifact."""
+    client = MlflowClient()
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    children = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'", max_results=10_000)
+    return [r.info.run_id for r in children if remote_artifacts(r.info.run_id) and client.list_artifacts(r.info.run_id, STATE_ARTIFACTS)]
+
+
+def drop_remote_states(parent_run_id: str) -> None:
+    """Delete the training-state artifacts of the child runs of `parent_run_id` (its cell or trial ended for good)."""
+    client = MlflowClient()
+    for run_id in state_runs(parent_run_id):
+        get_artifact_repository(client.get_run(run_id).info.artifact_uri, tracking_uri=mlflow.get_tracking_uri()).delete_artifacts(STATE_ARTIFACTS)
 
 
 def logged_steps(run_id: str, key: str) -> set[int]:
@@ -452,6 +495,8 @@ def run(name: str, tags: dict[str, str], params: dict[str, Any], run_id: str | N
     """Start a run (or resume `run_id`, e.g. a cell run at its end) as the active run and end it FINISHED, FAILED (reason tagged) or
     KILLED (Ctrl-C, SIGTERM, a failed store) as the block ends; yields its id."""
     active = mlflow.start_run(run_id=run_id, run_name=None if run_id else name, tags=tags)
+    if run_id is not None and TAG_FAILURE in active.data.tags:  # an interrupted run continues: it has not failed (yet)
+        MlflowClient().delete_tag(run_id, TAG_FAILURE)
     if params:
         mlflow.log_params(params)
     try:

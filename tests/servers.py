@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -27,3 +31,23 @@ def wait_until_answering(url: str, server: subprocess.Popen, timeout: float, wha
         assert server.poll() is None, f"{what} exited before answering {url}"
         assert time.monotonic() < deadline, f"{what} did not answer {url} within {timeout:.0f} s"
         time.sleep(1)
+
+
+@contextmanager
+def mlflow_server(backend: str, artifacts: Path, log: Path) -> Iterator[str]:
+    """`mlflow server` on `backend` with artifacts proxied through it (`mlflow-artifacts:` URIs, stored in `artifacts`), on a free
+    port of 127.0.0.1; yields its URL and stops it afterwards."""
+    port = free_port()
+    with open(log, "w") as err:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--artifacts-destination", artifacts.as_uri(),
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_answering(f"{url}/health", server, 180, "mlflow server")
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
+from colorbench import tracking
 from colorbench.cli import main
 from colorbench.config import expand
 from colorbench.errors import ConfigError
@@ -92,3 +95,28 @@ def test_dry_run_prints_the_resolved_config(tiny_grid: dict, tmp_path: Path, cap
     assert "4 cells" in out
     assert main(["run", str(path), "--dry-run", "train.epoch=7"]) == 2
     assert "Did you mean 'train.epochs'" in capsys.readouterr().err
+
+
+def test_runs_record_the_overrides_given_and_only_those(tiny_grid: dict, tracking_uri: str, tmp_path: Path) -> None:
+    tiny_grid["train"]["epochs"] = 1
+    tiny_grid["grid"]["splitter"] = [{"name": "holdout", "val_fraction": 0.3}]
+    path = write(tmp_path, tiny_grid)
+    given = ["experiment=tiny-overridden", "train.lr=2.0e-3", "grid.loss=[mse]"]
+    assert main(["run", str(path), "--tracking-uri", tracking_uri]) == 0
+    assert main(["run", str(path), *given, "--tracking-uri", tracking_uri]) == 0
+    client = MlflowClient(tracking_uri)
+
+    def runs(experiment: str) -> list:
+        return client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+
+    plain, overridden = runs("tiny"), runs("tiny-overridden")
+    assert sorted(r.data.tags[tracking.TAG_ROLE] for r in overridden) == ["cell", "fold"]
+    assert all(json.loads(r.data.tags[tracking.TAG_OVERRIDES]) == given for r in overridden)  # cell and fold run, in the given order
+    assert len(plain) == 2 and not any(tracking.TAG_OVERRIDES in r.data.tags for r in plain)  # no override given: no tag
+
+    search = write(tmp_path, TINY_SEARCH, "search.yaml")
+    trial_given = ["train.epochs=1", "space.train.lr={loguniform: [1.0e-3, 2.0e-3]}"]
+    assert main(["search", str(search), *trial_given, "--n-trials", "1", "--tracking-uri", tracking_uri, "--out", str(tmp_path / "figures")]) == 0
+    trials = runs("tiny-search")  # worker processes: tests/test_search.py::test_two_worker_processes_share_one_study
+    assert sorted(r.data.tags[tracking.TAG_ROLE] for r in trials) == ["fold", "trial"]
+    assert all(json.loads(r.data.tags[tracking.TAG_OVERRIDES]) == trial_given for r in trials)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import mlflow
@@ -123,7 +124,8 @@ def test_pruner_stops_a_hopeless_trial(tiny_search: dict, tracking_uri: str, tmp
 
 def test_two_worker_processes_share_one_study(tiny_search: dict, tracking_uri: str, tmp_path: Path) -> None:
     tiny_search["train"]["epochs"] = 1
-    outcome = run_search(parse_search(tiny_search), n_trials=4, n_workers=2, tracking_uri=tracking_uri, out_dir=tmp_path)
+    given = ["train.epochs=1"]  # as the command line would pass them: each worker process tags its runs with them
+    outcome = run_search(parse_search(tiny_search), n_trials=4, n_workers=2, tracking_uri=tracking_uri, out_dir=tmp_path, overrides=given)
     journal = tmp_path / "optuna-journal.log"
     assert outcome.storage == f"journal:{journal}" and journal.is_file()  # SQLite would lock under two writers
     study = optuna.load_study(study_name="tiny-search", storage=open_storage(f"journal:{journal}"))
@@ -132,6 +134,7 @@ def test_two_worker_processes_share_one_study(tiny_search: dict, tracking_uri: s
     runs = trial_runs("tiny-search")
     assert sorted(runs) == [0, 1, 2, 3] and all(r.info.status == "FINISHED" for r in runs.values())
     assert {t.user_attrs[USER_ATTR_RUN] for t in study.trials} == {r.info.run_id for r in runs.values()}
+    assert all(json.loads(r.data.tags[tracking.TAG_OVERRIDES]) == given for r in runs.values())
 
 
 BAD_SPACES = [

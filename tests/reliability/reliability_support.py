@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,17 +48,17 @@ def write_grid(folder: Path, grid: dict, name: str = "grid.yaml") -> Path:
 
 @dataclass
 class Colorbench:
-    """One `colorbench run GRID --tracking-uri URI` process, its output in files."""
+    """One `colorbench run GRID --tracking-uri URI` process (or `search FILE`), its output in files."""
 
     process: subprocess.Popen
     out: Path
     err: Path
 
     @classmethod
-    def start(cls, grid: Path, uri: str, name: str = "run") -> Colorbench:
+    def start(cls, grid: Path, uri: str, name: str = "run", options: tuple[str, ...] = (), verb: str = "run") -> Colorbench:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)]), "OMP_NUM_THREADS": "1"}  # this checkout's colorbench
         out, err = grid.parent / f"{name}.out", grid.parent / f"{name}.err"
-        command = [sys.executable, "-m", "colorbench.cli", "run", str(grid), "--plugin", "slow_loss", "--tracking-uri", uri]
+        command = [sys.executable, "-m", "colorbench.cli", verb, str(grid), "--plugin", "slow_loss", "--tracking-uri", uri, *options]
         previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a child inherits an ignored SIGINT, never a handled one
         try:
             with open(out, "w") as stdout, open(err, "w") as stderr:
@@ -110,3 +111,47 @@ def training(uri: str, cell_id: str) -> bool:
     """Whether the cell's RUNNING run has a fold that logged at least one epoch (so a kill now lands mid-training)."""
     running = [r for r in cell_runs(uri, cell_id) if r.info.status == "RUNNING"]
     return any("val_loss" in fold.data.metrics for r in running for fold in fold_runs(uri, r.info.run_id))
+
+
+def fold_history(uri: str, run_id: str, key: str = "val_loss") -> list[tuple[int, float]]:
+    """(step, value) of a fold run's per-epoch metric `key`, by step."""
+    return sorted((m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key))
+
+
+def epochs_logged(uri: str, parents: list[Run]) -> int:
+    """The most epochs any fold run of `parents` (cell or trial runs) has logged."""
+    return max((len(fold_history(uri, f.info.run_id)) for p in parents for f in fold_runs(uri, p.info.run_id)), default=0)
+
+
+def check_uninterrupted(grid: Path, cell_id: str, uri: str, fold_run_id: str, folder: Path, empty_store: Path) -> None:
+    """Train `grid` again, never interrupted, on a fresh store in `folder`: the fold run `fold_run_id` of `uri` must have logged the
+    same per-epoch validation losses and the same test metrics, bit for bit (a CPU, one thread, as `Colorbench` runs)."""
+    reference_uri = f"sqlite:///{folder / 'reference.db'}"
+    shutil.copy(empty_store, folder / "reference.db")
+    reference = Colorbench.start(grid, reference_uri, "reference")
+    assert reference.wait() == 0, reference.stderr
+    [whole] = fold_runs(reference_uri, cell_runs(reference_uri, cell_id)[0].info.run_id)
+    assert fold_history(uri, fold_run_id) == fold_history(reference_uri, whole.info.run_id)  # epoch by epoch
+    final = MlflowClient(uri).get_run(fold_run_id).data.metrics
+    tests = {k: v for k, v in whole.data.metrics.items() if k.startswith(("test_", "best_"))}
+    assert tests and {k: final[k] for k in tests} == tests
+
+
+def kill_at_epoch(process: Colorbench, uri: str, cell_id: str, epoch: int = 3) -> tuple[Run, Run]:
+    """kill -9 `process` once a fold run of the cell has logged `epoch` epochs; return the cell run and its (one) fold run."""
+    process.wait_until(lambda: epochs_logged(uri, cell_runs(uri, cell_id)) >= epoch)
+    os.kill(process.process.pid, signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    [interrupted] = cell_runs(uri, cell_id)
+    [fold] = fold_runs(uri, interrupted.info.run_id)
+    return interrupted, fold
+
+
+def check_continued(uri: str, cell_id: str, cell_run_id: str, fold_run_id: str, epochs: int) -> None:
+    """The cell has one run, `cell_run_id`, FINISHED, with one fold run, `fold_run_id`, FINISHED, which logged each of `epochs` epochs
+    once, at its own step."""
+    [resumed] = cell_runs(uri, cell_id)
+    assert (resumed.info.run_id, resumed.info.status) == (cell_run_id, "FINISHED")  # the same cell run, claimed again
+    [again] = fold_runs(uri, resumed.info.run_id)
+    assert (again.info.run_id, again.info.status) == (fold_run_id, "FINISHED")  # the same fold run, continued
+    assert [step for step, _ in fold_history(uri, fold_run_id)] == list(range(1, epochs + 1))

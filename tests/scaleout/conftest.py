@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from servers import free_port
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))  # its helpers: real `colorbench run` processes, the slow loss
 
 
 def postgres_bin(name: str) -> str:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import optuna
 import pytest
+import servers
 import yaml
 from mlflow.tracking import MlflowClient
-from servers import free_port, wait_until_answering
 from test_search import TINY_SEARCH
 
 from colorbench import tracking
@@ -47,19 +47,8 @@ def test_two_search_processes_extend_one_postgresql_study(postgres: Callable[[st
 def mlflow_server(postgres: Callable[[str], str], tmp_path: Path) -> Iterator[str]:
     """`mlflow server` on a PostgreSQL backend with proxied artifacts, on 127.0.0.1; yields its URL."""
     pytest.importorskip("psycopg", reason="pip install 'colorbench[postgres]'")
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", postgres("mlflow"), "--artifacts-destination",
-         (tmp_path / "artifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"),  # noqa: SIM115 - closed with the process
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_answering(f"{url}/health", server, 180, "mlflow server")
+    with servers.mlflow_server(postgres("mlflow"), tmp_path / "artifacts", tmp_path / "server.log") as url:
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_grid_logs_to_an_mlflow_server_on_postgresql(mlflow_server: str, tiny_grid: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
