@@ -403,9 +403,13 @@ def fold_run(experiment_id: str, parent_run_id: str, fold: int, repeat: int) -> 
     return max(found, key=lambda r: r.info.start_time).info.run_id if found else None
 
 
+def _off_this_machine(artifact_uri: str) -> bool:
+    return urlparse(artifact_uri).scheme not in ("", "file")
+
+
 def remote_artifacts(run_id: str) -> bool:
     """Whether run `run_id` keeps its artifacts off this machine's file system (a server's `mlflow-artifacts:`, S3, ...)."""
-    return urlparse(MlflowClient().get_run(run_id).info.artifact_uri).scheme not in ("", "file")
+    return _off_this_machine(MlflowClient().get_run(run_id).info.artifact_uri)
 
 
 def upload_state(run_id: str, path: Path) -> None:
@@ -429,7 +433,7 @@ def state_runs(parent_run_id: str) -> list[str]:
     client = MlflowClient()
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     children = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'", max_results=10_000)
-    return [r.info.run_id for r in children if remote_artifacts(r.info.run_id) and client.list_artifacts(r.info.run_id, STATE_ARTIFACTS)]
+    return [r.info.run_id for r in children if _off_this_machine(r.info.artifact_uri) and client.list_artifacts(r.info.run_id, STATE_ARTIFACTS)]
 
 
 def drop_remote_states(parent_run_id: str) -> None:
