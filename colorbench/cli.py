@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--correction", choices=("holm", "bh", "none"), default="holm", help="p-value adjustment over the report (default: holm)")
     rep.set_defaults(func=cmd_report)
     col = sub.add_parser("colorize", parents=[common], help="colorize photos with a trained model")
-    col.add_argument("model", metavar="MODEL", help="MLflow run id (a cell run uses its deployed child), runs:/<run id>/... URI, or checkpoint.pt file")
+    col.add_argument("model", metavar="MODEL", help="cell id (its newest finished cell run), MLflow run id (a cell run uses its deployed child), runs:/ or models:/ URI, or checkpoint.pt file")
     col.add_argument("inputs", metavar="INPUT", nargs="+", help="image files or folders (searched recursively)")
     col.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output folder: one PNG per input, same relative name")
     col.add_argument("--size", type=int, metavar="N", help="square working size the model sees (default: its training image size)")

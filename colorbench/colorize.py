@@ -15,14 +15,16 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from colorbench import tracking
 from colorbench.checkpoints import TrainedModel, load_checkpoint, load_run
 from colorbench.compose import WriteRows, compose, gray, lightness, one_torch_thread, png_rows, strips
 from colorbench.data import IMAGE_SUFFIXES, open_rgb
 from colorbench.errors import ColorbenchError, ConfigError
 from colorbench.train import resolve_device
-from colorbench.ui import track
+from colorbench.ui import console, track
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")
+CELL_ID = re.compile(r"[0-9a-f]{12}")
 BATCH_SIZE = 8
 ImageLike = Image.Image | np.ndarray
 
@@ -114,8 +116,8 @@ class Colorizer:
 
 
 def load_trained(model: str, device: str | torch.device = "cpu") -> TrainedModel:
-    """MODEL: a checkpoint file, an MLflow run id (fold run, or cell run = its deployed child), a `runs:/<run id>/...` URI
-    or a registered `models:/<name>/<version>` URI."""
+    """MODEL: a checkpoint file, a cell id (its newest finished cell run), an MLflow run id (fold run, or cell run = its deployed
+    child), a `runs:/<run id>/...` URI or a registered `models:/<name>/<version>` URI."""
     if Path(model).is_file():
         return load_checkpoint(model, device)
     if model.startswith("models:/"):
@@ -124,13 +126,24 @@ def load_trained(model: str, device: str | torch.device = "cpu") -> TrainedModel
             model = MlflowClient().get_model_version(name, version).run_id
         except MlflowException as err:
             raise ConfigError(f"cannot find registered model {name!r} version {version!r}: {err.message}") from None
-    run_id = model.removeprefix("runs:/").split("/")[0]
+    run_id = cell_run(model) if CELL_ID.fullmatch(model) else model.removeprefix("runs:/").split("/")[0]
     if not RUN_ID.fullmatch(run_id):
-        raise ConfigError(f"model {model!r} is neither a checkpoint file nor an MLflow run id (32 hex digits) or runs:/<run id> URI")
+        raise ConfigError(f"model {model!r} is neither a checkpoint file, a cell id (12 hex digits), an MLflow run id (32) nor a runs:/<run id> URI")
     try:
         return load_run(run_id, device)
     except MlflowException as err:
         raise ConfigError(f"cannot load the model of run {run_id} from tracking store {mlflow.get_tracking_uri()}: {err.message}") from None
+
+
+def cell_run(cell_id: str) -> str:
+    """The run id of the newest finished cell run of `cell_id` in the tracking store; ConfigError when it has none."""
+    runs = tracking.finished_cell_runs(cell_id)
+    if not runs:
+        raise ConfigError(f"no finished run of cell {cell_id} in tracking store {mlflow.get_tracking_uri()}; pass --tracking-uri, or a run id")
+    if len({r.info.experiment_id for r in runs}) > 1:
+        names = ", ".join(sorted({MlflowClient().get_experiment(r.info.experiment_id).name for r in runs}))
+        console.print(f"cell {cell_id} was trained in several experiments ({names}); using the newest run, {runs[0].info.run_id}", highlight=False)
+    return runs[0].info.run_id
 
 
 def load(model: str, device: str = "auto", size: int | None = None) -> Colorizer:

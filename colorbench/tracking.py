@@ -256,6 +256,14 @@ def cell_parent_runs(experiment_id: str, cell_id: str) -> list[Run]:
     return MlflowClient().search_runs([experiment_id], filter_string=query, max_results=10000)
 
 
+def finished_cell_runs(cell_id: str) -> list[Run]:
+    """The FINISHED cell runs of `cell_id` in every experiment of the store, newest first."""
+    client = MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    query = f"tags.`{TAG_CELL}` = '{cell_id}' and tags.`{TAG_ROLE}` = 'cell' and attributes.status = 'FINISHED'"
+    return client.search_runs(experiments, filter_string=query, max_results=1000, order_by=["attributes.start_time DESC"]) if experiments else []
+
+
 def close_stale_runs(experiment_id: str, cell_id: str, keep: Callable[[str], bool] = lambda run_id: False) -> int:
     """Close the RUNNING runs of `cell_id` whose process is gone (`is_stale`) as KILLED, fold runs with their cell run; return how
     many. The runs of a live process (another `colorbench run` training the cell) are left alone, and so are cell runs for which

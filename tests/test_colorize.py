@@ -69,11 +69,15 @@ def test_load_by_cell_run_fold_run_uri_and_checkpoint(trained: dict[str, str]) -
     )
     by_best_val = colorbench.load(best["run_id"].iloc[0], device="cpu").colorize(image)
     np.testing.assert_array_equal(outputs[0], by_best_val)  # a cell run is its deployed child: the best by validation
+    cell_id = mlflow.get_run(trained["cell"]).data.tags["colorbench.cell_id"]
+    np.testing.assert_array_equal(colorbench.load(cell_id, device="cpu").colorize(image), outputs[0])  # a cell id is its cell run
 
 
 def test_unknown_model_is_a_clear_config_error(trained: dict[str, str]) -> None:
-    with pytest.raises(ConfigError, match="neither a checkpoint file nor an MLflow run id"):
+    with pytest.raises(ConfigError, match="neither a checkpoint file, a cell id"):
         colorbench.load("no-such-model.pt")
+    with pytest.raises(ConfigError, match="no finished run of cell 0{12} in tracking store"):
+        colorbench.load("0" * 12)
     with pytest.raises(ConfigError, match="cannot load the model of run 0{32}"):
         colorbench.load("0" * 32)
 
