@@ -88,6 +88,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if o.failure:
             console.print(f"[red]failed[/] {o.cell.id}: {o.failure}")
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    store = f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else ""
+    console.print(f"Colorize photos with a cell's model: colorbench colorize CELL PHOTO -o out/{store} (CELL: an id of the table)", highlight=False, soft_wrap=True)
     console.print(f"Compare runs in the browser: {tracking.ui_hint(uri, exp.experiment)}", highlight=False, soft_wrap=True)
     return 1 if any(o.failure for o in outcomes) else 0
 

@@ -19,7 +19,8 @@ def test_runs_carry_dataset_inputs_and_the_experiment_its_kind(tiny_grid: dict, 
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("tiny")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-    last = capsys.readouterr().err.strip().splitlines()[-1]
+    *_, hint, last = capsys.readouterr().err.strip().splitlines()
+    assert f"colorbench colorize CELL PHOTO -o out/ --tracking-uri {tracking_uri}" in hint
     assert f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning" in last and "Model training" in last
     found = client.search_runs([experiment.experiment_id])
     assert sorted(r.data.tags[tracking.TAG_ROLE] for r in found) == ["cell", "fold"]
