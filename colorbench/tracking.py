@@ -252,16 +252,19 @@ def is_stale(run: Run, now: float, timeout: float) -> bool:
 
 def cell_parent_runs(experiment_id: str, cell_id: str) -> list[Run]:
     """Every (not deleted) cell run of `cell_id`, whatever its status."""
-    query = f"tags.`{TAG_CELL}` = '{cell_id}' and tags.`{TAG_ROLE}` = 'cell'"
-    return MlflowClient().search_runs([experiment_id], filter_string=query, max_results=10000)
+    return MlflowClient().search_runs([experiment_id], filter_string=_cell_runs_query(cell_id), max_results=10000)
 
 
 def finished_cell_runs(cell_id: str) -> list[Run]:
     """The FINISHED cell runs of `cell_id` in every experiment of the store, newest first."""
     client = MlflowClient()
     experiments = [e.experiment_id for e in client.search_experiments()]
-    query = f"tags.`{TAG_CELL}` = '{cell_id}' and tags.`{TAG_ROLE}` = 'cell' and attributes.status = 'FINISHED'"
+    query = f"{_cell_runs_query(cell_id)} and attributes.status = 'FINISHED'"
     return client.search_runs(experiments, filter_string=query, max_results=1000, order_by=["attributes.start_time DESC"]) if experiments else []
+
+
+def _cell_runs_query(cell_id: str) -> str:
+    return f"tags.`{TAG_CELL}` = '{cell_id}' and tags.`{TAG_ROLE}` = 'cell'"
 
 
 def close_stale_runs(experiment_id: str, cell_id: str, keep: Callable[[str], bool] = lambda run_id: False) -> int:
