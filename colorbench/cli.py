@@ -103,7 +103,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.dry_run:
         print_config(search.config)
         return 0
-    outcome = run_search(search, args.n_trials, args.timeout, args.storage, args.study, args.n_workers, args.tracking_uri, args.out, args.overrides)
+    outcome = run_search(search, args.n_trials, args.timeout, args.storage, args.study, args.n_workers, args.tracking_uri, args.out)
     counts = ", ".join(f"{n} {state.lower()}" for state, n in outcome.counts.items() if n)
     stdout.print(f"Study {outcome.study_name!r} ({outcome.storage}): {counts or 'no trials'}.")
     if outcome.front is not None and len(outcome.front):

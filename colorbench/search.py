@@ -7,7 +7,7 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -114,7 +114,6 @@ class TrialContext:
     folds: list[Fold]
     gray: dict[str, float]
     bench: Workbench
-    overrides: tuple[str, ...] = ()  # the command line's, tagged on every run (`tracking.TAG_OVERRIDES`)
 
     @property
     def data(self) -> PreparedData:
@@ -128,7 +127,7 @@ def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float | list[float]:
     values = ctx.search.sample(trial)
     cell = ctx.search.cell(values)
     tags = {
-        **tracking.cell_tags(cell, ctx.data.fingerprint, ctx.overrides),
+        **tracking.cell_tags(cell, ctx.data.fingerprint, ctx.search.overrides),
         tracking.TAG_ROLE: "trial",
         TAG_STUDY: ctx.study_name,
         TAG_TRIAL: str(trial.number),
@@ -252,10 +251,8 @@ def optimize(
     tracking_uri: str,
     worker: int = 0,
     interactive: bool = True,
-    overrides: Sequence[str] = (),
 ) -> None:
-    """One worker: load the data and the study, then run `n_trials` trials (or until `timeout` seconds), each run tagged with the
-    command line's `overrides`."""
+    """One worker: load the data and the study, then run `n_trials` trials (or until `timeout` seconds)."""
     cfg = search.config
     experiment_id = tracking.open_experiment(tracking_uri, cfg.experiment)
     study = open_study(search, storage, study_name)
@@ -274,7 +271,7 @@ def optimize(
     with progress(interactive) as bar:
         bench = Workbench(data, device, bar)
         uri = tracking.absolute_uri(tracking_uri)
-        ctx = TrialContext(search, study_name, storage, experiment_id, uri, folds, gray_baseline(data.test), bench, tuple(overrides))
+        ctx = TrialContext(search, study_name, storage, experiment_id, uri, folds, gray_baseline(data.test), bench)
         trials_bar = bar.add_task("trials", total=n_trials, status="")
 
         def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -295,27 +292,26 @@ def worker_main(
     tracking_uri: str,
     worker: int,
     plugins: list[str],
-    overrides: Sequence[str] = (),
 ) -> None:
     """Entry point of a worker process (spawned, so CUDA and MLflow start fresh): the parent's plugins first, errors as one line."""
     quiet_libraries()
     try:
         load_plugins(plugins)
-        optimize(search, storage, study_name, n_trials, timeout, tracking_uri, worker, interactive=False, overrides=overrides)
+        optimize(search, storage, study_name, n_trials, timeout, tracking_uri, worker, interactive=False)
     except ColorbenchError as err:
         console.print(f"[red]error:[/] worker {worker}: {err}", highlight=False, soft_wrap=True)
         sys.exit(1)
 
 
 def run_workers(
-    search: Search, storage: str, study_name: str, n_trials: int, timeout: float | None, tracking_uri: str, n_workers: int, overrides: Sequence[str] = ()
+    search: Search, storage: str, study_name: str, n_trials: int, timeout: float | None, tracking_uri: str, n_workers: int
 ) -> None:
     """`n_workers` processes on one study, sharing `n_trials` between them exactly (no trial lost or run twice)."""
     shares = [n_trials // n_workers + (w < n_trials % n_workers) for w in range(n_workers)]
     context = multiprocessing.get_context("spawn")
     workers = [
         context.Process(
-            target=worker_main, args=(search, storage, study_name, share, timeout, tracking_uri, w, loaded_plugins(), overrides),
+            target=worker_main, args=(search, storage, study_name, share, timeout, tracking_uri, w, loaded_plugins()),
             name=f"colorbench-worker-{w}",
         )
         for w, share in enumerate(shares)
@@ -354,10 +350,8 @@ def run_search(
     n_workers: int = 1,
     tracking_uri: str | None = None,
     out_dir: str | Path | None = None,
-    overrides: Sequence[str] = (),
 ) -> SearchOutcome:
-    """Add `n_trials` trials (default: the file's `n_trials`) to the study, in `n_workers` processes; save Optuna's figures. Every
-    run is tagged with the command line's `overrides` that made `search`."""
+    """Add `n_trials` trials (default: the file's `n_trials`) to the study, in `n_workers` processes; save Optuna's figures."""
     if n_workers < 1:
         raise ConfigError(f"--n-workers must be at least 1, got {n_workers}")
     cfg = search.config
@@ -377,9 +371,9 @@ def run_search(
             "consider objective: {metric: val_auc_rebalanced, direction: maximize}"
         )
     if n_workers == 1:
-        optimize(search, storage, study_name, n_trials, timeout, uri, overrides=overrides)
+        optimize(search, storage, study_name, n_trials, timeout, uri)
     else:
-        run_workers(search, storage, study_name, n_trials, timeout, uri, n_workers, overrides)
+        run_workers(search, storage, study_name, n_trials, timeout, uri, n_workers)
     study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
     counts = {state.name: len(study.get_trials(deepcopy=False, states=(state,))) for state in optuna.trial.TrialState}
     several = len(cfg.goals) > 1

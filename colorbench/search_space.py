@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -128,10 +128,12 @@ class Param:
 
 @dataclass(frozen=True)
 class Search:
-    """A validated search file: its config and its parsed space, in file order."""
+    """A validated search file: its config, its parsed space in file order, and the command-line overrides it was read with
+    (tagged on every run, `tracking.TAG_OVERRIDES`)."""
 
     config: SearchConfig
     params: tuple[Param, ...]
+    overrides: tuple[str, ...] = ()
 
     def sample(self, trial: optuna.Trial) -> dict[str, Any]:
         """Suggest every entry whose conditions hold (component names count as chosen even when fixed)."""
@@ -278,4 +280,4 @@ def parse_search(raw: Any, where: str = "search") -> Search:
 
 def load_search(path: str | Path, overrides: Sequence[str] = ()) -> Search:
     """Read and validate a search file with command-line `overrides`; every problem is a one-line ConfigError."""
-    return load_with_overrides(path, overrides, SearchConfig, parse_search)
+    return replace(load_with_overrides(path, overrides, SearchConfig, parse_search), overrides=tuple(overrides))

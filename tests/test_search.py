@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -125,7 +126,8 @@ def test_pruner_stops_a_hopeless_trial(tiny_search: dict, tracking_uri: str, tmp
 def test_two_worker_processes_share_one_study(tiny_search: dict, tracking_uri: str, tmp_path: Path) -> None:
     tiny_search["train"]["epochs"] = 1
     given = ["train.epochs=1"]  # as the command line would pass them: each worker process tags its runs with them
-    outcome = run_search(parse_search(tiny_search), n_trials=4, n_workers=2, tracking_uri=tracking_uri, out_dir=tmp_path, overrides=given)
+    search = replace(parse_search(tiny_search), overrides=tuple(given))  # what load_search keeps
+    outcome = run_search(search, n_trials=4, n_workers=2, tracking_uri=tracking_uri, out_dir=tmp_path)
     journal = tmp_path / "optuna-journal.log"
     assert outcome.storage == f"journal:{journal}" and journal.is_file()  # SQLite would lock under two writers
     study = optuna.load_study(study_name="tiny-search", storage=open_storage(f"journal:{journal}"))
