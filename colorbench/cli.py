@@ -190,7 +190,7 @@ def cmd_colorize(args: argparse.Namespace) -> int:
     written, failed = colorize_files(colorizer, args.inputs, args.out, compare=args.compare)
     for name, reason in failed:
         console.print(f"[red]skipped[/] {name}: {reason}", highlight=False)
-    console.print(f"Wrote {len(written)} colorized image(s) to {args.out}/" + (f"; {len(failed)} file(s) failed" if failed else ""))
+    console.print(f"Wrote {len(written)} colorized image(s) to {str(args.out).rstrip('/')}/" + (f"; {len(failed)} file(s) failed" if failed else ""))
     return 1 if failed or not written else 0
 
 
