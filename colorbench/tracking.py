@@ -28,7 +28,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 try:
     import fcntl
@@ -197,7 +197,19 @@ def log_datasets(run_id: str, source: dict[str, Any], fingerprint: str, contexts
         DatasetInput(MetaDataset(CodeDatasetSource(source), name=f"{name}-{context}", digest=fingerprint)._to_mlflow_entity(), [InputTag(CONTEXT_TAG, context)])
         for context in contexts
     ]
-    MlflowClient().log_inputs(run_id, datasets=inputs)
+    with store_lock():
+        try:
+            MlflowClient().log_inputs(run_id, datasets=inputs)
+        except Exception as err:  # a lock-free store (server, PostgreSQL) let a concurrent run insert it first
+            if not is_duplicate(err):
+                raise
+            MlflowClient().log_inputs(run_id, datasets=inputs)  # the dataset rows exist now; this only links them to the run
+
+
+def is_duplicate(error: BaseException) -> bool:
+    """Whether `error` is the store refusing a row another process inserted between MLflow's check and its insert."""
+    text = str(error)
+    return isinstance(error, IntegrityError) or "UNIQUE constraint failed" in text or "duplicate key value" in text
 
 
 def cell_runs(experiment_id: str, status: str | None = None) -> pd.DataFrame:

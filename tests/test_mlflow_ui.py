@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mlflow
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from racing import log_the_same_dataset_at_once
 
 from colorbench import cli, tracking
 
@@ -31,3 +33,8 @@ def test_runs_carry_dataset_inputs_and_the_experiment_its_kind(tiny_grid: dict, 
         assert {d.name for d in inputs.values()} == {"builtin-training", "builtin-validation", "builtin-test"}
     filtered = client.search_runs([experiment.experiment_id], filter_string="dataset.name = 'builtin-training'")
     assert len(filtered) == 2  # the runs table's Dataset filter
+
+
+def test_runs_logging_the_same_new_dataset_at_once_all_get_it(tracking_uri: str) -> None:
+    mlflow.set_tracking_uri(tracking_uri)
+    assert log_the_same_dataset_at_once(tracking_uri) == []  # MLflow checks for the row, then inserts it: racing runs collide

@@ -9,11 +9,13 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import mlflow
 import optuna
 import pytest
 import servers
 import yaml
 from mlflow.tracking import MlflowClient
+from racing import log_the_same_dataset_at_once
 from test_search import TINY_SEARCH
 
 from colorbench import tracking
@@ -63,3 +65,8 @@ def test_grid_logs_to_an_mlflow_server_on_postgresql(mlflow_server: str, tiny_gr
     (fold,) = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{cell.info.run_id}'")
     assert "checkpoint.pt" in {a.path for a in client.list_artifacts(fold.info.run_id)}  # artifacts went through the server
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_runs_logging_the_same_new_dataset_through_a_server_at_once_all_get_it(mlflow_server: str) -> None:
+    mlflow.set_tracking_uri(mlflow_server)  # no file lock here: the second insert of a racing pair is refused and retried
+    assert log_the_same_dataset_at_once(mlflow_server) == []
