@@ -13,6 +13,8 @@ from reliability_support import Colorbench, cell_ids, cell_runs, fold_runs, runs
 
 from colorbench import cli, tracking
 
+pytestmark = pytest.mark.processes
+
 
 def table_row(stdout: str, cell_id: str) -> str:
     """The first line of a cell's row in the summary table's first column: its id, then its note (`(skipped: done)`, `(trained by`

@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 
 import optuna
+import pytest
 from reliability_support import (
     EXPERIMENT,
     Colorbench,
@@ -28,6 +29,7 @@ from colorbench import cache, tracking
 from colorbench.studies import USER_ATTR_RUN
 from colorbench.tracking import TAG_TRIAL
 
+pytestmark = pytest.mark.processes
 EPOCHS = 6
 
 

@@ -26,6 +26,7 @@ connection.execute("COMMIT")
 """
 
 
+@pytest.mark.processes
 def test_a_store_locked_mid_grid_ends_it_with_one_line_and_the_same_command_resumes(tiny_grid: dict, tracking_uri: str, tmp_path: Path) -> None:
     grid = slow_grid(tiny_grid, cells=3, epochs=6, seconds=0.2)
     first, second, third = cell_ids(grid)
