@@ -20,7 +20,12 @@ Then it writes a 12000 x 12000 JPEG (144 MP, an upscaled photo) and colorizes it
 with an untrained resnet18-6 checkpoint: `colorize mp=... peak_rss_mib=... mp_per_s=...` (peak RSS of that process from
 wait4; the rate counts decoding, composition and writing the PNG). Targets: peak RSS <= 1536 MiB, >= 5 MP/s.
 
+With `--grid`, it also runs a real `colorbench run` on each folder (one cell: resnet18-6 + mse, hold-out, one epoch, the
+cache built with all workers, an MLflow store in a temporary folder) and samples that process the same way:
+`grid n=... seconds=... peak_anon_mib=...`, then `grid ratio anon_growth=X` (target X <= 1.15).
+
     python benchmarks/data_scale.py                              # N = 2,000 and 20,000 at 64 px, then the 144-MP photo (~15 min on 2 cores)
+    python benchmarks/data_scale.py --grid --colorize-mp 0       # the same scale runs, then a whole grid on each folder
     python benchmarks/data_scale.py --sizes 200 400 --colorize-mp 4   # a 1-minute smoke run
 """
 
@@ -41,6 +46,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 KIB_PER_MIB = 1024
+CLI = "import sys; from colorbench.cli import main; sys.exit(main(sys.argv[1:]))"  # `colorbench ...` with this interpreter
 
 
 def make_photo(job: tuple[Path, Path, int]) -> None:
@@ -105,6 +111,27 @@ def child_run(folder: str, size: int, epoch: bool) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
+def grid_runs(root: Path, data: Path, sizes: list[int], image_size: int) -> None:
+    """A one-cell, one-epoch `colorbench run` on each folder, in a fresh process with a fresh cache and store; one `grid` line
+    each, then their memory ratio."""
+    peaks = {}
+    for n in sizes:
+        with tempfile.TemporaryDirectory(prefix="colorbench-scale-grid-") as tmp:
+            grid = {
+                "experiment": f"scale-n{n}",
+                "data": {"source": "folder", "path": str(photo_folder(root, data, n)), "image_size": image_size},
+                "train": {"epochs": 1, "batch_size": 32, "lr": 3.0e-4, "seed": 0},
+                "test_fraction": 0.05,
+                "grid": {"backbone": ["resnet18-6"], "loss": ["mse"], "splitter": [{"name": "holdout", "val_fraction": 0.1}]},
+            }
+            (Path(tmp) / "grid.yaml").write_text(json.dumps(grid))  # JSON is YAML
+            command = [sys.executable, "-c", CLI, "run", str(Path(tmp) / "grid.yaml"), "--tracking-uri", f"sqlite:///{tmp}/mlflow.db"]
+            started = time.perf_counter()
+            _, peaks[n], _ = measured(command, child_env(COLORBENCH_CACHE_DIR=tmp))
+        print(f"grid n={n} seconds={time.perf_counter() - started:.0f} peak_anon_mib={peaks[n]:.0f}", flush=True)
+    print(f"grid ratio anon_growth={peaks[max(sizes)] / peaks[min(sizes)]:.3f}", flush=True)
+
+
 def rss_anon_kib(pid: int) -> int:
     """The process's anonymous resident memory (KiB), 0 once it is gone."""
     try:
@@ -117,7 +144,7 @@ def rss_anon_kib(pid: int) -> int:
 
 
 def measured(command: list[str], env: dict[str, str]) -> tuple[dict, float, float]:
-    """Run `command`; return its RESULT json, its peak RssAnon (MiB, sampled every 20 ms) and its peak RSS (MiB, from wait4)."""
+    """Run `command`; return its RESULT json (if it prints one), its peak RssAnon (MiB, sampled every 20 ms) and its peak RSS (MiB, from wait4)."""
     with tempfile.TemporaryFile("w+") as out:
         child = subprocess.Popen(command, env=env, stdout=out)
         peak = 0
@@ -132,7 +159,7 @@ def measured(command: list[str], env: dict[str, str]) -> tuple[dict, float, floa
         text = out.read()
     if child.returncode:
         sys.exit(f"child failed ({child.returncode}): {' '.join(command)}\n{text[-2000:]}")
-    result = json.loads(text.split("RESULT ", 1)[1].splitlines()[0])
+    result = json.loads(text.split("RESULT ", 1)[1].splitlines()[0]) if "RESULT " in text else {}
     return result, peak / KIB_PER_MIB, usage.ru_maxrss / KIB_PER_MIB
 
 
@@ -186,6 +213,7 @@ def main() -> None:
         "--threads", type=int, help="torch threads of the training epoch (default: torch's; 1 is steadier on a busy machine)"
     )
     parser.add_argument("--colorize-mp", type=float, default=144.0, help="megapixels of the colorized photo (0: skip; default: 144)")
+    parser.add_argument("--grid", action="store_true", help="also run a one-cell `colorbench run` on each folder and compare its memory")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -218,6 +246,8 @@ def main() -> None:
             )
     if args.sizes:
         report_ratios(rows, args.sizes, workers)
+    if args.grid and args.sizes:
+        grid_runs(root, data, args.sizes, args.image_size)
     if args.colorize_mp > 0:
         colorize_large(data, args.colorize_mp, args.image_size)
 

@@ -17,6 +17,7 @@ from statsmodels.stats.multitest import multipletests
 
 CORRECTIONS = {"holm": "holm", "bh": "fdr_bh", "none": None}  # --correction -> statsmodels' method
 N_RESAMPLES = 10_000
+BOOTSTRAP_VALUES = 1 << 20  # resampled values held at once by a bootstrap: its memory is O(this), not O(resamples x n)
 CONFIDENCE = 0.95
 
 
@@ -34,6 +35,12 @@ def corrected_ttest(d: np.ndarray, val_over_train: float) -> tuple[float, float]
     return t, float(2 * stats.t.sf(abs(t), j - 1))
 
 
+def bootstrap_batch(n: int) -> int:
+    """Resamples per vectorised call of scipy's bootstrap for a sample of n (its memory is O(batch x n); the result does not depend
+    on it): 10,000 test images would otherwise take 10,000 x 10,000 values at once, 0.8 GB."""
+    return max(1, BOOTSTRAP_VALUES // max(n, 1))
+
+
 def bootstrap_ci(values: np.ndarray, seed: int = 0, method: str = "BCa") -> tuple[float, float]:
     """95% bootstrap confidence interval of the mean of `values` (scipy.stats.bootstrap, seeded, N_RESAMPLES resamples).
 
@@ -43,8 +50,9 @@ def bootstrap_ci(values: np.ndarray, seed: int = 0, method: str = "BCa") -> tupl
         value = float(values[0]) if len(values) else float("nan")
         return value, value
     result = stats.bootstrap(
-        (values,), np.mean, n_resamples=N_RESAMPLES, confidence_level=CONFIDENCE, method=method, random_state=np.random.default_rng(seed)
-    )
+        (values,), np.mean, n_resamples=N_RESAMPLES, batch=bootstrap_batch(len(values)), confidence_level=CONFIDENCE, method=method,
+        random_state=np.random.default_rng(seed),
+    )  # fmt: skip
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
@@ -113,6 +121,8 @@ def variance_components(values: np.ndarray, splits: np.ndarray, per_image: np.nd
     images = np.asarray(per_image, dtype=float)
     se_images = float("nan")
     if len(images) > 1:
-        result = stats.bootstrap((images,), np.mean, n_resamples=N_RESAMPLES, method="percentile", random_state=np.random.default_rng(seed))
+        result = stats.bootstrap(
+            (images,), np.mean, n_resamples=N_RESAMPLES, batch=bootstrap_batch(len(images)), method="percentile", random_state=np.random.default_rng(seed)
+        )
         se_images = float(result.standard_error)
     return {"sd_split": sd_split, "sd_seed": sd_seed, "se_images": se_images}

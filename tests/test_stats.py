@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import tracemalloc
+from collections.abc import Callable
 
 import matplotlib
 
@@ -13,7 +15,20 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from colorbench.stats import adjust, bootstrap_ci, cd_diagram, corrected_ttest, friedman, kendall_tau, mean_ranks, nemenyi, prob_outperform
+from colorbench.stats import (
+    N_RESAMPLES,
+    adjust,
+    bootstrap_batch,
+    bootstrap_ci,
+    cd_diagram,
+    corrected_ttest,
+    friedman,
+    kendall_tau,
+    mean_ranks,
+    nemenyi,
+    prob_outperform,
+    variance_components,
+)
 
 
 def test_corrected_ttest_matches_hand_numbers_and_the_plain_test_without_overlap() -> None:
@@ -37,6 +52,28 @@ def test_bootstrap_ci_is_seeded_and_agrees_with_the_t_interval() -> None:
     t_low, t_high = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
     assert low == pytest.approx(t_low, abs=0.01) and high == pytest.approx(t_high, abs=0.01)
     assert bootstrap_ci(np.array([0.5, 0.5, 0.5])) == (0.5, 0.5)
+
+
+def traced_peak_mib(run: Callable[[], object]) -> float:
+    """Peak of the memory Python and numpy allocate (tracemalloc) while `run` runs, in MiB."""
+    tracemalloc.start()
+    try:
+        run()
+        return tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+def test_bootstraps_of_many_images_run_in_batches_and_equal_scipys_unbatched_result() -> None:
+    values = np.random.default_rng(3).normal(size=2000)
+    unbatched_mib = N_RESAMPLES * len(values) * 16 / 2**20  # one call: every resample's indices and values at once, 305 MiB
+    assert bootstrap_batch(len(values)) < N_RESAMPLES
+    assert traced_peak_mib(lambda: bootstrap_ci(values)) < unbatched_mib / 4
+    assert traced_peak_mib(lambda: variance_components(np.array([1.0]), np.array([0]), values)) < unbatched_mib / 4
+    whole = stats.bootstrap((values,), np.mean, n_resamples=N_RESAMPLES, method="BCa", random_state=np.random.default_rng(0))
+    assert bootstrap_ci(values) == (whole.confidence_interval.low, whole.confidence_interval.high)
+    whole = stats.bootstrap((values,), np.mean, n_resamples=N_RESAMPLES, method="percentile", random_state=np.random.default_rng(0))
+    assert variance_components(np.array([1.0]), np.array([0]), values)["se_images"] == whole.standard_error
 
 
 def test_probability_of_outperforming_counts_wins_and_half_ties() -> None:
