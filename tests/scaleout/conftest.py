@@ -26,7 +26,10 @@ def postgres_bin(name: str) -> str:
 
 def as_postgres(args: list[str]) -> list[str]:
     """PostgreSQL refuses to run as root: run its programs as the `postgres` user then (from /, a folder it can enter)."""
-    return ["runuser", "-u", "postgres", "--", "env", "-C", "/", *args] if os.geteuid() == 0 else args
+    if os.geteuid() != 0:
+        return args
+    runuser = shutil.which("runuser", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))  # sbin: not always on PATH
+    return [runuser or "runuser", "-u", "postgres", "--", "env", "-C", "/", *args]
 
 
 @pytest.fixture(scope="session")

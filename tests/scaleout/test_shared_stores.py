@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def test_two_search_processes_extend_one_postgresql_study(postgres: Callable[[st
 def mlflow_server(postgres: Callable[[str], str], tmp_path: Path) -> Iterator[str]:
     """`mlflow server` on a PostgreSQL backend with proxied artifacts, on 127.0.0.1; yields its URL."""
     pytest.importorskip("psycopg", reason="pip install 'colorbench[postgres]'")
-    with servers.mlflow_server(postgres("mlflow"), tmp_path / "artifacts", tmp_path / "server.log") as url:
+    with servers.mlflow_server(postgres(f"mlflow_{uuid.uuid4().hex[:8]}"), tmp_path / "artifacts", tmp_path / "server.log") as url:  # a database per test
         yield url
 
 
