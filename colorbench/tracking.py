@@ -28,7 +28,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import OperationalError
 
 try:
     import fcntl
@@ -207,9 +207,10 @@ def log_datasets(run_id: str, source: dict[str, Any], fingerprint: str, contexts
 
 
 def is_duplicate(error: BaseException) -> bool:
-    """Whether `error` is the store refusing a row another process inserted between MLflow's check and its insert."""
+    """Whether `error` is the store refusing a row another process inserted between MLflow's check and its insert (MLflow wraps the
+    database's error, so its text is what is left: SQLite's and PostgreSQL's)."""
     text = str(error)
-    return isinstance(error, IntegrityError) or "UNIQUE constraint failed" in text or "duplicate key value" in text
+    return "UNIQUE constraint failed" in text or "duplicate key value" in text
 
 
 def cell_runs(experiment_id: str, status: str | None = None) -> pd.DataFrame:
@@ -451,19 +452,18 @@ def download_state(run_id: str, path: Path) -> bool:
     return True
 
 
-def state_runs(parent_run_id: str) -> list[str]:
+def state_runs(parent_run_id: str) -> list[Run]:
     """The child runs of the cell or trial run `parent_run_id` that keep a training state as an artifact."""
     client = MlflowClient()
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     children = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'", max_results=10_000)
-    return [r.info.run_id for r in children if _off_this_machine(r.info.artifact_uri) and client.list_artifacts(r.info.run_id, STATE_ARTIFACTS)]
+    return [r for r in children if _off_this_machine(r.info.artifact_uri) and client.list_artifacts(r.info.run_id, STATE_ARTIFACTS)]
 
 
 def drop_remote_states(parent_run_id: str) -> None:
     """Delete the training-state artifacts of the child runs of `parent_run_id` (its cell or trial ended for good)."""
-    client = MlflowClient()
-    for run_id in state_runs(parent_run_id):
-        get_artifact_repository(client.get_run(run_id).info.artifact_uri, tracking_uri=mlflow.get_tracking_uri()).delete_artifacts(STATE_ARTIFACTS)
+    for run in state_runs(parent_run_id):
+        get_artifact_repository(run.info.artifact_uri, tracking_uri=mlflow.get_tracking_uri()).delete_artifacts(STATE_ARTIFACTS)
 
 
 def logged_steps(run_id: str, key: str) -> set[int]:
