@@ -137,14 +137,33 @@ def check_uninterrupted(grid: Path, cell_id: str, uri: str, fold_run_id: str, fo
     assert tests and {k: final[k] for k in tests} == tests
 
 
-def kill_at_epoch(process: Colorbench, uri: str, cell_id: str, epoch: int = 3) -> tuple[Run, Run]:
-    """kill -9 `process` once a fold run of the cell has logged `epoch` epochs; return the cell run and its (one) fold run."""
-    process.wait_until(lambda: epochs_logged(uri, cell_runs(uri, cell_id)) >= epoch)
+def kill_at_epoch(process: Colorbench, uri: str, parents: Callable[[], list[Run]], epoch: int = 3) -> tuple[Run, Run]:
+    """kill -9 `process` once a fold run of the one run `parents()` finds (a cell or trial run) has logged `epoch` epochs; return that
+    run and its (one) fold run."""
+    process.wait_until(lambda: epochs_logged(uri, parents()) >= epoch)
     os.kill(process.process.pid, signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL
-    [interrupted] = cell_runs(uri, cell_id)
+    [interrupted] = parents()
     [fold] = fold_runs(uri, interrupted.info.run_id)
     return interrupted, fold
+
+
+def killed_grid(tiny_grid: dict, uri: str, folder: Path, epochs: int) -> tuple[Path, str, Run, Run]:
+    """A one-cell grid of `epochs` slow epochs, written to `folder` and run on `uri` until kill -9 at epoch 3: the grid file, the
+    cell id, the interrupted cell run and its fold run."""
+    grid = slow_grid(tiny_grid, cells=1, epochs=epochs, seconds=0.2)
+    [cell] = cell_ids(grid)
+    path = write_grid(folder, grid)
+    interrupted, fold = kill_at_epoch(Colorbench.start(path, uri, "killed"), uri, lambda: cell_runs(uri, cell))
+    return path, cell, interrupted, fold
+
+
+def rerun_resumes(grid: Path, uri: str, cell_id: str, interrupted: Run, fold: Run, epochs: int) -> None:
+    """The same command again finishes: it resumes the cell in its interrupted cell run and fold run (`check_continued`)."""
+    rerun = Colorbench.start(grid, uri, "rerun")  # a process like the killed one (one CPU thread: same float sums)
+    assert rerun.wait() == 0, rerun.stderr
+    assert "resuming cell" in rerun.stderr
+    check_continued(uri, cell_id, interrupted.info.run_id, fold.info.run_id, epochs)
 
 
 def check_continued(uri: str, cell_id: str, cell_run_id: str, fold_run_id: str, epochs: int) -> None:

@@ -3,9 +3,7 @@ the same runs to the same result as an uninterrupted run."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 from pathlib import Path
 
 import optuna
@@ -13,15 +11,13 @@ import pytest
 from reliability_support import (
     EXPERIMENT,
     Colorbench,
-    cell_ids,
-    check_continued,
     check_uninterrupted,
-    epochs_logged,
     fold_history,
     fold_runs,
     kill_at_epoch,
+    killed_grid,
+    rerun_resumes,
     runs,
-    slow_grid,
     write_grid,
 )
 
@@ -36,17 +32,11 @@ EPOCHS = 6
 def test_kill_9_at_epoch_3_of_6_then_rerun_resumes_the_fold_to_the_uninterrupted_result(
     tiny_grid: dict, tracking_uri: str, tmp_path: Path, empty_store: Path
 ) -> None:
-    grid = slow_grid(tiny_grid, cells=1, epochs=EPOCHS, seconds=0.2)
-    [cell] = cell_ids(grid)
-    path = write_grid(tmp_path, grid)
-    interrupted, fold = kill_at_epoch(Colorbench.start(path, tracking_uri, "killed"), tracking_uri, cell)
+    path, cell, interrupted, fold = killed_grid(tiny_grid, tracking_uri, tmp_path, EPOCHS)
     assert 3 <= len(fold_history(tracking_uri, fold.info.run_id)) < EPOCHS
     assert [s.cell_id for s in cache.states()].count(cell) == 1  # the fold's saved state
 
-    rerun = Colorbench.start(path, tracking_uri, "rerun")  # a process like the killed one (one CPU thread: same float sums)
-    assert rerun.wait() == 0, rerun.stderr
-    assert "resuming cell" in rerun.stderr
-    check_continued(tracking_uri, cell, interrupted.info.run_id, fold.info.run_id, EPOCHS)
+    rerun_resumes(path, tracking_uri, cell, interrupted, fold, EPOCHS)
     assert all(s.cell_id != cell for s in cache.states())  # the finished cell's state is gone
 
     check_uninterrupted(path, cell, tracking_uri, fold.info.run_id, tmp_path, empty_store)  # bit-identical on a CPU, epoch by epoch
@@ -74,11 +64,7 @@ def test_kill_9_of_a_search_mid_fold_then_rerun_continues_the_trial_in_its_runs(
     options = ("--n-trials", "1", "--out", "figures")
     killed = Colorbench.start(path, tracking_uri, "killed", options, verb="search")
 
-    killed.wait_until(lambda: epochs_logged(tracking_uri, trial_runs(tracking_uri)) >= 3)
-    os.kill(killed.process.pid, signal.SIGKILL)
-    assert killed.wait() == -signal.SIGKILL
-    [interrupted] = trial_runs(tracking_uri)
-    [fold] = fold_runs(tracking_uri, interrupted.info.run_id)
+    interrupted, fold = kill_at_epoch(killed, tracking_uri, lambda: trial_runs(tracking_uri))
     assert interrupted.info.status == "RUNNING" and 3 <= len(fold_history(tracking_uri, fold.info.run_id)) < EPOCHS
 
     rerun = Colorbench.start(path, tracking_uri, "rerun", options, verb="search")
