@@ -25,10 +25,10 @@ from colorbench.errors import ConfigError
 from colorbench.losses import LOSSES, MSE
 from colorbench.metrics import METRICS, Metric
 from colorbench.report import FIGURES, GRAY, Report, badness, build_report, decodings_table, terminal_rows
+from colorbench.report.validation import COLUMNS
 from colorbench.resolve import parse_experiment
 from colorbench.runner import run_grid
-from colorbench.search_space import ObjectiveConfig, objective_choices
-from colorbench.validation_report import COLUMNS
+from colorbench.search.space import ObjectiveConfig, objective_choices
 
 EXPERIMENT = "tiny-report"
 

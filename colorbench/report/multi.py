@@ -15,9 +15,11 @@ import numpy as np
 import pandas as pd
 
 from colorbench import tracking
-from colorbench.comparisons import ADJUSTED, COLUMNS, P_TTEST, P_WILCOXON, adjust_report, compare
 from colorbench.errors import ConfigError
-from colorbench.report import ROW, Runs, bad_values, badness, components, fmt_p, load_runs, metric_names, open_store, per_image, sample
+from colorbench.report.comparisons import ADJUSTED, COLUMNS, P_TTEST, P_WILCOXON, adjust_report, compare
+from colorbench.report.render import fmt_p
+from colorbench.report.runs import ROW, Runs, components, load_runs, metric_names, per_image
+from colorbench.report.table import bad_values, badness, sample
 from colorbench.stats import CORRECTIONS
 
 FINGERPRINT = f"tags.{tracking.TAG_FINGERPRINT}"
@@ -54,7 +56,7 @@ def build_multi_report(
         raise ConfigError(f"unknown correction {correction!r}; use one of: {', '.join(CORRECTIONS)}")
     if len(set(experiments)) != len(experiments):
         raise ConfigError(f"--experiment given twice: {experiments}")
-    open_store(tracking_uri)
+    tracking.open_store(tracking_uri)
     loaded: dict[str, Runs] = {name: load_runs(name) for name in experiments}
     for name, runs in loaded.items():
         if metric not in metric_names(runs.cells):
