@@ -18,12 +18,19 @@ from colorbench.ui import console, quiet_libraries, stdout
 
 def cmd_list(args: argparse.Namespace) -> int:
     from colorbench.components import REGISTRIES
+    from colorbench.metrics import METRICS
     from colorbench.search.engines import PRUNERS, SAMPLERS
 
-    listed = {**REGISTRIES, "samplers (search)": SAMPLERS, "pruners (search)": PRUNERS, "executors (run --executor)": EXECUTORS}
+    listed = {
+        **REGISTRIES,
+        "metrics (report --metric; search objective val_<name>)": METRICS,
+        "samplers (search)": SAMPLERS,
+        "pruners (search)": PRUNERS,
+        "executors (run --executor)": EXECUTORS,
+    }
     for title, registry in listed.items():
         table = Table(title=title, title_justify="left", show_edge=False)
-        for column in ("name", "options (defaults)", "description"):
+        for column in registry.columns:
             table.add_column(column)
         for row in registry.describe():
             table.add_row(*row)
@@ -138,18 +145,14 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from colorbench.report import build_report, terminal_rows
+    from colorbench.report import build_report, caption, terminal_rows
 
     if len(args.experiment) > 1:
         return report_across(args)
     report = build_report(args.experiment[0], args.out, args.metric, args.baseline, args.tracking_uri, args.storage, args.correction)
     header, rows = terminal_rows(report)
     title = f"{report.experiment}: ranked on test {report.metric}, mean ± std over folds"
-    caption = (
-        "* baseline; p_adj (t): corrected resampled t-test over paired children; p (W, images): Wilcoxon signed-rank over test images; "
-        f"p_adj: adjusted ({report.correction}); intervals, P(better) and N: summary.md"
-    )
-    table = Table(title=title, caption=caption, show_edge=False)
+    table = Table(title=title, caption=caption(report.correction), show_edge=False)
     for column in header:
         table.add_column(column, no_wrap=column == "cell")  # a cell id (and its baseline mark) is never cut, whatever the width
     for row in rows:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from colorbench.report.build import build_report
 from colorbench.report.figures import FIGURES
 from colorbench.report.multi import MultiReport, build_multi_report
-from colorbench.report.render import components_text, decodings_table, terminal_rows
-from colorbench.report.table import GRAY, Report, badness
+from colorbench.report.render import caption, components_text, decodings_table, terminal_rows
+from colorbench.report.table import GRAY, Report
 
-__all__ = ["FIGURES", "GRAY", "MultiReport", "Report", "badness", "build_multi_report", "build_report", "components_text", "decodings_table", "terminal_rows"]
+__all__ = ["FIGURES", "GRAY", "MultiReport", "Report", "build_multi_report", "build_report", "caption", "components_text", "decodings_table", "terminal_rows"]

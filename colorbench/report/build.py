@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from colorbench import tracking
 from colorbench.errors import ConfigError
+from colorbench.metrics import badness, direction
 from colorbench.report import validation
 from colorbench.report.figures import SAMPLE_COLUMNS, plot_bar, plot_cd, plot_folds, plot_samples, plot_val_loss, study_figures
 from colorbench.report.render import markdown_table, summary
 from colorbench.report.runs import children, load_runs, sample_predictions, val_loss_curves
-from colorbench.report.table import GRAY, Report, bad_values, build_table, direction
+from colorbench.report.table import GRAY, Report, build_table
 from colorbench.stats import CORRECTIONS
 
 
@@ -39,7 +41,7 @@ def build_report(
         plot_cd(matrix, table, out / "cd.png")
     kids = children(runs, table, metric)
     if validation.needed(kids):
-        report.validation = validation.write(kids, metric, bad_values(metric), direction(metric), out)
+        report.validation = validation.write(kids, metric, partial(badness, metric), direction(metric), out)
     table.to_csv(out / "table.csv", index=False)
     (out / "table.md").write_text(markdown_table(report))
     cells, gray = table[table["cell"] != GRAY], table[table["cell"] == GRAY].iloc[0]

@@ -15,9 +15,10 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 from colorbench.errors import ConfigError
+from colorbench.metrics import direction
 from colorbench.plots import image_grid
 from colorbench.report.runs import Runs
-from colorbench.report.table import GRAY, direction, label, split_columns
+from colorbench.report.table import GRAY, label, split_columns
 from colorbench.stats import cd_diagram
 from colorbench.tracking import TAG_STORAGE, TAG_STUDY
 from colorbench.ui import console

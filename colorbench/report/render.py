@@ -10,17 +10,12 @@ from collections.abc import Mapping
 import mlflow
 import pandas as pd
 
-from colorbench.metrics import DECODING_MARK, decoded, headline_metrics
+from colorbench.metrics import DECODING_MARK, badness, decoded, direction, headline_metrics
 from colorbench.report import validation
-from colorbench.report.comparisons import (
-    ADJUSTED,
-    P_TTEST,
-    P_WILCOXON,
-)
+from colorbench.report.comparisons import STATISTICS, UNITS, raw_p_columns, shown_in
 from colorbench.report.figures import FIGURES
-from colorbench.report.table import COMPONENTS, GRAY, Report, badness, direction, label, split_columns
-
-ALPHA = 0.05
+from colorbench.report.table import COMPONENTS, GRAY, Report, label, split_columns
+from colorbench.report.text import ALPHA, fmt_value, p_is
 
 
 def mean_std(row: pd.Series, key: str) -> str:
@@ -38,31 +33,18 @@ def components_text(values: Mapping[str, object], key: str) -> str:
     return ", ".join(shown) or "-"
 
 
-def fmt_p(p: float) -> str:
-    """A p-value for people: `-` when not computed."""
-    if pd.isna(p):
-        return "-"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
-
-
-def fmt_value(value: object) -> str:
-    """A table cell: floats to 3 decimals, missing as empty."""
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return ""
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
 def markdown_table(report: Report) -> str:
     """table.md: every test metric of the default decoding as mean ± std, rank, p-values, the chosen metric per fold."""
     metrics = [c[len("test_") : -len("_mean")] for c in report.table.columns if re.fullmatch(r"test_.+_mean", c)]
     metrics = [m for m in metrics if DECODING_MARK not in m]
     splits = split_columns(report.table, report.metric)
     trials = ["sampled", "objective"] if "sampled" in report.table else []
-    header = ["cell", *trials, "backbone", "loss", "splitter", "rank", *COMPARISON_HEADER, *metrics, f"{report.metric} SDs / SE", "best epoch", "train s", *splits]
+    compared = shown_in("markdown")
+    header = ["cell", *trials, "backbone", "loss", "splitter", "rank", *(s.header for s in compared), *metrics, f"{report.metric} SDs / SE", "best epoch", "train s", *splits]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in report.table.iterrows():
         values = [cell_name(report, row), *(fmt_value(row.get(c)) for c in trials), row["backbone"], row["loss"], row["splitter"]]
-        values += [fmt_value(row.get("rank")), *comparison_values(row), *(mean_std(row, f"test_{m}") for m in metrics)]
+        values += [fmt_value(row.get("rank")), *(s.cell(row) for s in compared), *(mean_std(row, f"test_{m}") for m in metrics)]
         values += [components_text(row, f"test_{report.metric}")]
         values += [mean_std(row, "best_epoch"), mean_std(row, "train_seconds"), *(fmt_value(row.get(c)) for c in splits)]
         lines.append("| " + " | ".join(values) + " |")
@@ -71,27 +53,6 @@ def markdown_table(report: Report) -> str:
         "SD between training seeds, bootstrap SE over test images. "
     )
     return "\n".join(lines) + "\n\n" + ranking + tests_note(report) + failed_note(report) + decodings_table(report)
-
-
-P_ADJ_TTEST, P_ADJ_WILCOXON = ADJUSTED + P_TTEST.removeprefix("p_"), ADJUSTED + P_WILCOXON.removeprefix("p_")
-COMPARISON_HEADER = ("J", "p (t corr., children)", "p_adj (t)", "images", "Δ [95% CI] (images)", "p (W, images)", "p_adj (W)", "P(better) images", "P(better) children")
-
-
-def comparison_values(row: pd.Series) -> list[str]:
-    """A row's comparison with the baseline, as COMPARISON_HEADER's cells."""
-    return [
-        fmt_value(row.get("n_children")), fmt_p(row.get(P_TTEST)), fmt_p(row.get(P_ADJ_TTEST)), fmt_value(row.get("n_images")),
-        fmt_ci(row, "diff_mean", "diff_ci"), fmt_p(row.get(P_WILCOXON)), fmt_p(row.get(P_ADJ_WILCOXON)),
-        fmt_ci(row, "p_better_images", "p_better_images_ci"), fmt_ci(row, "p_better_children", "p_better_children_ci"),
-    ]
-
-
-def fmt_ci(row: pd.Series, key: str, ci: str) -> str:
-    """`value [low, high]`, `-` when missing."""
-    value = row.get(key)
-    if value is None or pd.isna(value):
-        return "-"
-    return f"{value:+.3f} [{row[ci + '_low']:+.3f}, {row[ci + '_high']:+.3f}]" if key == "diff_mean" else f"{value:.2f} [{row[ci + '_low']:.2f}, {row[ci + '_high']:.2f}]"
 
 
 DECODINGS = {"annealed mean (the loss's temperature)": "default", "mode (T -> 0)": "mode", "plain mean (T = 1)": "T1"}  # see losses.CrossEntropy
@@ -119,22 +80,25 @@ def cell_name(report: Report, row: pd.Series) -> str:
 
 
 def tests_note(report: Report) -> str:
-    """Which tests and intervals the comparison columns hold, and how the p-values were adjusted."""
+    """What the comparison columns hold (each statistic's note) and how the p-values were adjusted."""
     if report.n_images:
         images = f"over the {report.n_images} test images' per-image {report.metric}, averaged over each cell's folds"
     else:
         images = f"over test images: not available, {report.metric} is not logged per image"
-    family = int(report.table[[P_TTEST, P_WILCOXON]].notna().to_numpy().sum()) + (report.friedman is not None)
+    family = int(report.table[raw_p_columns()].notna().to_numpy().sum()) + (report.friedman is not None)
     adjusted = "not adjusted (--correction none)" if report.correction == "none" else f"adjusted by {CORRECTION_NAMES[report.correction]}"
+    notes = "; ".join(s.note.format(images=images) for s in STATISTICS if s.note)
     return (
-        f"Against the baseline cell {report.baseline}: p (t corr., children) = corrected resampled t-test (Nadeau & Bengio 2003) over "
-        "the J children trained on the same splits (same splitter and data seed, J >= 2), variance inflated by 1/J + n_val/n_train; "
-        f"p (W, images) = Wilcoxon signed-rank test (scipy.stats.wilcoxon) {images}; Δ = mean difference (cell - baseline) over the "
-        f"test images with its paired bootstrap 95% CI (scipy.stats.bootstrap, BCa, 10,000 resamples, seed 0); P(better) = share of "
-        "images (children) on which the cell beats the baseline, ties half (Bouthillier et al. 2021), percentile bootstrap 95% CI. "
+        f"Against the baseline cell {report.baseline}: {notes}. "
         f"p_adj: the report's {family} p-values (both tests and the Friedman test) {adjusted}; table.csv keeps the raw ones. "
         "`-`: not applicable.\n"
     )
+
+
+def caption(correction: str) -> str:
+    """The terminal table's caption: what its comparison columns are (each statistic's caption) and how p_adj was adjusted."""
+    described = "; ".join(f"{s.header}: {s.caption}" for s in shown_in("terminal") if s.caption)
+    return f"* baseline; {described}; p_adj: adjusted ({correction}); intervals, P(better) and N: summary.md"
 
 
 CORRECTION_NAMES = {"holm": "Holm (family-wise error)", "bh": "Benjamini-Hochberg (false discovery rate)"}
@@ -164,31 +128,14 @@ def significance_lines(report: Report) -> list[str]:
         value = row[f"test_{report.metric}_mean"]
         score, base_score = badness(report.metric, pd.Series([value, base]))
         verdict = "worse" if score > base_score else "better" if score < base_score else "equal"
-        tests = []
-        if pd.notna(row[P_WILCOXON]):
-            tests.append(
-                f"over {fmt_value(row['n_images'])} test images Δ = {fmt_ci(row, 'diff_mean', 'diff_ci')}, "
-                f"P(better) = {fmt_ci(row, 'p_better_images', 'p_better_images_ci')}, Wilcoxon {p_words(row[P_WILCOXON], row[P_ADJ_WILCOXON])}"
-            )
-        if pd.notna(row[P_TTEST]):
-            tests.append(
-                f"over J = {fmt_value(row['n_children'])} paired children P(better) = {fmt_ci(row, 'p_better_children', 'p_better_children_ci')}, "
-                f"corrected t-test {p_words(row[P_TTEST], row[P_ADJ_TTEST])}"
-            )
+        tests = [
+            " ".join([lead.format(fmt_value(row[f"n_{unit}"])), ", ".join(s.phrase(row) for s in STATISTICS if s.unit == unit and s.phrase)])
+            for unit, lead in UNITS.items()
+            if row[f"n_{unit}"] > 0
+        ]
         tested = "; ".join(tests) or "no test applies (other splits and no per-image values)"
         lines.append(f"- `{cid}` {label(row)}: {report.metric} {value:.3f} vs {base:.3f}, {verdict}; {tested}.")
     return lines
-
-
-def p_words(raw: float, adjusted: float) -> str:
-    """`p = raw, p_adj = adjusted (significant|not significant)`: the verdict is on the adjusted p."""
-    return f"{p_is('p', raw)}, {p_is('p_adj', adjusted)} ({'significant' if adjusted < ALPHA else 'not significant'})"
-
-
-def p_is(name: str, p: float) -> str:
-    """`name = 0.012`, or `name < 0.001`."""
-    shown = fmt_p(p)
-    return f"{name} {shown.replace('<', '< ')}" if shown.startswith("<") else f"{name} = {shown}"
 
 
 def friedman_lines(report: Report) -> list[str]:
@@ -267,10 +214,11 @@ def terminal_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the compact terminal table."""
     metrics = [report.metric, *(m for m in headline_metrics() if m != report.metric)]
     described = ["sampled"] if "sampled" in report.table else ["backbone", "loss", "splitter"]  # a trial: its sampled values
-    header = ["cell", *described, *metrics, f"{report.metric} SDs / SE", "p_adj (t)", "p (W, images)", "p_adj (W)", "rank"]
+    compared = shown_in("terminal")
+    header = ["cell", *described, *metrics, f"{report.metric} SDs / SE", *(s.header for s in compared), "rank"]
     rows = []
     for _, row in report.table.iterrows():
         names = [cell_name(report, row), *(fmt_value(row.get(c)) if c == "sampled" else row[c] for c in described)]
-        tests = [fmt_p(row.get(P_ADJ_TTEST)), fmt_p(row.get(P_WILCOXON)), fmt_p(row.get(P_ADJ_WILCOXON)), fmt_value(row.get("rank"))]
+        tests = [*(s.cell(row) for s in compared), fmt_value(row.get("rank"))]
         rows.append(names + [mean_std(row, f"test_{m}") for m in metrics] + [components_text(row, f"test_{report.metric}")] + tests)
     return header, rows

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +15,14 @@ import pandas as pd
 
 from colorbench import tracking
 from colorbench.errors import ConfigError
-from colorbench.metrics import BETTER_WORDS, metric_spec
+from colorbench.metrics import badness
 from colorbench.report.comparisons import (
-    COLUMNS,
     Friedman,
     Images,
     Sample,
     adjust_report,
     compare,
+    computed_columns,
     friedman_test,
     rank_matrix,
 )
@@ -50,19 +50,6 @@ class Report:
     correction: str = "holm"  # how the p-values were adjusted (colorbench.stats.CORRECTIONS)
     friedman: Friedman | None = None  # across all cells, test images as blocks
     validation: pd.DataFrame | None = None  # the validation schemes' table (validation_report), when the experiment has one
-
-
-def better(metric: str) -> str:
-    """`higher`, `lower` or `one`, from the metric table (a decoding such as `psnr.mode` reads as its metric)."""
-    spec = metric_spec(metric)
-    if spec is None:
-        raise ConfigError(f"metric {metric!r} is not in the metric table (colorbench.metrics.METRICS), so its direction is unknown; rank on another")
-    return spec.better
-
-
-def badness(metric: str, values: pd.Series) -> pd.Series:
-    """Lower is better: the value for lower-is-better metrics, the distance from 1 for closest-to-1 ones, minus it otherwise."""
-    return {"lower": values, "one": (values - 1).abs()}.get(better(metric), -values)
 
 
 def resolve_baseline(cell_ids: pd.Series, ranks: pd.Series, baseline: str | None) -> str:
@@ -96,13 +83,8 @@ def significance(runs: Runs, baseline: str, metric: str) -> tuple[pd.DataFrame, 
     with tempfile.TemporaryDirectory(prefix="colorbench-report-") as tmp:
         images = {cid: per_image(runs.folds_of(cell), metric, Path(tmp)) for cid, cell in by_id.iterrows()}
     samples = {cid: sample(runs, cell, metric, images[cid]) for cid, cell in by_id.iterrows()}
-    rows = {cid: compare(samples[cid], samples[baseline], bad_values(metric)) for cid in by_id.index if cid != baseline}
-    return pd.DataFrame.from_dict(rows, orient="index").reindex(columns=COLUMNS), images
-
-
-def bad_values(metric: str) -> Callable[[np.ndarray], np.ndarray]:
-    """`badness` of `metric` on arrays."""
-    return lambda values: badness(metric, pd.Series(values, dtype=float)).to_numpy()
+    rows = {cid: compare(samples[cid], samples[baseline], partial(badness, metric)) for cid in by_id.index if cid != baseline}
+    return pd.DataFrame.from_dict(rows, orient="index").reindex(columns=computed_columns()), images
 
 
 def fold_columns(runs: Runs, cell: pd.Series, metrics: list[str]) -> dict[str, float]:
@@ -145,7 +127,7 @@ def build_table(
     base = resolve_baseline(table["cell"], table["rank"], baseline)
     compared, images = significance(runs, base, metric)
     table = pd.concat([table.iloc[:, :5], compared.reindex(table["cell"]).set_axis(table.index), table.iloc[:, 5:]], axis=1)
-    matrix = rank_matrix(images, bad_values(metric))
+    matrix = rank_matrix(images, partial(badness, metric))
     omnibus = friedman_test(matrix)
     table = adjust_report(table, omnibus, correction)
     table.insert(5, "baseline", table["cell"] == base)
@@ -171,8 +153,3 @@ def label(row: pd.Series, sep: str = " | ") -> str:
     if pd.notna(row.get("sampled")):
         return sep.join(row["sampled"].split(" "))
     return sep.join((row["backbone"], row["loss"], row["splitter"]))
-
-
-def direction(metric: str) -> str:
-    """How to read a metric in words."""
-    return BETTER_WORDS[better(metric)]
