@@ -15,7 +15,7 @@ from colorbench.cli import main
 from colorbench.config import expand
 from colorbench.errors import ConfigError
 from colorbench.resolve import load_experiment, parse_experiment
-from colorbench.search_space import load_search, parse_search
+from colorbench.search.space import load_search, parse_search
 from tests.test_search import TINY_SEARCH
 
 

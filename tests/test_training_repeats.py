@@ -11,12 +11,11 @@ from scipy import stats
 
 import colorbench
 from colorbench import tracking
-from colorbench.checkpoints import deployed_run
 from colorbench.config import expand
-from colorbench.lifecycle import finished_children
 from colorbench.report import build_report, terminal_rows
 from colorbench.resolve import parse_experiment
 from colorbench.runner import run_grid
+from colorbench.tracking import deployed_run, finished_children
 
 
 @pytest.fixture(scope="module")
