@@ -274,6 +274,9 @@ def variance_components(values: np.ndarray, splits: np.ndarray, per_image: np.nd
     - `se_images`: the bootstrap standard error of the mean over test images (scipy.stats.bootstrap, seeded): how much the score
       would move with another test set of this size.
 
+    None is the standard error of a paired difference between two cells: in a pair the split's shared luck and the photos'
+    difficulty cancel, so that one is `corrected_se` of the split-mean differences (and the paired bootstrap over images).
+
     Method of moments rather than statsmodels' MixedLM (REML): closed form, equal to REML on balanced designs whenever REML's
     estimate is inside the parameter space, and no convergence failures with the 2-5 splits of a typical cell."""
     frame = pd.DataFrame({"value": np.asarray(values, dtype=float), "split": np.asarray(splits)})
