@@ -127,7 +127,7 @@ def verdict(p_adjusted: float, p_equivalent: float, diff_mean: float, n_splits: 
     the design detects but that lies within the ROPE does not matter. Fewer than MIN_SPLITS splits: ValueError (no calibrated test)."""
     reason = no_verdict_reason(n_splits)
     if reason:
-        raise ValueError(f"no verdict: {reason}; compare across splits (k-fold, repeated hold-out or r x k) to get one")
+        raise ValueError(f"no verdict: {reason}; train the cell and its baseline on the same {MIN_SPLITS} or more splits (k-fold, repeated hold-out or r x k)")
     if p_equivalent >= EQUIVALENCE:
         return "equivalent"
     if p_adjusted < alpha:
