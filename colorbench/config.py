@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from colorbench.errors import ConfigError
 
 STRICT = ConfigDict(extra="forbid")
-OMIT_AT_DEFAULT = ("repeats", "refit")  # TrainConfig fields left out of dumps (and so of cell ids) at their defaults
+OMIT_AT_DEFAULT = ("repeats", "refit", "decode")  # TrainConfig fields left out of dumps (and so of cell ids) at their defaults
 
 
 class Component(BaseModel):
@@ -63,6 +63,33 @@ class DataConfig(BaseModel):
         return value
 
 
+TEMPERATURES = (0.1, 0.2, 0.3, 0.38, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+CHROMA_SCALES = (0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.6, 1.8, 2.0)
+
+
+class DecodeRule(BaseModel):
+    """`train.decode`: after a fold's best checkpoint, choose its decoding on the fold's VALIDATION rows.
+
+    Bin heads (cross-entropy) choose the annealed-mean temperature T from `temperatures`, regression heads the chroma scale s
+    (ab x s) from `chroma_scales`. Among the candidates whose validation colourfulness ratio is at least
+    `min_colorfulness_ratio` (all, when unset), the best by the validation metric `choose` (its table direction) wins; when
+    none reaches the minimum, the most colourful does. Ties go to the first candidate listed.
+    """
+
+    model_config = STRICT
+    choose: str = Field("val_psnr", pattern=r"^val_[a-z][a-z0-9_]*$")  # a validation metric: `val_<metric of the table>`
+    min_colorfulness_ratio: float | None = Field(None, gt=0)
+    temperatures: list[float] = Field(list(TEMPERATURES), min_length=1)
+    chroma_scales: list[float] = Field(list(CHROMA_SCALES), min_length=1)
+
+    @pydantic.field_validator("temperatures", "chroma_scales")
+    @classmethod
+    def _positive(cls, values: list[float]) -> list[float]:
+        if any(not v > 0 for v in values):
+            raise ValueError(f"every candidate must be > 0, got {values}")
+        return values
+
+
 class TrainConfig(BaseModel):
     """Optimisation settings shared by every cell."""
 
@@ -80,13 +107,20 @@ class TrainConfig(BaseModel):
     compile: bool = False  # torch.compile the training forward pass
     repeats: int = Field(1, ge=1, strict=True)  # trainings per split, with training seeds seed, seed + 1, ...
     refit: bool = False  # after the splits, train on train + validation for the children's median best epoch and deploy that
+    decode: DecodeRule | None = None  # choose each fold's decoding on its validation rows (None: the loss's own decoding)
     # save the fold's training state every this many epochs, to resume inside a fold; it cannot change results, so it is left
     # out of config dumps and cell ids
     checkpoint_every: int = Field(1, gt=0, strict=True, exclude=True)
 
+    @pydantic.model_validator(mode="after")
+    def _decode_needs_validation(self) -> TrainConfig:
+        if self.decode is not None and self.refit:
+            raise ValueError("train.decode chooses on validation rows, which a refit (train.refit) trains on: drop one of the two")
+        return self
+
     @pydantic.model_serializer(mode="wrap")
     def _omit_later_defaults(self, handler: pydantic.SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """`repeats` and `refit` (added later) are left out at their defaults, so earlier cell ids stay the same."""
+        """`repeats`, `refit` and `decode` (added later) are left out at their defaults, so earlier cell ids stay the same."""
         dumped = handler(self)
         for key in OMIT_AT_DEFAULT:
             if dumped.get(key) == TrainConfig.model_fields[key].default:

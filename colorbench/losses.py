@@ -311,7 +311,7 @@ class BackgroundWeighted(Objective):
 
     Multiplies the base loss's own `pixel_weights` (product renormalised to mean 1 per image) and passes the result
     to the base, which may weight it further (e.g. class rebalancing). Head width, variants, prepare and decoding
-    are the base's. `base`, `mask` and their options are validated when the grid file is read.
+    (with its tuning) are the base's. `base`, `mask` and their options are validated when the grid file is read.
     """
 
     def __init__(
@@ -327,6 +327,7 @@ class BackgroundWeighted(Objective):
         self.background_weight = background_weight
         self.out_channels = self.base.out_channels
         self.variants = self.base.variants
+        self.tuning = self.base.tuning
 
     def prepare(self, train_rgb: torch.Tensor) -> None:
         self.base.prepare(train_rgb)
@@ -345,3 +346,6 @@ class BackgroundWeighted(Objective):
 
     def decode(self, pred: torch.Tensor, variant: str = "default") -> torch.Tensor:
         return self.base.decode(pred, variant)
+
+    def tune(self, value: float) -> None:
+        self.base.tune(value)

@@ -11,6 +11,7 @@ from colorbench import tracking
 from colorbench.backbones import build_model
 from colorbench.components import LOSSES
 from colorbench.config import Cell, Experiment, expand
+from colorbench.errors import ConfigError
 from colorbench.lifecycle.cell import CellOutcome, run_cells
 from colorbench.lifecycle.executors import EXECUTORS
 from colorbench.lifecycle.prepare import gray_baseline, prepare_data, report_skipped
@@ -50,7 +51,10 @@ def run_grid(
     splits = {}
     for cell in todo:  # fail on impossible splits or unavailable weights before any training
         splits[cell.id] = SPLITTERS.build(cell.splitter.name, cell.splitter.options).split(data.pool, exp.seed)
-        build_model(cell.backbone.name, cell.backbone.options, LOSSES.build(cell.loss.name, cell.loss.options).out_channels)
+        objective = LOSSES.build(cell.loss.name, cell.loss.options)
+        build_model(cell.backbone.name, cell.backbone.options, objective.out_channels)
+        if cell.train.decode is not None and objective.tuning is None:
+            raise ConfigError(f"train.decode: loss {cell.loss.name!r} has no decoding parameter to choose on validation; drop train.decode")
     outcomes = {c.id: CellOutcome(c, run_id=done[c.id], skipped=True) for c in cells if c.id in done}
     gray = gray_baseline(data.test)
     outcomes.update(run_cells(engine, todo, splits, experiment_id, uri, data, gray, device, overrides))
