@@ -25,10 +25,10 @@ from colorbench.colorize import Colorizer
 from colorbench.components import LOSSES
 from colorbench.data import SOURCES
 from colorbench.images import lab_batch
+from colorbench.metrics import ColorizationMetrics
 from colorbench.resolve import parse_experiment
 from colorbench.runner import run_grid
 from colorbench.splitters import carve_test
-from colorbench.train import evaluate
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +89,10 @@ def test_decoding_chosen_on_validation_reaches_every_load_path_and_the_test_scor
     tracking_uri: str, tmp_path: Path, photos: np.ndarray
 ) -> None:
     """`train.decode`: the fold run's param, the checkpoint, the run id, the file, the pyfunc model and the fold's test metrics all
-    use the chosen T (ce) or s (mse). No candidate is the loss's own decoding, so a path that dropped the choice differs."""
+    use the chosen T (ce-mse) or s (rebalanced-mse), so both hybrids train through the lifecycle too. No candidate is the loss's
+    own decoding, so a path that dropped the choice differs."""
     grid = copy.deepcopy(TINY_GRID)
-    grid["grid"].update(loss=["mse", "ce"], splitter=[{"name": "holdout", "val_fraction": 0.3}])
+    grid["grid"].update(loss=["rebalanced-mse", "ce-mse"], splitter=[{"name": "holdout", "val_fraction": 0.3}])
     grid["train"]["decode"] = {"choose": "val_psnr", "min_colorfulness_ratio": 0.5, "chroma_scales": [1.5, 2.0], "temperatures": [0.2, 0.9]}
     exp = parse_experiment(grid)
     outcomes, _ = run_grid(exp, tracking_uri)
@@ -114,6 +115,9 @@ def test_decoding_chosen_on_validation_reaches_every_load_path_and_the_test_scor
         np.testing.assert_array_equal(np.stack(colorbench.load(fold_run.info.run_id, device="cpu").colorize_many(list(photos))), expected)
         np.testing.assert_array_equal(np.stack(colorbench.load(path, device="cpu").colorize_many(list(photos))), expected)
         np.testing.assert_array_equal(mlflow.pyfunc.load_model(f"runs:/{outcome.run_id}/model").predict(photos), expected)
-        scored, _ = evaluate(reference.model, reference.objective, test.images, batch_size=8)
-        assert fold_run.data.metrics["test_psnr"] == pytest.approx(scored["psnr"], rel=1e-6)
+        meter = ColorizationMetrics()
+        L, ab = lab_batch(torch.from_numpy(np.asarray(test.images[0 : len(test.images)])))
+        with torch.no_grad():
+            meter.update(L, reference.objective.decode(reference.model(L)), ab)
+        assert fold_run.data.metrics["test_psnr"] == pytest.approx(meter.compute()["psnr"], rel=1e-6)
         assert fold_run.data.metrics["val_psnr.chosen"] > 0

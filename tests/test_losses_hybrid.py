@@ -136,3 +136,10 @@ def test_rebalanced_mse_needs_its_prior_and_decodes_like_mse(photos: torch.Tenso
     assert torch.equal(objective.decode(pred), LOSSES.build("mse").decode(pred))
     objective.tune(1.5)
     assert torch.allclose(objective.decode(pred), pred * 110 * 1.5)
+
+
+def test_list_shows_the_hybrids_with_their_options() -> None:
+    rows = {name: options for name, options, _ in LOSSES.describe()}
+    assert rows["ce-mse"] == "mse_weight=1.0, lambda=0.5, temperature=0.38, sigma=5.0, neighbours=5, grid=10.0, rim=False, loss_stride=1"
+    assert rows["rebalanced-mse"] == "lambda=0.5, grid=10.0, rim=False"
+    assert LOSSES.label("ce-mse", LOSSES.validate("ce-mse", {"mse_weight": 2.0, "lambda": 0.3})) == "ce-mse(mse_weight=2.0,lambda=0.3)"
