@@ -69,10 +69,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print_config(exp)
         planned = runner.plan(exp)
-        for cell, n in planned:
+        first = [(cell, n) for cell, n in planned if cell.replicate == 0]
+        for cell, n in first:
             backbone, loss, splitter = cell_labels(cell)
             print(f"{cell.id}  backbone={backbone}  loss={loss}  splitter={splitter}  folds={n}")
-        print(f"{len(planned)} cells, {sum(n for _, n in planned)} fold trainings of {exp.train.epochs} epochs each (dry run: nothing trained)")
+        trainings = f"{len(first)} cells, {sum(n for _, n in first)} fold trainings of {exp.train.epochs} epochs each"
+        if exp.replicates > 1:
+            seeds = f"data seeds {exp.seed}..{exp.seed + exp.replicates - 1}"
+            print(f"per replicate: {trainings} (listed: replicate 0); {exp.replicates} replicates ({seeds}): ", end="")
+            trainings = f"{len(planned)} cells, {sum(n for _, n in planned)} fold trainings in total"
+        print(f"{trainings} (dry run: nothing trained)")
         return 0
     outcomes, gray = runner.run_grid(exp, args.tracking_uri, args.executor, executor_options(args), args.overrides)
     shown = headline_metrics()

@@ -47,7 +47,7 @@ from colorbench.metrics import ColorizationMetrics
 from colorbench.plots import image_grid, loss_curves
 from colorbench.plugins import load_plugins, loaded_plugins
 from colorbench.resolve import cell_labels
-from colorbench.splitters import Fold, carve_test, with_repeats
+from colorbench.splitters import Fold, carve_test, subsample_photos, with_repeats
 from colorbench.stats import variance_components
 from colorbench.train import EpochCallback, FoldResult, evaluate, fit, resolve_device
 from colorbench.ui import console, progress, quiet_libraries
@@ -67,9 +67,12 @@ class PreparedData:
 
 
 def prepare_data(exp: Experiment | Cell) -> PreparedData:
-    """Decode the data once and carve out the test set (or load `test_data`) identically for every cell."""
+    """Decode the data once, draw its `subsample` and carve out the test set (or load `test_data`) identically for every cell of a
+    replicate: all three seeded by the data seed."""
     data = SOURCES.build(exp.data.source, exp.data.options)
     skipped = list(data.skipped)
+    if exp.data.subsample is not None:
+        data = data.subset(subsample_photos(data, exp.data.subsample, exp.seed))
     if exp.test_data is not None:
         pool, test = data, SOURCES.build(exp.test_data.source, exp.test_data.options)
         skipped += test.skipped
@@ -317,6 +320,11 @@ class Workbench:
     bar: Progress
     epoch_task: TaskID | None = None
     after_epoch: EpochCallback | None = None
+    replicates: dict[int, PreparedData] = field(default_factory=dict)  # a grid's data by replicate (`data` is then replicate 0's)
+
+    def data_of(self, cell: Cell) -> PreparedData:
+        """The prepared data of `cell`'s replicate."""
+        return self.replicates[cell.replicate] if self.replicates else self.data
 
 
 class Executor(Protocol):
@@ -352,7 +360,7 @@ def run_fold(task: FoldTask, bench: Workbench) -> dict[str, float]:
         repeat = f" | repeat {fold.repeat}" if task.cell.train.repeats > 1 else ""
         name = f"{task.name} | refit" if refit else f"{task.name} | fold {fold.index}{repeat}"
         with tracking.run(name, tags, task.cell.flat_params(), run_id=earlier):
-            return train_fold(task.cell, fold, bench.data, bench.device, bench.bar, bench.epoch_task, bench.after_epoch, state)
+            return train_fold(task.cell, fold, bench.data_of(task.cell), bench.device, bench.bar, bench.epoch_task, bench.after_epoch, state)
 
 
 def run_here(tasks: Iterable[FoldTask], bench: Workbench) -> Iterator[tuple[FoldTask, TaskResult]]:
@@ -539,32 +547,33 @@ def run_cells(
     splits: dict[str, list[Fold]],
     experiment_id: str,
     tracking_uri: str,
-    data: PreparedData,
-    gray: dict[str, float],
+    data: dict[int, PreparedData],
+    gray: dict[int, dict[str, float]],
     device: torch.device,
     overrides: Sequence[str] = (),
 ) -> dict[str, CellOutcome]:
     """The grid's lifecycle: claim each cell just before `executor` takes its first fold task (a pool takes them all at once), send
     its folds, finish each cell when its last fold reports. A failed fold fails its cell only; Ctrl-C, SIGTERM or a failed store
-    end the open cell runs KILLED and stop the grid. Every run is tagged with the command line's `overrides`."""
+    end the open cell runs KILLED and stop the grid. `data` and the `gray` baseline's metrics are per replicate. Every run is tagged
+    with the command line's `overrides`."""
     uri = tracking.absolute_uri(tracking_uri)
     outcomes: dict[str, CellOutcome] = {}
     open_cells: dict[str, CellRun] = {}
     with progress() as bar:
         cells_bar = bar.add_task("cells", total=len(cells), status="")
-        bench = Workbench(data, device, bar)
+        bench = Workbench(data[min(data)], device, bar, replicates=data)
         folds_bar = bar.add_task("folds", total=sum(len(splits[c.id]) * c.train.repeats for c in cells), status=type(executor).__name__)
 
         def settle(held: CellRun) -> None:
             if held.settled:
-                metrics = held.finish(gray, bench)
+                metrics = held.finish(gray[held.cell.replicate], bench)
                 outcomes[held.cell.id] = CellOutcome(held.cell, held.run_id, metrics, held.failure)
                 del open_cells[held.cell.id]
                 bar.advance(cells_bar)
 
         def tasks() -> Iterator[FoldTask]:
             for cell in cells:
-                tags = {**tracking.cell_tags(cell, data.fingerprint, overrides), tracking.TAG_ROLE: "cell"}
+                tags = {**tracking.cell_tags(cell, data[cell.replicate].fingerprint, overrides), tracking.TAG_ROLE: "cell"}
                 outcome = claim(cell, experiment_id, tags)
                 if outcome.skipped:
                     outcomes[cell.id] = outcome
