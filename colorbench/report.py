@@ -7,7 +7,7 @@ import re
 import shlex
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import matplotlib
@@ -67,6 +67,21 @@ class Report:
     correction: str = "holm"  # how the p-values were adjusted (colorbench.stats.CORRECTIONS)
     friedman: Friedman | None = None  # across all cells, test images as blocks
     validation: pd.DataFrame | None = None  # the validation schemes' table (validation_report), when the experiment has one
+    baselines: dict[str, str] = field(default_factory=dict)  # each cell's baseline: the baseline configuration's cell in its replicate
+
+    @property
+    def replicates(self) -> int:
+        """How many replicates (independent data sets) the table's cells come from."""
+        return int(self.table["replicate"].nunique())
+
+    @property
+    def baseline_row(self) -> pd.Series:
+        """The baseline cell's row: its replicate is the one the figures and the Friedman test show."""
+        return self.table.set_index("cell").loc[self.baseline]
+
+    def in_replicate(self, row: pd.Series) -> str:
+        """` (replicate r)` for a row of an experiment with replicates, else nothing."""
+        return f" (replicate {int(row['replicate'])})" if self.replicates > 1 else ""
 
 
 ROW = "row"  # a run's row key: the cell id of a grid cell, `trial-N` of a search trial
@@ -199,13 +214,13 @@ def sample(runs: Runs, cell: pd.Series, metric: str, images: Images | None) -> S
     return Sample(children, float(share), split_key(cell), images)
 
 
-def significance(runs: Runs, baseline: str, metric: str) -> tuple[pd.DataFrame, dict[str, Images | None]]:
-    """Per cell, its comparison with the baseline (colorbench.comparisons.compare); and every cell's per-image values."""
+def significance(runs: Runs, baselines: dict[str, str], metric: str) -> tuple[pd.DataFrame, dict[str, Images | None]]:
+    """Per cell, its comparison with its baseline `baselines[cell]` (colorbench.comparisons.compare); and every cell's per-image values."""
     by_id = runs.cells.set_index(ROW, drop=False)
     with tempfile.TemporaryDirectory(prefix="colorbench-report-") as tmp:
         images = {cid: per_image(runs.folds_of(cell), metric, Path(tmp)) for cid, cell in by_id.iterrows()}
     samples = {cid: sample(runs, cell, metric, images[cid]) for cid, cell in by_id.iterrows()}
-    rows = {cid: compare(samples[cid], samples[baseline], bad_values(metric)) for cid in by_id.index if cid != baseline}
+    rows = {cid: compare(samples[cid], samples[base], bad_values(metric)) for cid, base in baselines.items() if cid != base}
     return pd.DataFrame.from_dict(rows, orient="index").reindex(columns=COLUMNS), images
 
 
@@ -224,7 +239,7 @@ def cell_row(runs: Runs, cell: pd.Series, metrics: list[str]) -> dict[str, objec
     """One table row: components, fold means and stds, best epoch, training time, per-fold values."""
     backbone, loss, splitter = components(cell)
 
-    row: dict[str, object] = {"cell": cell[ROW], "backbone": backbone, "loss": loss, "splitter": splitter}
+    row: dict[str, object] = {"cell": cell[ROW], "backbone": backbone, "loss": loss, "splitter": splitter, "replicate": replicate(cell)}
     if pd.notna(cell.get(f"tags.{TAG_SAMPLED}")):
         row["sampled"] = cell[f"tags.{TAG_SAMPLED}"]
         row["objective"] = cell.get("metrics.objective")
@@ -235,6 +250,29 @@ def cell_row(runs: Runs, cell: pd.Series, metrics: list[str]) -> dict[str, objec
     return row | fold_columns(runs, cell, metrics)
 
 
+def replicate(run: pd.Series) -> int:
+    """A run's replicate (tag colorbench.replicate; 0 for runs made before replicates existed)."""
+    value = run.get(f"tags.{tracking.TAG_REPLICATE}")
+    return 0 if value is None or pd.isna(value) else int(value)
+
+
+def replicate_baselines(table: pd.DataFrame, base: str) -> dict[str, str]:
+    """Each cell's baseline: the cell of its own replicate with the configuration (backbone, loss, splitter) of `base`, so that every
+    comparison stays within a replicate (one data set, one test set); cells of a replicate without that configuration get none."""
+    key = ["backbone", "loss", "splitter"]
+    rows = table.set_index("cell")
+    same = rows[(rows[key] == rows.loc[base, key]).all(axis=1)]
+    in_replicate = {r: cid for cid, r in same["replicate"].items()} | {rows.loc[base, "replicate"]: base}
+    return {cid: in_replicate[r] for cid, r in rows["replicate"].items() if r in in_replicate}
+
+
+def one_replicate(runs: Runs, table: pd.DataFrame, base: str) -> tuple[Runs, pd.DataFrame]:
+    """The runs and table rows of the baseline's replicate (all of them without replicates): what the figures and the Friedman test
+    are drawn on, so that they never mix test sets."""
+    cells = table[table["replicate"] == table.set_index("cell").loc[base, "replicate"]]
+    return replace(runs, cells=runs.cells[runs.cells[ROW].isin(cells["cell"])]), cells
+
+
 def gray_row(cells: pd.DataFrame, metrics: list[str]) -> dict[str, object]:
     """The plain-gray prediction (ab = 0) on the same test set, as logged on the cell runs."""
     row: dict[str, object] = {"cell": GRAY, "backbone": "-", "loss": "ab = 0", "splitter": "-"}
@@ -243,33 +281,38 @@ def gray_row(cells: pd.DataFrame, metrics: list[str]) -> dict[str, object]:
 
 def build_table(
     runs: Runs, metric: str, baseline: str | None, correction: str = "holm"
-) -> tuple[pd.DataFrame, str, int, Friedman | None, pd.DataFrame | None]:
-    """Cells in rank order with their comparison to the baseline (raw and adjusted p-values), then the gray baseline row; also the
-    baseline id, the test-set size, the Friedman test and its rank matrix (images x cells)."""
+) -> tuple[pd.DataFrame, str, dict[str, str], int, Friedman | None, pd.DataFrame | None]:
+    """Cells in rank order within each replicate with their comparison to the baseline of their replicate (raw and adjusted p-values),
+    then the gray baseline row; also the baseline id (the one named, else the best cell of the first replicate), each cell's baseline
+    (`replicate_baselines`), the test-set size, and over the baseline's replicate the Friedman test and its rank matrix (images x
+    cells)."""
     metrics = metric_names(runs.cells)
     if metric not in metrics:
         raise ConfigError(f"metric {metric!r} is not logged in this experiment; choose one of: {', '.join(metrics)}")
     table = pd.DataFrame([cell_row(runs, cell, metrics) for _, cell in runs.cells.iterrows()])
-    table.insert(4, "rank", badness(metric, table[f"test_{metric}_mean"]).rank(method="min").astype("Int64"))
-    base = resolve_baseline(table["cell"], table["rank"], baseline)
-    compared, images = significance(runs, base, metric)
-    table = pd.concat([table.iloc[:, :5], compared.reindex(table["cell"]).set_axis(table.index), table.iloc[:, 5:]], axis=1)
-    matrix = rank_matrix(images, bad_values(metric))
+    cut = table.columns.get_loc("replicate") + 1
+    table.insert(cut, "rank", badness(metric, table[f"test_{metric}_mean"]).groupby(table["replicate"]).rank(method="min").astype("Int64"))
+    base = resolve_baseline(table["cell"], table["rank"].where(table["replicate"] == table["replicate"].min()), baseline)
+    baselines = replicate_baselines(table, base)
+    compared, images = significance(runs, baselines, metric)
+    table = pd.concat([table.iloc[:, : cut + 1], compared.reindex(table["cell"]).set_axis(table.index), table.iloc[:, cut + 1 :]], axis=1)
+    shown_runs, shown = one_replicate(runs, table, base)
+    matrix = rank_matrix({cid: values for cid, values in images.items() if cid in set(shown["cell"])}, bad_values(metric))
     omnibus = friedman_test(matrix)
     table = adjust_report(table, omnibus, correction)
-    table.insert(5, "baseline", table["cell"] == base)
-    table = table.sort_values(["rank", "cell"], na_position="last")
+    table.insert(cut + 1, "baseline", table["cell"].isin(set(baselines.values())))
+    table = table.sort_values(["replicate", "rank", "cell"], na_position="last")
     splits = {c: m for c in table.columns if (m := SPLIT_COLUMN.fullmatch(c))}
     ordered = sorted(splits, key=lambda c: (metrics.index(splits[c].group(2)), int(splits[c].group(1))))
     table = table[[c for c in table.columns if c not in splits] + ordered]
-    table = pd.concat([table, pd.DataFrame([gray_row(runs.cells, metrics)])], ignore_index=True)
+    table = pd.concat([table, pd.DataFrame([gray_row(shown_runs.cells, metrics)])], ignore_index=True)
     n_images = len(images[base][0]) if images[base] else 0
-    return table.astype({"n_folds": "Int64", "rank": "Int64", "n_children": "Int64", "n_images": "Int64"}), base, n_images, omnibus, matrix
+    return table.astype({"n_folds": "Int64", "rank": "Int64", "n_children": "Int64", "n_images": "Int64"}), base, baselines, n_images, omnibus, matrix
 
 
 def children(runs: Runs, table: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Every finished child run: its cell, configuration (backbone x loss, or a trial's sampled values), splitter, draw, repeat, test
-    `metric` and validation `metric` at its best epoch."""
+    """Every finished child run: its cell, configuration (backbone x loss, or a trial's sampled values), splitter, replicate, draw,
+    repeat, test `metric` and validation `metric` at its best epoch."""
     rows = []
     for _, cell in runs.cells.iterrows():
         row = table.set_index("cell").loc[cell[ROW]]
@@ -277,7 +320,8 @@ def children(runs: Runs, table: pd.DataFrame, metric: str) -> pd.DataFrame:
         folds = runs.folds_of(cell)
         draw, repeat = (folds.get(f"tags.{tag}", pd.Series(0, index=folds.index)).fillna(0).astype(int) for tag in (tracking.TAG_DRAW, tracking.TAG_REPEAT))
         rows.append(pd.DataFrame({
-            "cell": cell[ROW], "configuration": configuration, "splitter": row["splitter"], "run_id": folds["run_id"], "fold": folds["fold"],
+            "cell": cell[ROW], "configuration": configuration, "splitter": row["splitter"], "replicate": row["replicate"],
+            "run_id": folds["run_id"], "fold": folds["fold"],
             "draw": draw, "repeat": repeat, "best_epoch": folds["metrics.best_epoch"], "test": folds[f"metrics.test_{metric}"],
         }))
     kids = pd.concat(rows, ignore_index=True)
@@ -384,7 +428,7 @@ def decodings_table(report: Report) -> str:
 
 def cell_name(report: Report, row: pd.Series) -> str:
     """The cell id, starred when it is the baseline."""
-    return row["cell"] + (" *" if row["cell"] == report.baseline else "")
+    return row["cell"] + (" *" if row["cell"] in report.baselines.values() else "")
 
 
 def tests_note(report: Report) -> str:
@@ -396,7 +440,7 @@ def tests_note(report: Report) -> str:
     family = int(report.table[[P_TTEST, P_WILCOXON]].notna().to_numpy().sum()) + (report.friedman is not None)
     adjusted = "not adjusted (--correction none)" if report.correction == "none" else f"adjusted by {CORRECTION_NAMES[report.correction]}"
     return (
-        f"Against the baseline cell {report.baseline}: p (t corr., children) = corrected resampled t-test (Nadeau & Bengio 2003) over "
+        f"Against the baseline cell {report.baseline}{each_replicate(report)}: p (t corr., children) = corrected resampled t-test (Nadeau & Bengio 2003) over "
         "the J children trained on the same splits (same splitter and data seed, J >= 2), variance inflated by 1/J + n_val/n_train; "
         f"p (W, images) = Wilcoxon signed-rank test (scipy.stats.wilcoxon) {images}; Δ = mean difference (cell - baseline) over the "
         f"test images with its paired bootstrap 95% CI (scipy.stats.bootstrap, BCa, 10,000 resamples, seed 0); P(better) = share of "
@@ -404,6 +448,13 @@ def tests_note(report: Report) -> str:
         f"p_adj: the report's {family} p-values (both tests and the Friedman test) {adjusted}; table.csv keeps the raw ones. "
         "`-`: not applicable.\n"
     )
+
+
+def each_replicate(report: Report) -> str:
+    """How the baseline is chosen in each replicate, for an experiment with replicates."""
+    if report.replicates < 2:
+        return ""
+    return f" (in each of the {report.replicates} replicates, the cell of that replicate with its configuration, starred; ranks are within a replicate)"
 
 
 CORRECTION_NAMES = {"holm": "Holm (family-wise error)", "bh": "Benjamini-Hochberg (false discovery rate)"}
@@ -508,7 +559,7 @@ def rank_lines(report: Report) -> list[str]:
     """The ranking, best first, each with its number of children J."""
     cells = report.table[report.table["cell"] != GRAY]
     return [
-        f"{fmt_value(row['rank'])}. `{row['cell']}` {label(row)}: {mean_std(row, f'test_{report.metric}')} (J = {fmt_value(row['n_folds'])})"
+        f"{fmt_value(row['rank'])}. `{row['cell']}` {label(row)}{report.in_replicate(row)}: {mean_std(row, f'test_{report.metric}')} (J = {fmt_value(row['n_folds'])})"
         for _, row in cells.iterrows()
     ]
 
@@ -516,10 +567,10 @@ def rank_lines(report: Report) -> list[str]:
 def significance_lines(report: Report) -> list[str]:
     """For each non-baseline cell: better/worse than the baseline, and whether each test finds it significant."""
     table = report.table.set_index("cell")
-    base = table.loc[report.baseline, f"test_{report.metric}_mean"]
     lines = []
-    for cid, row in table.drop(index=[report.baseline, GRAY]).iterrows():
-        value = row[f"test_{report.metric}_mean"]
+    compared = [cid for cid, base in report.baselines.items() if cid != base]
+    for cid, row in table[table.index.isin(compared)].iterrows():
+        value, base = row[f"test_{report.metric}_mean"], table.loc[report.baselines[cid], f"test_{report.metric}_mean"]
         score, base_score = badness(report.metric, pd.Series([value, base]))
         verdict = "worse" if score > base_score else "better" if score < base_score else "equal"
         tests = []
@@ -534,7 +585,7 @@ def significance_lines(report: Report) -> list[str]:
                 f"corrected t-test {p_words(row[P_TTEST], row[P_ADJ_TTEST])}"
             )
         tested = "; ".join(tests) or "no test applies (other splits and no per-image values)"
-        lines.append(f"- `{cid}` {label(row)}: {report.metric} {value:.3f} vs {base:.3f}, {verdict}; {tested}.")
+        lines.append(f"- `{cid}` {label(row)}{report.in_replicate(row)}: {report.metric} {value:.3f} vs {base:.3f}, {verdict}; {tested}.")
     return lines
 
 
@@ -556,7 +607,7 @@ def friedman_lines(report: Report) -> list[str]:
         return []
     verdict = "the cells differ" if f.p_adj < ALPHA else "no evidence that the cells differ"
     test = (
-        f"Friedman test (scipy.stats.friedmanchisquare) over {f.n_cells} cells with the {f.n_images} test images as blocks: "
+        f"Friedman test (scipy.stats.friedmanchisquare) over {f.n_cells} cells{report.in_replicate(report.baseline_row)} with the {f.n_images} test images as blocks: "
         f"chi² = {f.statistic:.1f}, {p_is('p', f.p)}, {p_is('p_adj', f.p_adj)} ({verdict}).\n"
     )
     figure = (
@@ -623,7 +674,7 @@ def summary(report: Report) -> str:
         *gray_lines(report),
         "\nThe full table, with every metric and each fold: [table.md](table.md), [table.csv](table.csv).",
         failed_note(report),
-        "## Figures\n",
+        f"## Figures{report.in_replicate(report.baseline_row)}\n",
         *(f"![{title}]({name})\n" for name, title in FIGURES.items()),
         *(f"![Optuna: {name}]({name})\n" for name in report.study_figures if name.endswith(".png")),
         f"Produced by:\n\n```\n{command(report)}\n```\n",
@@ -691,10 +742,11 @@ def build_report(
         raise ConfigError(f"unknown correction {correction!r}; use one of: {', '.join(CORRECTIONS)}")
     open_store(tracking_uri)
     runs = load_runs(experiment)
-    table, base, n_images, omnibus, matrix = build_table(runs, metric, baseline, correction)
+    table, base, baselines, n_images, omnibus, matrix = build_table(runs, metric, baseline, correction)
     out = Path(out_dir) if out_dir is not None else Path("results") / experiment
     out.mkdir(parents=True, exist_ok=True)
-    report = Report(experiment, metric, base, table, out, runs.failed, n_images, runs.pruned, study_figures(runs, out, storage), correction, omnibus)
+    figures = study_figures(runs, out, storage)
+    report = Report(experiment, metric, base, table, out, runs.failed, n_images, runs.pruned, figures, correction, omnibus, baselines=baselines)
     if matrix is not None:
         plot_cd(matrix, table, out / "cd.png")
     kids = children(runs, table, metric)
@@ -702,10 +754,11 @@ def build_report(
         report.validation = validation_report.write(kids, metric, bad_values(metric), direction(metric), out)
     table.to_csv(out / "table.csv", index=False)
     (out / "table.md").write_text(markdown_table(report))
-    cells, gray = table[table["cell"] != GRAY], table[table["cell"] == GRAY].iloc[0]
+    shown_runs, cells = one_replicate(runs, table, base)
+    gray = table[table["cell"] == GRAY].iloc[0]
     plot_bar(cells, gray, metric, out / "bar.png")
     plot_folds(cells, gray, metric, out / "folds.png")
-    plot_val_loss(runs, out / "val_loss.png")
-    plot_samples(runs, cells, out / "samples.png")
+    plot_val_loss(shown_runs, out / "val_loss.png")
+    plot_samples(shown_runs, cells, out / "samples.png")
     (out / "summary.md").write_text(summary(report))
     return report
