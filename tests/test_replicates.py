@@ -97,14 +97,15 @@ def test_subsample_comes_before_the_test_carve_out_and_cannot_exceed_the_photos(
 # per replicate and configuration: (holdout val, holdout test, kfold val, kfold test); kfold's two children are these +- 1
 CASE = {
     0: {"A": (10, 20, 12, 21), "B": (12, 21, 11, 21), "C": (11, 22, 14, 23), "D": (9, 19, 9, 19)},
-    1: {"A": (15, 24, 13, 23), "B": (14, 22, 12, 22), "C": (13, 21, 11, 21), "D": (12, 20, 10, 20)},
-    2: {"A": (10, 20, 10, 20), "B": (11, 22, 9, 22), "C": (12, 19, 8, 22), "D": (13, 18, 7, 25)},
+    1: {"A": (15, 24, 13, 23), "B": (14, 22, 12, 22), "C": (13, 21, 11, 21), "D": (12, 10, 10, 20)},
+    2: {"A": (10, 20, 7, 20), "B": (11, 22, 8, 22), "C": (12, 19, 9, 22), "D": (13, 18, 10, 25)},
 }
 # worked by hand (psnr-like: higher is better). Truth = mean of a configuration's two cells: replicate 0 A 20.5 B 21 C 22.5 D 19 (best
-# C); 1: A 23.5 B 22 C 21 D 20 (best A); 2: A 20 B 22 C 20.5 D 21.5 (best B). Hold-out picks B, A, D; k-fold picks C, A, A.
+# C); 1: A 23.5 B 22 C 21 D 15 (best A); 2: A 20 B 22 C 20.5 D 21.5 (best B). Hold-out picks B, A, D; k-fold picks C, A, D (in
+# replicate 2 k-fold's own best cell, D at 25, is not the truth's best). Hold-out's errors in replicate 1 differ in sign.
 EXPECTED = {  # (bias, abs_error, kendall_tau, regret, picks_best) per replicate
-    "holdout": [(-10, 10, 2 / 3, 1.5, 0), (-8.25, 8.25, 1, 0, 1), (-8.25, 8.25, 1 / 3, 0.5, 0)],
-    "kfold": [(-9.5, 9.5, 2 / 3, 0, 1), (-10, 10, 1, 0, 1), (-13.75, 13.75, -1 / 3, 2, 0)],
+    "holdout": [(-10, 10, 2 / 3, 1.5, 0), (-5.75, 6.75, 1, 0, 1), (-8.25, 8.25, 1 / 3, 0.5, 0)],
+    "kfold": [(-9.5, 9.5, 2 / 3, 0, 1), (-10, 10, 1, 0, 1), (-13.75, 13.75, 1 / 3, 0.5, 0)],
 }
 
 
