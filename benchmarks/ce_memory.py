@@ -30,7 +30,7 @@ def measure(batch: int, size: int, bins: int, stride: int) -> tuple[float, float
     """(peak bytes above the inputs, seconds, device) of one forward + backward."""
     import torch
 
-    from colorbench.data import lab_batch
+    from colorbench.images import lab_batch
     from colorbench.losses import LOSSES
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

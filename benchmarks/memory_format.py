@@ -31,7 +31,7 @@ LAYOUTS = {"NCHW": torch.contiguous_format, "NHWC": torch.channels_last}
 def compare(backbone: str, loss_name: str, size: int, batch: int, steps: int, device: torch.device) -> dict[str, tuple[float, float]]:
     """{layout: (training images/s, evaluation images/s)} for one case."""
     from colorbench.backbones import build_model
-    from colorbench.data import lab_batch
+    from colorbench.images import lab_batch
     from colorbench.losses import LOSSES
 
     objective = LOSSES.build(loss_name, {})

@@ -170,7 +170,7 @@ def seed_pipeline(files: list[Path], args: argparse.Namespace, batch: int, steps
 
 def bound_pipeline(images: np.ndarray, args: argparse.Namespace, batch: int, steps: int, device: torch.device, precision: str) -> Timed:
     """colorbench's step (channels_last) on one batch already on the device in Lab."""
-    from colorbench.data import lab_batch
+    from colorbench.images import lab_batch
 
     step = Step(device, precision, args.compile, channels_last=True)
     L, ab = lab_batch(torch.from_numpy(images[np.arange(batch) % len(images)]).to(device))
@@ -191,7 +191,7 @@ def measure_row(files: list[Path], images: np.ndarray, args: argparse.Namespace,
     from colorbench import train
     from colorbench.backbones import build_model
     from colorbench.config import TrainConfig
-    from colorbench.data import rows
+    from colorbench.images import rows
     from colorbench.losses import LOSSES
     from colorbench.train import fit, stage, train_batches
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from colorbench.version import __version__ as __version__
+
 if TYPE_CHECKING:
     from colorbench.colorize import Colorizer
-
-__version__ = "0.1.0"
 
 
 def load(model: str, device: str = "auto", size: int | None = None, plugins: Iterable[str] = ()) -> Colorizer:

@@ -11,11 +11,9 @@ checks (unreadable meta, truncated or mis-shaped images) is removed and rebuilt.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import pickle
 import re
 import shutil
 import tempfile
@@ -27,11 +25,9 @@ from typing import Any
 
 import numpy as np
 import platformdirs
-import torch
 
-from colorbench.atomic import atomic_path
-from colorbench.data import Decoded, ImageSet, digest_names
 from colorbench.errors import DataError
+from colorbench.images import Decoded, ImageSet, digest_names
 
 FORMAT = 2  # bump when the stored layout or the decoding changes: old entries are then never matched
 ENV_VAR = "COLORBENCH_CACHE_DIR"
@@ -213,65 +209,3 @@ def human_bytes(n: float) -> str:
     while n >= 1024 and i < len(units) - 1:
         n, i = n / 1024, i + 1
     return f"{n:.0f} B" if i == 0 else f"{n:.1f} {units[i]}"
-
-
-STATES = "training"  # <cache dir>/training/<cell id>/<cell or trial run id>/fold<i>-repeat<r>.pt: resumable fold trainings
-
-
-def state_path(cell_id: str, run_id: str, fold: int, repeat: int) -> Path:
-    """Where a fold of the cell or trial run `run_id` keeps its training state (`train.training_state`)."""
-    return cache_dir() / STATES / cell_id / run_id / f"fold{fold}-repeat{repeat}.pt"
-
-
-def save_state(path: Path, state: dict[str, Any]) -> None:
-    """Write a training state atomically (a kill leaves the previous one)."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_state(path: Path) -> dict[str, Any] | None:
-    """The training state at `path` (tensors on the CPU, loaded with weights_only=True), or None if there is none or it is unreadable."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
-        return None
-
-
-def has_states(cell_id: str, run_id: str) -> bool:
-    """Whether the cell or trial run `run_id` left any fold training state."""
-    folder = cache_dir() / STATES / cell_id / run_id
-    return folder.is_dir() and any(folder.glob("*.pt"))
-
-
-def drop_states(cell_id: str, run_id: str) -> None:
-    """Forget the training states of a cell or trial run that has ended for good."""
-    shutil.rmtree(cache_dir() / STATES / cell_id / run_id, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        (cache_dir() / STATES / cell_id).rmdir()  # only when empty
-
-
-@dataclass
-class StateInfo:
-    """One saved fold training state, as `colorbench cache info` lists it."""
-
-    cell_id: str
-    run_id: str
-    fold: str
-    bytes: int
-    modified: float
-
-
-def states() -> list[StateInfo]:
-    """Every saved training state (left by an interrupted run until it resumes and finishes), oldest first."""
-    root = cache_dir() / STATES
-    found = [
-        StateInfo(p.parent.parent.name, p.parent.name, p.stem, p.stat().st_size, p.stat().st_mtime) for p in root.glob("*/*/*.pt")
-    ] if root.is_dir() else []
-    return sorted(found, key=lambda s: s.modified)
-
-
-def clear_states() -> tuple[int, int]:
-    """Remove every saved training state (their folds then train from epoch 1); return (states removed, bytes freed)."""
-    found = states()
-    shutil.rmtree(cache_dir() / STATES, ignore_errors=True)
-    return len(found), sum(s.bytes for s in found)

@@ -21,7 +21,6 @@ import mlflow
 import numpy as np
 import torch
 from mlflow.models import ModelSignature
-from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Schema, TensorSpec
 
 from colorbench import tracking
@@ -94,31 +93,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Tra
     return TrainedModel(model.to(device).eval(), objective, int(ckpt["image_size"]), meta)
 
 
-def deployed_run(run_id: str) -> str:
-    """A fold run id as is; for a cell or search-trial (parent) run, its deployed child (tag `colorbench.deployed`: chosen by
-    validation score, or the refit child); a parent run from before that tag: its finished fold with the lowest best_val_loss."""
-    client = MlflowClient()
-    run = client.get_run(run_id)
-    if run.data.tags.get(tracking.TAG_ROLE) not in tracking.PARENT_ROLES:
-        return run_id
-    if tracking.TAG_DEPLOYED in run.data.tags:
-        return run.data.tags[tracking.TAG_DEPLOYED]
-    children = client.search_runs(
-        [run.info.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'FINISHED'",
-        order_by=["metrics.best_val_loss ASC"],
-        max_results=1,
-    )
-    if not children:
-        raise ConfigError(f"run {run_id} has no finished fold runs to load")
-    return children[0].info.run_id
-
-
 def load_run(run_id: str, device: str | torch.device = "cpu") -> TrainedModel:
     """The model of an MLflow fold run (or the deployed child of a cell run) in the current tracking store, after importing the
     plugin modules the run recorded (its components may come from them)."""
-    child = deployed_run(run_id)
-    load_plugins(tracking.plugins_of(MlflowClient().get_run(child).data.tags))
+    child = tracking.deployed_run(run_id)
+    load_plugins(tracking.plugins_of(tracking.run_tags(child)))
     return load_checkpoint(tracking.download(child, "checkpoint.pt"), device)
 
 
@@ -146,4 +125,4 @@ def log_pyfunc(checkpoint_path: str | Path) -> None:
 def log_cell_model(cell_run_id: str) -> None:
     """Log the deployed child's checkpoint of the (active) cell run as its pyfunc model."""
     with tempfile.TemporaryDirectory(prefix="colorbench-") as tmp:
-        log_pyfunc(str(tracking.download(deployed_run(cell_run_id), "checkpoint.pt", Path(tmp))))
+        log_pyfunc(str(tracking.download(tracking.deployed_run(cell_run_id), "checkpoint.pt", Path(tmp))))

@@ -11,17 +11,26 @@ from rich.markup import escape
 from rich.table import Table
 
 from colorbench.errors import ColorbenchError
-from colorbench.executors import EXECUTORS, option_help
+from colorbench.lifecycle.executors import EXECUTORS, option_help
 from colorbench.plugins import load_plugins
 from colorbench.ui import console, quiet_libraries, stdout
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     from colorbench.components import REGISTRIES
+    from colorbench.metrics import METRICS
+    from colorbench.search.engines import PRUNERS, SAMPLERS
 
-    for title, registry in {**REGISTRIES, "executors (run --executor)": EXECUTORS}.items():
+    listed = {
+        **REGISTRIES,
+        "metrics (report --metric; search objective val_<name>)": METRICS,
+        "samplers (search)": SAMPLERS,
+        "pruners (search)": PRUNERS,
+        "executors (run --executor)": EXECUTORS,
+    }
+    for title, registry in listed.items():
         table = Table(title=title, title_justify="left", show_edge=False)
-        for column in ("name", "options (defaults)", "description"):
+        for column in registry.columns:
             table.add_column(column)
         for row in registry.describe():
             table.add_row(*row)
@@ -104,8 +113,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from colorbench import tracking
-    from colorbench.search import run_search
-    from colorbench.search_space import load_search
+    from colorbench.search.optimize import run_search
+    from colorbench.search.space import load_search
 
     search = load_search(args.file, args.overrides)
     if args.dry_run:
@@ -144,18 +153,14 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from colorbench.report import build_report, terminal_rows
+    from colorbench.report import build_report, caption, terminal_rows
 
     if len(args.experiment) > 1:
         return report_across(args)
     report = build_report(args.experiment[0], args.out, args.metric, args.baseline, args.tracking_uri, args.storage, args.correction)
     header, rows = terminal_rows(report)
     title = f"{report.experiment}: ranked on test {report.metric}, mean ± std over folds"
-    caption = (
-        "* baseline; p_adj (t): corrected resampled t-test over paired children; p (W, images): Wilcoxon signed-rank over test images; "
-        f"p_adj: adjusted ({report.correction}); intervals, P(better) and N: summary.md"
-    )
-    table = Table(title=title, caption=caption, show_edge=False)
+    table = Table(title=title, caption=caption(report.correction), show_edge=False)
     for column in header:
         table.add_column(column, no_wrap=column == "cell")  # a cell id (and its baseline mark) is never cut, whatever the width
     for row in rows:
@@ -169,7 +174,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def report_across(args: argparse.Namespace) -> int:
     from colorbench.errors import ConfigError
-    from colorbench.multi_report import build_multi_report, terminal_rows
+    from colorbench.report.multi import build_multi_report, terminal_rows
 
     if args.baseline:
         raise ConfigError("--baseline applies to one experiment; a report across experiments tests against the best cell of all")
@@ -206,11 +211,12 @@ def cmd_cache(args: argparse.Namespace) -> int:
     import datetime
 
     from colorbench import cache
+    from colorbench.lifecycle import states
 
     if args.action == "clear":
         removed, freed = cache.clear()
         console.print(f"Removed {removed} cache entr{'y' if removed == 1 else 'ies'} from {cache.cache_dir()}, freed {cache.human_bytes(freed)}")
-        removed, freed = cache.clear_states()
+        removed, freed = states.clear_states()
         console.print(f"Removed {removed} saved fold training state(s) (those folds train from epoch 1), freed {cache.human_bytes(freed)}")
         return 0
     entries = cache.entries()
@@ -225,7 +231,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     if entries:
         stdout.print(table)
     stdout.print(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {cache.human_bytes(sum(e.bytes for e in entries))} in all")
-    saved = cache.states()
+    saved = states.states()
     for s in saved:
         when = datetime.datetime.fromtimestamp(s.modified).strftime("%Y-%m-%d %H:%M")
         stdout.print(f"  training state: cell {s.cell_id} run {s.run_id} {s.fold}, {cache.human_bytes(s.bytes)}, saved {when}", highlight=False)

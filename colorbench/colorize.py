@@ -12,7 +12,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from colorbench import tracking
@@ -122,10 +121,7 @@ def load_trained(model: str, device: str | torch.device = "cpu") -> TrainedModel
         return load_checkpoint(model, device)
     if model.startswith("models:/"):
         name, _, version = model.removeprefix("models:/").partition("/")
-        try:
-            model = MlflowClient().get_model_version(name, version).run_id
-        except MlflowException as err:
-            raise ConfigError(f"cannot find registered model {name!r} version {version!r}: {err.message}") from None
+        model = tracking.model_version_run(name, version)
     run_id = cell_run(model) if CELL_ID.fullmatch(model) else model.removeprefix("runs:/").split("/")[0]
     if not RUN_ID.fullmatch(run_id):
         raise ConfigError(f"model {model!r} is neither a checkpoint file, a cell id (12 hex digits), an MLflow run id (32) nor a runs:/<run id> URI")
@@ -141,7 +137,7 @@ def cell_run(cell_id: str) -> str:
     if not runs:
         raise ConfigError(f"no finished run of cell {cell_id} in tracking store {mlflow.get_tracking_uri()}; pass --tracking-uri, or a run id")
     if len({r.info.experiment_id for r in runs}) > 1:
-        names = ", ".join(sorted({MlflowClient().get_experiment(r.info.experiment_id).name for r in runs}))
+        names = ", ".join(sorted({tracking.experiment_name(r.info.experiment_id) for r in runs}))
         console.print(f"cell {cell_id} was trained in several experiments ({names}); using the newest run, {runs[0].info.run_id}", highlight=False)
     return runs[0].info.run_id
 

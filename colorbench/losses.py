@@ -10,8 +10,8 @@ import torch
 from pydantic import AfterValidator, Field
 
 from colorbench.color import ab_gamut_bins, annealed_mean, nearest_bins, soft_encode, softmax_channels
-from colorbench.data import lab_batch
 from colorbench.errors import ConfigError
+from colorbench.images import lab_batch
 from colorbench.masks import MASKS
 from colorbench.registry import Registry
 

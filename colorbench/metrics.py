@@ -1,8 +1,9 @@
-"""Evaluation metrics for colorization: the one metric table (`METRICS`) and its batched torch accumulator.
+"""Evaluation metrics for colorization: the one metric table (`METRICS`, a registry) and its batched torch accumulator.
 
-Each `Metric` entry says its name, which way is better, whether it is logged per image, how a set's value is summarised
-and how it is computed. The accumulator (`ColorizationMetrics`), the search objectives, the report's ranking and tables,
-the terminal tables and the per-image CSV all read the table, so a new metric is one entry here.
+Each `Metric` entry says its name, which way is better, its region of practical equivalence, whether it is logged per image,
+how a set's value is summarised and how it is computed. The accumulator (`ColorizationMetrics`), the search objectives, the
+report's ranking (`better`, `badness`, `direction`) and tables, the terminal tables, the per-image CSV and `colorbench list` all
+read the table, so a new metric is one entry: `METRICS.add(Metric(...))`, here or in a plugin.
 
 torch is imported inside the functions that compute, so reading the table (as `colorbench report` does) loads no torch.
 """
@@ -10,9 +11,12 @@ torch is imported inside the functions that compute, so reading the table (as `c
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
+
+from colorbench.errors import ConfigError
+from colorbench.registry import Registry
 
 if TYPE_CHECKING:
     import torch
@@ -113,6 +117,9 @@ class Metric:
     - `summary`: the set's value from the totals; None = the mean of the per-image values.
     - Neither: computed elsewhere (`loss`, by the objective in `train.evaluate`).
     - `headline`: shown in the terminal tables and the per-decoding table.
+    - `rope`: the region of practical equivalence, in the metric's units: two configurations whose difference stays within
+      +-rope are equivalent for practical purposes (the verdicts' equivalence test). None: no default, equivalence is not judged
+      unless the report is given one.
     """
 
     name: str
@@ -121,12 +128,15 @@ class Metric:
     per_image: Callable[[Batch], torch.Tensor] | None = None
     summary: Callable[[Totals], torch.Tensor] | None = None
     headline: bool = False
+    rope: float | None = None
 
     def __post_init__(self) -> None:
         if not METRIC_NAME.fullmatch(self.name):
             raise ValueError(f"metric name {self.name!r} must be lower-case letters, digits and _ (it becomes test_<name>_mean in MLflow)")
         if self.better not in BETTER_WORDS:
             raise ValueError(f"metric {self.name!r}: better must be one of {', '.join(BETTER_WORDS)}, not {self.better!r}")
+        if self.rope is not None and not self.rope > 0:
+            raise ValueError(f"metric {self.name!r}: rope must be a positive difference in its units (or None), not {self.rope!r}")
 
     @property
     def computed(self) -> bool:
@@ -137,35 +147,65 @@ class Metric:
         """The set-level value."""
         return float(totals.per_image[self.name].mean() if self.summary is None else self.summary(totals))
 
+    def traits(self) -> str:
+        """Its direction, ROPE and kind in one line, for `colorbench list`."""
+        kind = "per image" if self.per_image is not None else "per set" if self.summary is not None else "from the loss"
+        return f"better={self.better}, rope={self.rope}, {kind}" + (", headline" if self.headline else "")
+
+
+class MetricRegistry(Registry[Metric]):
+    """The metric table as a registry. Its entries are `Metric`s themselves (a metric has no options to build it with), kept in
+    the order they were added: the order of every table, CSV column and objective list."""
+
+    columns = ("name", "direction, ROPE, values", "description")
+
+    def add(self, metric: Metric) -> Metric:
+        """Register `metric` under its name (a ValueError if the name is taken)."""
+        return self.register(metric.name)(metric)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __getitem__(self, name: str) -> Metric:
+        return self.get(name)
+
+    def values(self) -> list[Metric]:
+        """The entries, in table order."""
+        return list(self._entries.values())
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(name, direction, ROPE and kind, description) of each metric, for `colorbench list`."""
+        return [(m.name, m.traits(), m.description) for m in self.values()]
+
 
 def _rebalanced_auc(t: Totals) -> torch.Tensor:
     present = t.bin_hist.sum(1) > 0
     return auc_percent(t.bin_hist[present]).mean()
 
 
-METRICS: dict[str, Metric] = {
-    m.name: m
-    for m in (
-        Metric("loss", "lower", "the training objective (not comparable between losses)"),
-        Metric(
-            "ab_rmse", "lower", "root mean squared ab error over all pixels, Lab units",
-            per_image=lambda b: b.sq_err.flatten(1).mean(1).sqrt(), summary=lambda t: (t.sq_err / t.pixels).sqrt(),
-        ),
-        Metric("psnr", "higher", "PSNR of the reconstructed sRGB, dB", per_image=lambda b: psnr(b.rgb_pred, b.rgb_true), headline=True),
-        Metric("ssim", "higher", "SSIM of the reconstructed sRGB", per_image=lambda b: ssim(b.rgb_pred, b.rgb_true)),
-        Metric(
-            "auc", "higher", "area under the CDF of per-pixel ab error, thresholds 0..150, percent (Zhang et al. 2016)",
-            per_image=lambda b: auc_percent(b.error_hist), summary=lambda t: auc_percent(t.bin_hist.sum(0)),
-        ),
-        Metric("auc_rebalanced", "higher", "auc with each ground-truth ab bin weighted equally", summary=_rebalanced_auc, headline=True),
-        Metric("colorfulness_pred", "higher", "Hasler & Suesstrunk colourfulness of the output", per_image=lambda b: colorfulness(b.rgb_pred)),
-        Metric("colorfulness_true", "higher", "Hasler & Suesstrunk colourfulness of the truth", per_image=lambda b: colorfulness(b.rgb_true)),
-        Metric(
-            "colorfulness_ratio", "one", "mean output colourfulness / mean truth colourfulness (far below 1: desaturated)",
-            summary=lambda t: t.per_image["colorfulness_pred"].mean() / t.per_image["colorfulness_true"].mean(), headline=True,
-        ),
-    )
-}  # fmt: skip
+# ROPEs: a difference below these is too small to matter in practice. PSNR 0.1 dB and SSIM 0.005 are below what papers on
+# colorization report as improvements; ab_rmse 0.5 Lab units is half of the just-noticeable colour difference (Delta E about 1);
+# 0.5 AuC points; colourfulness 1 unit on Hasler & Suesstrunk's 8-bit scale, whose perceptual classes are about 15 units apart;
+# the colourfulness ratio 0.01 (1 % of the truth's colourfulness); the loss has none (its scale differs between losses).
+METRICS = MetricRegistry("metric")
+METRICS.add(Metric("loss", "lower", "the training objective (not comparable between losses)"))
+METRICS.add(Metric(
+    "ab_rmse", "lower", "root mean squared ab error over all pixels, Lab units",
+    per_image=lambda b: b.sq_err.flatten(1).mean(1).sqrt(), summary=lambda t: (t.sq_err / t.pixels).sqrt(), rope=0.5,
+))
+METRICS.add(Metric("psnr", "higher", "PSNR of the reconstructed sRGB, dB", per_image=lambda b: psnr(b.rgb_pred, b.rgb_true), headline=True, rope=0.1))
+METRICS.add(Metric("ssim", "higher", "SSIM of the reconstructed sRGB", per_image=lambda b: ssim(b.rgb_pred, b.rgb_true), rope=0.005))
+METRICS.add(Metric(
+    "auc", "higher", "area under the CDF of per-pixel ab error, thresholds 0..150, percent (Zhang et al. 2016)",
+    per_image=lambda b: auc_percent(b.error_hist), summary=lambda t: auc_percent(t.bin_hist.sum(0)), rope=0.5,
+))
+METRICS.add(Metric("auc_rebalanced", "higher", "auc with each ground-truth ab bin weighted equally", summary=_rebalanced_auc, headline=True, rope=0.5))
+METRICS.add(Metric("colorfulness_pred", "higher", "Hasler & Suesstrunk colourfulness of the output", per_image=lambda b: colorfulness(b.rgb_pred), rope=1.0))
+METRICS.add(Metric("colorfulness_true", "higher", "Hasler & Suesstrunk colourfulness of the truth", per_image=lambda b: colorfulness(b.rgb_true), rope=1.0))
+METRICS.add(Metric(
+    "colorfulness_ratio", "one", "mean output colourfulness / mean truth colourfulness (far below 1: desaturated)",
+    summary=lambda t: t.per_image["colorfulness_pred"].mean() / t.per_image["colorfulness_true"].mean(), headline=True, rope=0.01,
+))
 
 
 def decoded(name: str, decoding: str) -> str:
@@ -175,7 +215,31 @@ def decoded(name: str, decoding: str) -> str:
 
 def metric_spec(name: str) -> Metric | None:
     """The table entry of a logged metric name, its decoding suffix ignored (`psnr.mode` -> psnr); None when not in the table."""
-    return METRICS.get(name.split(DECODING_MARK, 1)[0])
+    base = name.split(DECODING_MARK, 1)[0]
+    if base not in METRICS:
+        return None
+    return METRICS[base]
+
+
+def better(metric: str) -> str:
+    """`higher`, `lower` or `one`, from the metric table (a decoding such as `psnr.mode` reads as its metric)."""
+    spec = metric_spec(metric)
+    if spec is None:
+        raise ConfigError(f"metric {metric!r} is not in the metric table (colorbench.metrics.METRICS), so its direction is unknown; rank on another")
+    return spec.better
+
+
+Values = TypeVar("Values")  # a numpy array or a pandas Series of one metric's values
+
+
+def badness(metric: str, values: Values) -> Values:
+    """Lower is better: the value for lower-is-better metrics, the distance from 1 for closest-to-1 ones, minus it otherwise."""
+    return {"lower": values, "one": abs(values - 1)}.get(better(metric), -values)
+
+
+def direction(metric: str) -> str:
+    """How to read a metric in words (`higher is better`, ...)."""
+    return BETTER_WORDS[better(metric)]
 
 
 def headline_metrics() -> list[str]:

@@ -22,6 +22,8 @@ def same(a: Any, b: Any) -> bool:
 class Registry(Generic[T]):
     """Maps names to factories (classes or functions) whose keyword arguments are the options."""
 
+    columns = ("name", "options (defaults)", "description")  # the headers of `describe`'s rows in `colorbench list`
+
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Callable[..., T]] = {}
@@ -36,6 +38,11 @@ class Registry(Generic[T]):
             return factory
 
         return add
+
+    def remove(self, name: str) -> None:
+        """Forget entry `name` (a throwaway entry of a test, or a plugin's before it registers its own version)."""
+        self.get(name)
+        del self._entries[name]
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries

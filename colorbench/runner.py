@@ -11,8 +11,9 @@ from colorbench import tracking
 from colorbench.backbones import build_model
 from colorbench.components import LOSSES
 from colorbench.config import Cell, Experiment, expand
-from colorbench.executors import EXECUTORS
-from colorbench.lifecycle import CellOutcome, PreparedData, gray_baseline, prepare_data, report_skipped, run_cells
+from colorbench.lifecycle.cell import CellOutcome, run_cells
+from colorbench.lifecycle.executors import EXECUTORS
+from colorbench.lifecycle.prepare import PreparedData, gray_baseline, prepare_data, report_skipped
 from colorbench.splitters import SPLITTERS
 from colorbench.train import resolve_device
 from colorbench.ui import console

@@ -11,8 +11,8 @@ import numpy as np
 from pydantic import Field
 from sklearn.model_selection import GroupKFold, GroupShuffleSplit
 
-from colorbench.data import ImageSet
 from colorbench.errors import ConfigError
+from colorbench.images import ImageSet
 from colorbench.registry import Registry
 
 

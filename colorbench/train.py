@@ -17,8 +17,8 @@ import torch
 
 from colorbench.backbones import ColorizationNet
 from colorbench.config import TrainConfig
-from colorbench.data import HostImages, augment, gather, lab_batch, random_boxes
 from colorbench.errors import ConfigError, DivergedError
+from colorbench.images import HostImages, augment, gather, lab_batch, random_boxes
 from colorbench.losses import Objective
 from colorbench.metrics import ColorizationMetrics, decoded
 

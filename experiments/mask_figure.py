@@ -20,7 +20,7 @@ import torch
 
 from colorbench import tracking
 from colorbench.components import MASKS
-from colorbench.data import gray_rgb, lab_batch
+from colorbench.images import gray_rgb, lab_batch
 from colorbench.plots import image_grid
 
 MAX_ROWS = 4

@@ -13,12 +13,12 @@ from conftest import PHOTOS
 from PIL import Image
 from skimage.color import rgb2lab
 
-from colorbench import cache, cli, data
+from colorbench import cache, cli, data, images
 from colorbench.backbones import build_model
 from colorbench.color import lab_to_rgb
 from colorbench.config import TrainConfig, expand
 from colorbench.errors import DataError
-from colorbench.lifecycle import prepare_data
+from colorbench.lifecycle.prepare import prepare_data
 from colorbench.losses import LOSSES
 from colorbench.resolve import parse_experiment
 from colorbench.splitters import SPLITTERS
@@ -55,7 +55,7 @@ def photo_folder(tmp_path: Path, n: int = 6) -> Path:
     return root
 
 
-def build_folder(root: Path) -> data.ImageSet:
+def build_folder(root: Path) -> images.ImageSet:
     return data.SOURCES.build("folder", {"path": str(root), "image_size": 32})
 
 

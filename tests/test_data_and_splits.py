@@ -13,7 +13,7 @@ from PIL import Image
 from colorbench.config import expand
 from colorbench.data import SOURCES
 from colorbench.errors import ConfigError, DataError
-from colorbench.lifecycle import prepare_data
+from colorbench.lifecycle.prepare import prepare_data
 from colorbench.resolve import parse_experiment
 from colorbench.splitters import SPLITTERS, carve_test
 

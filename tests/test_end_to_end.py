@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from colorbench import cli
 from colorbench.checkpoints import load_run
-from colorbench.lifecycle import prepare_data
+from colorbench.lifecycle.prepare import prepare_data
 from colorbench.losses import LOSSES, MSE
 from colorbench.resolve import parse_experiment
 from colorbench.runner import run_grid

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import torch
 
-from colorbench import cache
 from colorbench.backbones import build_model
 from colorbench.config import Cell, expand
-from colorbench.data import rows
-from colorbench.lifecycle import prepare_data
+from colorbench.images import rows
+from colorbench.lifecycle import states
+from colorbench.lifecycle.prepare import prepare_data
 from colorbench.losses import LOSSES
 from colorbench.resolve import parse_experiment
 from colorbench.train import fit
@@ -27,12 +27,12 @@ def test_resumed_fit_is_bit_identical_to_the_uninterrupted_one(tiny_grid: dict, 
         torch.manual_seed(0)
         objective = LOSSES.build("mse", {})
         model = build_model("resnet18-6", {}, objective.out_channels)
-        result = fit(model, objective, train, val, cell.train, resume=resume, save_state=lambda s: cache.save_state(tmp_path / f"{s['epoch']}.pt", s))
+        result = fit(model, objective, train, val, cell.train, resume=resume, save_state=lambda s: states.save_state(tmp_path / f"{s['epoch']}.pt", s))
         return result, model
 
     whole, model = run()
     assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["2.pt", "3.pt"]  # every checkpoint_every epochs, and the last
-    resumed, again = run(resume=cache.load_state(tmp_path / "2.pt"))  # loaded with weights_only=True, as a real resume
+    resumed, again = run(resume=states.load_state(tmp_path / "2.pt"))  # loaded with weights_only=True, as a real resume
     drop = ("train_images_per_s",)
     assert [{k: v for k, v in r.items() if k not in drop} for r in resumed.history] == [
         {k: v for k, v in r.items() if k not in drop} for r in whole.history

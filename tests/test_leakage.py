@@ -28,18 +28,19 @@ from mlflow.tracking import MlflowClient
 from colorbench import tracking
 from colorbench.components import LOSSES, SPLITTERS
 from colorbench.config import Component, DataConfig
-from colorbench.data import SOURCES, ImageSet
+from colorbench.data import SOURCES
+from colorbench.images import ImageSet
 from colorbench.losses import Objective
 from colorbench.resolve import parse_experiment
 from colorbench.runner import run_grid
-from colorbench.search import run_search
-from colorbench.search_space import parse_search
+from colorbench.search.optimize import run_search
+from colorbench.search.space import parse_search
 from colorbench.splitters import carve_test
 
 # Where the grid and the search look `fit` up when they train a fold, and the process executor's pool initializer, which
 # the spy replaces to reach the spawned workers (the one place to retarget when that code moves).
-FIT_TARGET = "colorbench.lifecycle.fit"
-POOL_INIT_TARGET = "colorbench.executors.pin_gpu"
+FIT_TARGET = "colorbench.lifecycle.fold.fit"
+POOL_INIT_TARGET = "colorbench.lifecycle.executors.pin_gpu"
 SPY_FOLDER = "COLORBENCH_TEST_SPY_FOLDER"
 SEARCH = {
     "experiment": "leak-search",

@@ -18,9 +18,9 @@ from colorbench import cli, tracking
 from colorbench.plugins import load_plugins, loaded_plugins
 from colorbench.resolve import parse_experiment
 from colorbench.runner import run_grid
-from colorbench.search import open_study
-from colorbench.search_space import parse_search
-from colorbench.studies import USER_ATTR_RUN, open_storage
+from colorbench.search.optimize import open_study
+from colorbench.search.space import parse_search
+from colorbench.search.storage import USER_ATTR_RUN, open_storage
 
 PLUGIN = "plugin_losses"
 FAILING = "plugin-fails-in-epoch-2"

@@ -22,7 +22,8 @@ from colorbench.backbones import build_model
 from colorbench.checkpoints import TrainedModel
 from colorbench.colorize import Colorizer
 from colorbench.components import LOSSES
-from colorbench.data import SOURCES, lab_batch
+from colorbench.data import SOURCES
+from colorbench.images import lab_batch
 from colorbench.resolve import parse_experiment
 from colorbench.runner import run_grid
 

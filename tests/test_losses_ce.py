@@ -11,8 +11,8 @@ import torch
 
 from colorbench.color import nearest_bins
 from colorbench.config import expand
-from colorbench.data import lab_batch
 from colorbench.errors import ConfigError
+from colorbench.images import lab_batch
 from colorbench.losses import LOSSES, CrossEntropy, RebalancedCrossEntropy
 from colorbench.resolve import parse_experiment
 from colorbench.runner import run_grid

@@ -12,7 +12,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from colorbench.color import nearest_bins, rgb_to_lab
 from colorbench.metrics import METRICS, ColorizationMetrics, Metric, colorfulness, decoded, metric_spec, psnr, ssim
-from colorbench.search_space import ObjectiveConfig, objective_choices
+from colorbench.search.space import ObjectiveConfig, objective_choices
 
 # ab bins on a plain 10-unit lattice: same role as ab_gamut_bins() without its one-off ~10 s gamut scan
 CENTRES = torch.cartesian_prod(torch.arange(-110.0, 111.0, 10.0), torch.arange(-110.0, 111.0, 10.0))

@@ -14,7 +14,7 @@ from scipy import stats
 
 from colorbench import tracking
 from colorbench.cli import main
-from colorbench.multi_report import build_multi_report
+from colorbench.report.multi import build_multi_report
 from colorbench.resolve import parse_experiment
 from colorbench.runner import run_grid
 

@@ -15,8 +15,8 @@ from colorbench.cli import main
 from colorbench.config import expand
 from colorbench.errors import ConfigError
 from colorbench.resolve import load_experiment, parse_experiment
-from colorbench.search_space import load_search, parse_search
-from tests.test_search import TINY_SEARCH
+from colorbench.search.space import load_search, parse_search
+from test_search import TINY_SEARCH
 
 
 def write(tmp_path: Path, raw: dict, name: str = "grid.yaml") -> Path:

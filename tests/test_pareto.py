@@ -14,10 +14,10 @@ import yaml
 from colorbench.cli import main
 from colorbench.errors import ConfigError
 from colorbench.report import build_report
-from colorbench.search_space import parse_search
-from colorbench.studies import open_storage
+from colorbench.search.space import parse_search
+from colorbench.search.storage import open_storage
 from colorbench.tracking import TAG_PARETO
-from tests.test_search import TINY_SEARCH, trial_runs
+from test_search import TINY_SEARCH, trial_runs
 
 OBJECTIVES = [{"metric": "val_psnr", "direction": "maximize"}, {"metric": "val_colorfulness_ratio", "direction": "maximize"}]
 STUDIED = [{"metric": "val_psnr", "direction": "maximize"}, {"metric": "val_ab_rmse", "direction": "minimize"}]  # mostly agree: a small front

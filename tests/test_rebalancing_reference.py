@@ -20,7 +20,8 @@ from colorbench.backbones import build_model
 from colorbench.color import ab_gamut_bins
 from colorbench.components import LOSSES
 from colorbench.config import TrainConfig
-from colorbench.data import SOURCES, ImageSet
+from colorbench.data import SOURCES
+from colorbench.images import ImageSet
 from colorbench.losses import RebalancedCrossEntropy
 from colorbench.resolve import parse_experiment
 from colorbench.runner import run_grid

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from colorbench.config import expand
-from colorbench.data import SOURCES, ImageSet
+from colorbench.data import SOURCES
+from colorbench.images import ImageSet
 from colorbench.resolve import cell_labels, parse_experiment
 from colorbench.splitters import SPLITTERS, Fold
 

@@ -17,11 +17,11 @@ from scipy import stats
 from colorbench import cli
 from colorbench.config import expand
 from colorbench.errors import ConfigError
-from colorbench.lifecycle import prepare_data
+from colorbench.lifecycle.prepare import prepare_data
 from colorbench.report import build_report
+from colorbench.report.validation import COLUMNS, aggregate, replicate_table
 from colorbench.resolve import load_experiment, parse_experiment
 from colorbench.runner import run_grid
-from colorbench.validation_report import COLUMNS, aggregate, replicate_table
 
 TINY_IDS = ["17c83d286fc1", "9000afadfe8a"]  # TINY_GRID's cell ids before replicates existed: they must never change
 

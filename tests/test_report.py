@@ -23,12 +23,12 @@ from statsmodels.stats.multitest import multipletests
 from colorbench import cli
 from colorbench.errors import ConfigError
 from colorbench.losses import LOSSES, MSE
-from colorbench.metrics import METRICS, Metric
-from colorbench.report import FIGURES, GRAY, Report, badness, build_report, decodings_table, terminal_rows
+from colorbench.metrics import METRICS, Metric, badness
+from colorbench.report import FIGURES, GRAY, Report, build_report, decodings_table, terminal_rows
+from colorbench.report.validation import COLUMNS
 from colorbench.resolve import parse_experiment
 from colorbench.runner import run_grid
-from colorbench.search_space import ObjectiveConfig, objective_choices
-from colorbench.validation_report import COLUMNS
+from colorbench.search.space import ObjectiveConfig, objective_choices
 
 EXPERIMENT = "tiny-report"
 
@@ -307,11 +307,11 @@ def test_decodings_table_lists_each_decoding_of_classification_losses(tmp_path: 
 @contextmanager
 def table_entry(metric: Metric) -> Iterator[Metric]:
     """`metric` in the metric table for the duration of the block, and gone again after it."""
-    METRICS[metric.name] = metric
+    METRICS.add(metric)
     try:
         yield metric
     finally:
-        del METRICS[metric.name]
+        METRICS.remove(metric.name)
 
 
 AB_L1 = Metric("ab_l1", "lower", "mean absolute ab error", per_image=lambda b: (b.ab_pred - b.ab_true).abs().mean((1, 2, 3)), headline=True)

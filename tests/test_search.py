@@ -17,9 +17,9 @@ from colorbench import tracking
 from colorbench.cli import main
 from colorbench.errors import ConfigError
 from colorbench.report import build_report
-from colorbench.search import open_study, run_search
-from colorbench.search_space import parse_search
-from colorbench.studies import USER_ATTR_RUN, open_storage
+from colorbench.search.optimize import open_study, run_search
+from colorbench.search.space import parse_search
+from colorbench.search.storage import USER_ATTR_RUN, open_storage
 from colorbench.tracking import TAG_STATE, TAG_STUDY, TAG_TRIAL
 
 TINY_SEARCH = {

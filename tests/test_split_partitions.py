@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from colorbench.data import SOURCES, ImageSet, builtin_photo_files
+from colorbench.data import SOURCES, builtin_photo_files
+from colorbench.images import ImageSet
 from colorbench.splitters import SPLITTERS, Fold, carve_test
 
 SPLITTER_OPTIONS: dict[str, dict] = {"kfold": {"k": 3}}  # the rest use their defaults

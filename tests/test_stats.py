@@ -81,7 +81,8 @@ def test_probability_of_outperforming_counts_wins_and_half_ties() -> None:
     p, low, high = prob_outperform(bad_cell, bad_base)
     assert p == pytest.approx(2.5 / 4)
     assert 0.0 <= low <= p <= high <= 1.0
-    assert prob_outperform(np.zeros(5), np.ones(5)) == (1.0, 1.0, 1.0)
+    p, low, high = prob_outperform(np.zeros(5), np.ones(5))  # all pairs agree: the exact interval, not a collapsed bootstrap
+    assert (p, high) == (1.0, 1.0) and low == pytest.approx(0.025 ** (1 / 5))  # Clopper-Pearson: 5 of 5 -> [0.478, 1]
 
 
 def test_adjust_matches_hand_holm_and_bh_and_keeps_nans() -> None:

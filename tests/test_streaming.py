@@ -20,6 +20,7 @@ from PIL import Image
 from colorbench import cache, data
 from colorbench.backbones import build_model
 from colorbench.config import TrainConfig
+from colorbench.images import ImageRows, ImageSet
 from colorbench.losses import LOSSES
 from colorbench.runner import gray_baseline
 from colorbench.train import DeviceRows, evaluate, fit, prefetch
@@ -41,7 +42,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def build(photos: Path, cache_dir: Path, workers: int, monkeypatch: pytest.MonkeyPatch, crops: int = 3) -> data.ImageSet:
+def build(photos: Path, cache_dir: Path, workers: int, monkeypatch: pytest.MonkeyPatch, crops: int = 3) -> ImageSet:
     monkeypatch.setenv(cache.ENV_VAR, str(cache_dir))
     monkeypatch.setenv(data.WORKERS_ENV, str(workers))
     return data.SOURCES.build("folder", {"path": str(photos), "image_size": 24, "crops_per_photo": crops, "crop_seed": 5})
@@ -126,7 +127,7 @@ def test_folds_are_views_of_the_memory_map_and_train_as_copies_would(photos: Pat
     train, val = pool.subset(np.arange(0, 30)), pool.subset(np.arange(30, 40))
     inner = train.subset(np.arange(5, 25, 2))
     for view in (train.images, val.images, inner.images):
-        assert isinstance(view, data.ImageRows) and view.base is pool.images  # no copy: rows of the entry's map
+        assert isinstance(view, ImageRows) and view.base is pool.images  # no copy: rows of the entry's map
     np.testing.assert_array_equal(inner.images[3], np.asarray(pool.images)[11])
     assert len({pool.fingerprint(), train.fingerprint(), inner.fingerprint()}) == 3 and train.fingerprint() == pool.subset(np.arange(30)).fingerprint()
 
@@ -144,7 +145,7 @@ def test_folds_are_views_of_the_memory_map_and_train_as_copies_would(photos: Pat
     assert all(torch.equal(a, b) for a, b in zip(streamed.best_state.values(), copied.best_state.values(), strict=True))
     assert torch.equal(prior, prior_copied) and test == test_copied
 
-    in_memory = data.ImageSet(np.asarray(val.images), val.groups, val.names)
+    in_memory = ImageSet(np.asarray(val.images), val.groups, val.names)
     assert gray_baseline(val) == gray_baseline(in_memory)
 
 

@@ -11,12 +11,11 @@ from scipy import stats
 
 import colorbench
 from colorbench import tracking
-from colorbench.checkpoints import deployed_run
 from colorbench.config import expand
-from colorbench.lifecycle import finished_children
 from colorbench.report import build_report, terminal_rows
 from colorbench.resolve import parse_experiment
 from colorbench.runner import run_grid
+from colorbench.tracking import deployed_run, finished_children
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +83,12 @@ def test_cell_runs_carry_the_variance_components(repeated: tuple[str, list], mon
             values = kids[f"test_{metric}"]
             assert cell[f"test_{metric}_mean"] == pytest.approx(values.mean())
             means = kids.groupby("fold")[f"test_{metric}"].mean()
-            if len(means) > 1:
-                assert cell[f"test_{metric}_sd_split"] == pytest.approx(means.std(ddof=1))
+            within = kids.groupby("fold")[f"test_{metric}"].var(ddof=1)  # two repeats per split: pooled = mean of the variances
+            if len(means) > 1:  # one-way random effects, two repeats per split: (MS_between - MS_within) / 2, clipped at 0
+                between = max(0.0, (2 * means.var(ddof=1) - within.mean()) / 2)
+                assert cell[f"test_{metric}_sd_split"] == pytest.approx(np.sqrt(between))
             else:
                 assert np.isnan(cell[f"test_{metric}_sd_split"])
-            within = kids.groupby("fold")[f"test_{metric}"].var(ddof=1)  # two repeats per split: pooled = mean of the variances
             assert cell[f"test_{metric}_sd_seed"] == pytest.approx(np.sqrt(within.mean()))
             per_image = [pd.read_csv(tracking.download(r, "test_per_image.csv")).set_index("image")[metric] for r in kids["run_id"]]
             images = pd.concat(per_image, axis=1).mean(axis=1).to_numpy()

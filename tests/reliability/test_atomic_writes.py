@@ -17,7 +17,7 @@ from colorbench import cache
 from colorbench.atomic import atomic_path
 from colorbench.backbones import build_model
 from colorbench.checkpoints import load_checkpoint
-from colorbench.data import Decoded
+from colorbench.images import Decoded
 
 # Child processes that block in the middle of a write (after `ready` exists), waiting for the test's kill -9.
 CHECKPOINT_WRITER = """
@@ -40,7 +40,7 @@ import sys, time
 from pathlib import Path
 import numpy as np
 from colorbench import cache
-from colorbench.data import Decoded
+from colorbench.images import Decoded
 entry, ready = sys.argv[1:]
 
 def decoded():  # the build streams decoded files into images.npy; it is killed halfway

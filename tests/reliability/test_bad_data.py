@@ -13,7 +13,7 @@ from PIL import Image
 
 from colorbench.data import SOURCES
 from colorbench.errors import DataError
-from colorbench.lifecycle import report_skipped
+from colorbench.lifecycle.prepare import report_skipped
 
 
 def colour(size: int = 64, shift: int = 0) -> np.ndarray:

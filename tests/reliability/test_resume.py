@@ -21,8 +21,9 @@ from reliability_support import (
     write_grid,
 )
 
-from colorbench import cache, tracking
-from colorbench.studies import USER_ATTR_RUN
+from colorbench import tracking
+from colorbench.lifecycle import states
+from colorbench.search.storage import USER_ATTR_RUN
 from colorbench.tracking import TAG_TRIAL
 
 pytestmark = pytest.mark.processes
@@ -34,10 +35,10 @@ def test_kill_9_at_epoch_3_of_6_then_rerun_resumes_the_fold_to_the_uninterrupted
 ) -> None:
     path, cell, interrupted, fold = killed_grid(tiny_grid, tracking_uri, tmp_path, EPOCHS)
     assert 3 <= len(fold_history(tracking_uri, fold.info.run_id)) < EPOCHS
-    assert [s.cell_id for s in cache.states()].count(cell) == 1  # the fold's saved state
+    assert [s.cell_id for s in states.states()].count(cell) == 1  # the fold's saved state
 
     rerun_resumes(path, tracking_uri, cell, interrupted, fold, EPOCHS)
-    assert all(s.cell_id != cell for s in cache.states())  # the finished cell's state is gone
+    assert all(s.cell_id != cell for s in states.states())  # the finished cell's state is gone
 
     check_uninterrupted(path, cell, tracking_uri, fold.info.run_id, tmp_path, empty_store)  # bit-identical on a CPU, epoch by epoch
 
@@ -80,7 +81,7 @@ def test_kill_9_of_a_search_mid_fold_then_rerun_continues_the_trial_in_its_runs(
     assert (again.info.run_id, again.info.status) == (fold.info.run_id, "FINISHED")  # the same fold run, continued
     history = fold_history(tracking_uri, fold.info.run_id)
     assert [step for step, _ in history] == list(range(1, EPOCHS + 1))
-    assert all(s.run_id != interrupted.info.run_id for s in cache.states())  # the finished trial's state is gone (other tests may leave theirs)
+    assert all(s.run_id != interrupted.info.run_id for s in states.states())  # the finished trial's state is gone (other tests may leave theirs)
 
     (tmp_path / "reference").mkdir()
     reference_uri = f"sqlite:///{tmp_path / 'reference' / 'mlflow.db'}"

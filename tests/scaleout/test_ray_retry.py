@@ -22,7 +22,7 @@ from reliability_support import (
     write_grid,
 )
 
-from colorbench import cache
+from colorbench.lifecycle import states
 
 pytestmark = pytest.mark.scaleout
 EPOCHS = 6
@@ -80,5 +80,5 @@ def test_a_ray_retry_continues_the_fold_from_its_saved_state(tiny_grid: dict, tr
     assert driver.wait() == 0, driver.stderr
 
     check_continued(tracking_uri, cell, interrupted.info.run_id, fold.info.run_id, EPOCHS)  # the retried task continued the fold run
-    assert all(s.cell_id != cell for s in cache.states())
+    assert all(s.cell_id != cell for s in states.states())
     check_uninterrupted(path, cell, tracking_uri, fold.info.run_id, tmp_path, empty_store)  # the same grid in one process

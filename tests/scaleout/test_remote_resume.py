@@ -18,6 +18,7 @@ from reliability_support import (
 from servers import mlflow_server
 
 from colorbench import cache, tracking
+from colorbench.lifecycle import states
 
 pytestmark = pytest.mark.scaleout
 EPOCHS = 6
@@ -41,10 +42,10 @@ def test_a_fold_resumes_from_its_state_artifact_when_the_local_state_is_gone(
     path, cell, interrupted, fold = killed_grid(tiny_grid, server, tmp_path, EPOCHS)
     assert fold.info.artifact_uri.startswith("mlflow-artifacts:")
     assert state_artifacts(server, fold.info.run_id) == [f"{tracking.STATE_ARTIFACTS}/fold0-repeat0.pt"]
-    assert [s.run_id for s in cache.states()].count(interrupted.info.run_id) == 1
-    shutil.rmtree(cache.cache_dir() / cache.STATES)  # the rerun happens where the local state folder is not: another machine
+    assert [s.run_id for s in states.states()].count(interrupted.info.run_id) == 1
+    shutil.rmtree(cache.cache_dir() / states.STATES)  # the rerun happens where the local state folder is not: another machine
 
     rerun_resumes(path, server, cell, interrupted, fold, EPOCHS)
     assert state_artifacts(server, fold.info.run_id) == []  # the cell finished: its states are gone, the artifact too
-    assert all(s.run_id != interrupted.info.run_id for s in cache.states())
+    assert all(s.run_id != interrupted.info.run_id for s in states.states())
     check_uninterrupted(path, cell, server, fold.info.run_id, tmp_path, empty_store)

@@ -15,28 +15,20 @@ import numpy as np
 import optuna
 import pandas as pd
 from mlflow.entities import Run
-from mlflow.tracking import MlflowClient
 
 from colorbench import tracking
 from colorbench.errors import CellFailed, ColorbenchError, ConfigError, TrialPruned
-from colorbench.lifecycle import (
-    CellRun,
-    PreparedData,
-    Workbench,
-    abort_all,
-    gray_baseline,
-    prepare_data,
-    report_skipped,
-    resumable,
-    run_here,
-)
-from colorbench.pareto import OBJECTIVES_ATTR, front_table, objective_names, tag_front
+from colorbench.lifecycle.cell import CellRun, abort_all, resumable
+from colorbench.lifecycle.fold import Workbench, run_here
+from colorbench.lifecycle.prepare import PreparedData, gray_baseline, prepare_data, report_skipped
 from colorbench.plugins import load_plugins, loaded_plugins
 from colorbench.resolve import cell_labels
-from colorbench.search_engines import PRUNERS, SAMPLERS
-from colorbench.search_space import Search
+from colorbench.search.engines import PRUNERS, SAMPLERS
+from colorbench.search.figures import save_study_figures
+from colorbench.search.pareto import OBJECTIVES_ATTR, front_table, objective_names, tag_front
+from colorbench.search.space import Search
+from colorbench.search.storage import USER_ATTR_RESUMES, USER_ATTR_RUN, default_storage, open_storage, shown
 from colorbench.splitters import SPLITTERS, Fold
-from colorbench.studies import USER_ATTR_RESUMES, USER_ATTR_RUN, default_storage, open_storage, save_study_figures, shown
 from colorbench.tracking import TAG_SAMPLED, TAG_STORAGE, TAG_STUDY, TAG_TRIAL
 from colorbench.train import resolve_device
 from colorbench.ui import console, progress, quiet_libraries
@@ -82,7 +74,7 @@ class FoldAveragedReporter:
         step = len(self.finished) * self.epochs + int(record["epoch"])
         running = statistics.fmean([*(done[0] for done in self.finished), self.current[0]])
         self.trial.report(running, step)
-        MlflowClient().log_metric(self.run_id, "objective_running", running, step=step)
+        tracking.log_metric(self.run_id, "objective_running", running, step)
         if self.trial.should_prune():
             raise TrialPruned(f"pruned at fold {len(self.finished)} epoch {int(record['epoch'])}: running {self.metrics[0]} {running:.4f}")
 
@@ -171,11 +163,11 @@ def continue_run(trial: optuna.Trial, title: str) -> str | None:
     if run_id is None:
         return None
     with tracking.store_lock() as locked:
-        run = MlflowClient().get_run(run_id)
+        run = tracking.get_run(run_id)
         if not interrupted(run, time.time(), tracking.stale_after()) or not tracking.take_over(run, locked):
             return None
-    MlflowClient().set_tag(run_id, TAG_TRIAL, str(trial.number))
-    MlflowClient().set_tag(run_id, "mlflow.runName", title)
+    tracking.set_tag(run_id, TAG_TRIAL, str(trial.number))
+    tracking.set_tag(run_id, "mlflow.runName", title)
     return run_id
 
 
@@ -212,9 +204,7 @@ def trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
 def close_orphan_runs(experiment_id: str, study: optuna.Study) -> int:
     """MLflow runs of this study left RUNNING by a killed process whose Optuna trial has ended (e.g. failed by heartbeat)."""
     ended = {str(t.number) for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
-    client = MlflowClient()
-    query = f"tags.`{TAG_STUDY}` = '{study.study_name}' and attributes.status = 'RUNNING'"
-    orphans = [r for r in client.search_runs([experiment_id], filter_string=query, max_results=10000) if r.data.tags.get(TAG_TRIAL) in ended]
+    orphans = [r for r in tracking.study_runs(experiment_id, study.study_name, status="RUNNING") if r.data.tags.get(TAG_TRIAL) in ended]
     for run in orphans:
         tracking.close_run(run.info.run_id, "KILLED", "interrupted: the process ended before the trial finished")
     return len(orphans)
@@ -227,9 +217,8 @@ def enqueue_interrupted(experiment_id: str, study: optuna.Study) -> int:
     trials = study.get_trials(deepcopy=False)
     by_number = {t.number: t for t in trials}
     queued = {t.user_attrs.get(USER_ATTR_RESUMES) for t in trials if t.state == optuna.trial.TrialState.WAITING}
-    query = f"tags.`{TAG_STUDY}` = '{study.study_name}' and tags.`{tracking.TAG_ROLE}` = 'trial'"
     now, timeout, enqueued = time.time(), tracking.stale_after(), 0
-    for run in MlflowClient().search_runs([experiment_id], filter_string=query, max_results=10_000):
+    for run in tracking.study_runs(experiment_id, study.study_name, role="trial"):
         trial = by_number.get(int(run.data.tags.get(TAG_TRIAL, -1)))
         if trial is None or run.info.run_id in queued or not interrupted(run, now, timeout):
             continue

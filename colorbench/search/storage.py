@@ -1,4 +1,4 @@
-"""Optuna storages and study figures, without the training stack (no torch): what `search` and `report` share."""
+"""Optuna storages (a database with trial heartbeats, or a journal file), without the training stack: what `search` and `report` share."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import optuna
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError
@@ -17,12 +16,6 @@ from colorbench.errors import ConfigError
 USER_ATTR_RUN = "mlflow_run_id"  # an Optuna trial's user attribute: the id of its MLflow run
 USER_ATTR_RESUMES = "resumes_mlflow_run"  # an enqueued trial's user attribute: the interrupted trial run it continues
 JOURNAL_PREFIX = "journal:"
-STUDY_FIGURES = {
-    "optuna_history.png": "plot_optimization_history",
-    "optuna_importances.png": "plot_param_importances",
-    "optuna_parallel.png": "plot_parallel_coordinate",
-    "optuna_intermediate.png": "plot_intermediate_values",
-}
 
 
 def default_storage(tracking_uri: str, n_workers: int) -> str:
@@ -85,30 +78,3 @@ def open_storage(storage: str) -> optuna.storages.BaseStorage:
     except Exception as err:  # noqa: BLE001 - missing driver, unreachable server, bad URL: one line before any training
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"cannot open Optuna storage {shown(storage)}: {first}") from None
-
-
-def save_study_figures(study: optuna.Study, out_dir: Path) -> tuple[list[Path], dict[str, str]]:
-    """Optuna's own plots (history, importances, parallel coordinates, intermediate values) as PNGs; why any was skipped."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import optuna.visualization.matplotlib as plots
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written, skipped = [], {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for filename, function in STUDY_FIGURES.items():
-            try:
-                axes = getattr(plots, function)(study)
-            except (ValueError, RuntimeError, ZeroDivisionError) as err:
-                skipped[filename] = str(err).splitlines()[0] if str(err) else type(err).__name__
-                continue
-            figure = np.ravel(axes)[0].figure
-            figure.set_size_inches(max(figure.get_size_inches()[0], 9), max(figure.get_size_inches()[1], 5))
-            figure.tight_layout()
-            figure.savefig(out_dir / filename, dpi=110)
-            plt.close(figure)
-            written.append(out_dir / filename)
-    return written, skipped

@@ -16,11 +16,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from mlflow.tracking import MlflowClient
 from scipy import stats
 from statsmodels.stats.proportion import proportion_confint
 
-from colorbench.comparisons import Bad
+from colorbench.report.comparisons import Bad
 from colorbench.stats import kendall_tau
 
 COLUMNS = ("splitter", "n_configurations", "n_children", "bias", "abs_error", "spread", "kendall_tau", "regret", "picks_best")
@@ -32,16 +31,6 @@ RESAMPLES = 10_000
 def needed(children: pd.DataFrame) -> bool:
     """Whether an experiment gets this report: two or more splitters, or a splitter with more than one split."""
     return children["splitter"].nunique() >= 2 or bool((children.groupby("cell").size() > 1).any())
-
-
-def validation_values(children: pd.DataFrame, metric: str) -> pd.Series:
-    """Each child's validation `metric` at its best epoch, read from its MLflow metric history (NaN where not logged)."""
-    client = MlflowClient()
-    values = []
-    for run_id, best in zip(children["run_id"], children["best_epoch"], strict=True):
-        history = {m.step: m.value for m in client.get_metric_history(run_id, f"val_{metric}")}
-        values.append(history.get(int(best), np.nan) if pd.notna(best) else np.nan)
-    return pd.Series(values, index=children.index, dtype=float)
 
 
 def truth(children: pd.DataFrame) -> pd.Series:

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
-from mlflow.tracking import MlflowClient
 
-from colorbench.studies import USER_ATTR_RUN
-from colorbench.tracking import TAG_PARETO
+from colorbench import tracking
+from colorbench.search.storage import USER_ATTR_RUN
 
 OBJECTIVES_ATTR = "objective_metric"  # study user attribute: the objective's metric, or the list of metrics of several
 
@@ -35,10 +34,9 @@ def front_table(study: optuna.Study) -> pd.DataFrame:
 
 def tag_front(table: pd.DataFrame) -> None:
     """Tag each trial's MLflow run `colorbench.pareto=true|false` (the front moves as the study grows, so every run is retagged)."""
-    client = MlflowClient()
     for row in table.itertuples():
         if isinstance(row.run_id, str):
-            client.set_tag(row.run_id, TAG_PARETO, str(bool(row.pareto)).lower())
+            tracking.set_tag(row.run_id, tracking.TAG_PARETO, str(bool(row.pareto)).lower())
 
 
 def write_pareto(study: optuna.Study, out: Path, gray: dict[str, float]) -> list[str]:

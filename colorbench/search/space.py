@@ -255,7 +255,7 @@ def check_conditions(param: Param, earlier: dict[str, Param], cfg: SearchConfig,
 def parse_search(raw: Any, where: str = "search") -> Search:
     """Validate a loaded search file: sections, components, every space entry and its conditions, sampler and pruner."""
     from colorbench.components import SPLITTERS
-    from colorbench.search_engines import PRUNERS, SAMPLERS
+    from colorbench.search.engines import PRUNERS, SAMPLERS
 
     cfg = resolve_data(validate_mapping(SearchConfig, raw, where), where)
     cfg = cfg.model_copy(

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from colorbench import tracking
-from colorbench.comparisons import ADJUSTED, COLUMNS, P_TTEST, P_WILCOXON, adjust_report, compare
 from colorbench.errors import ConfigError
-from colorbench.report import ROW, Runs, bad_values, badness, components, fmt_p, load_runs, metric_names, open_store, per_image, sample
+from colorbench.metrics import badness
+from colorbench.report.comparisons import STATISTICS, adjust_report, compare, computed_columns, shown_in
+from colorbench.report.runs import ROW, Runs, components, load_runs, metric_names, per_image
+from colorbench.report.table import sample
 from colorbench.stats import CORRECTIONS
 
 FINGERPRINT = f"tags.{tracking.TAG_FINGERPRINT}"
@@ -54,7 +57,7 @@ def build_multi_report(
         raise ConfigError(f"unknown correction {correction!r}; use one of: {', '.join(CORRECTIONS)}")
     if len(set(experiments)) != len(experiments):
         raise ConfigError(f"--experiment given twice: {experiments}")
-    open_store(tracking_uri)
+    tracking.open_store(tracking_uri)
     loaded: dict[str, Runs] = {name: load_runs(name) for name in experiments}
     for name, runs in loaded.items():
         if metric not in metric_names(runs.cells):
@@ -78,9 +81,9 @@ def build_multi_report(
     table["baseline"] = table.index == b
     table["not_tested"] = [untested_reason(row, table.loc[b], images, i, b) if i != b else "" for i, row in table.iterrows()]
     compared = {
-        i: compare(samples[i], samples[b], bad_values(metric)) for i, row in table.iterrows() if i != b and not row["not_tested"]
+        i: compare(samples[i], samples[b], partial(badness, metric)) for i, row in table.iterrows() if i != b and not row["not_tested"]
     }
-    table = pd.concat([table, pd.DataFrame.from_dict(compared, orient="index").reindex(index=table.index, columns=COLUMNS)], axis=1)
+    table = pd.concat([table, pd.DataFrame.from_dict(compared, orient="index").reindex(index=table.index, columns=computed_columns())], axis=1)
     table = adjust_report(table, None, correction).sort_values(["rank", "experiment"])
     out = Path(out_dir) if out_dir is not None else Path("results") / "+".join(experiments)
     out.mkdir(parents=True, exist_ok=True)
@@ -93,11 +96,12 @@ def build_multi_report(
 def terminal_rows(report: MultiReport) -> tuple[list[str], list[list[str]]]:
     """The table as text: experiment, cell, components, rank, metric, adjusted p-values, and why a row was not tested."""
     m = report.metric
-    header = ["experiment", "cell", "backbone", "loss", "splitter", "rank", f"test {m}", "p_adj (t)", "p_adj (W, images)", "not tested because"]
+    compared = shown_in("multi")
+    header = ["experiment", "cell", "backbone", "loss", "splitter", "rank", f"test {m}", *(s.header for s in compared), "not tested because"]
     rows = []
     for _, row in report.table.iterrows():
         value = f"{row[f'test_{m}_mean']:.3f}" + (f" ± {row[f'test_{m}_std']:.3f}" if row["n_folds"] > 1 else "")
-        tests = ["baseline", "baseline"] if row["baseline"] else [fmt_p(row[ADJUSTED + P_TTEST.removeprefix("p_")]), fmt_p(row[ADJUSTED + P_WILCOXON.removeprefix("p_")])]
+        tests = ["baseline"] * len(compared) if row["baseline"] else [s.cell(row) for s in compared]
         cell = row["cell"] + (f" (in {row['experiments_with_config']} experiments)" if row["experiments_with_config"] > 1 else "")
         rows.append([row["experiment"], cell, row["backbone"], row["loss"], row["splitter"], str(row["rank"]), value, *tests, row["not_tested"]])
     return header, rows
@@ -115,7 +119,7 @@ def summary(report: MultiReport) -> str:
         "",
         (f"Baseline: cell {base['cell']} of {base['experiment']}, the best on test {report.metric}. Cells with the same id have the same "
         "resolved config in different experiments. Each row is tested against the baseline only on the same test set (same data "
-        f"fingerprint and test images): corrected resampled t-test over paired children, Wilcoxon signed-rank over test images, "
+        f"fingerprint and test images): {', '.join(s.caption for s in STATISTICS if s.caption)}, "
         f"p-values adjusted over the table ({report.correction})."),
     ]
     if len(untested):

@@ -13,7 +13,7 @@ from colorbench.errors import ConfigError
 from colorbench.registry import Registry
 
 if TYPE_CHECKING:
-    from colorbench.search_space import Param
+    from colorbench.search.space import Param
 
 SamplerFactory = Callable[[int, Sequence["Param"]], optuna.samplers.BaseSampler]  # (seed, space) -> sampler
 

@@ -22,7 +22,7 @@ from colorbench.errors import ConfigError
 from colorbench.registry import Registry
 
 if TYPE_CHECKING:
-    from colorbench.lifecycle import Executor, FoldTask, TaskResult, Workbench
+    from colorbench.lifecycle.fold import Executor, FoldTask, TaskResult, Workbench
 
 EXECUTORS: Registry[Executor] = Registry("executor")
 
@@ -49,7 +49,7 @@ class LocalExecutor:
     """This process, one fold after another (the default)."""
 
     def run(self, tasks: Iterable[FoldTask], bench: Workbench) -> Iterator[tuple[FoldTask, TaskResult]]:
-        from colorbench.lifecycle import run_here
+        from colorbench.lifecycle.fold import run_here
 
         return run_here(tasks, bench)
 
@@ -86,7 +86,7 @@ class ProcessExecutor:
     workers: int = option(2, "number of worker processes")
 
     def run(self, tasks: Iterable[FoldTask], bench: Workbench) -> Iterator[tuple[FoldTask, TaskResult]]:
-        from colorbench.lifecycle import run_fold_task
+        from colorbench.lifecycle.fold import run_fold_task
 
         context = multiprocessing.get_context("spawn")
         counter = context.Value("i", 0)
@@ -109,7 +109,7 @@ class SlurmExecutor:
     cluster: str | None = option(None, "submitit cluster, e.g. local to run the jobs as local processes (default: Slurm)")
 
     def run(self, tasks: Iterable[FoldTask], bench: Workbench) -> Iterator[tuple[FoldTask, TaskResult]]:
-        from colorbench.lifecycle import run_fold_task
+        from colorbench.lifecycle.fold import run_fold_task
 
         submitit = require("submitit", "slurm")
         executor = submitit.AutoExecutor(folder=self.folder, cluster=self.cluster)
@@ -140,7 +140,7 @@ class RayExecutor:
     num_cpus: int | None = option(None, "CPUs of a local Ray started here")
 
     def run(self, tasks: Iterable[FoldTask], bench: Workbench) -> Iterator[tuple[FoldTask, TaskResult]]:
-        from colorbench.lifecycle import run_fold_task
+        from colorbench.lifecycle.fold import run_fold_task
 
         ray = require("ray", "ray")
         if not ray.is_initialized():

@@ -1,0 +1,254 @@
+"""Step 3 of a cell's lifecycle: one fold task trained in its own fold run, in this process (`run_here`) or in a worker
+(`run_fold_task`), continuing from its saved training state when it has one; the `Executor` protocol that runs fold tasks.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import mlflow
+import numpy as np
+import torch
+import yaml
+from rich.progress import Progress, TaskID
+
+from colorbench import tracking
+from colorbench.backbones import ColorizationNet, build_model
+from colorbench.checkpoints import save_checkpoint
+from colorbench.color import lab_to_rgb
+from colorbench.components import LOSSES
+from colorbench.config import Cell
+from colorbench.errors import DivergedError
+from colorbench.images import ImageSet, gray_rgb, lab_batch, rows
+from colorbench.lifecycle import states
+from colorbench.lifecycle.prepare import PreparedData, prepare_data
+from colorbench.losses import Objective
+from colorbench.plots import image_grid, loss_curves
+from colorbench.plugins import load_plugins
+from colorbench.splitters import Fold
+from colorbench.train import EpochCallback, FoldResult, evaluate, fit, resolve_device
+from colorbench.ui import progress, quiet_libraries
+
+SAMPLE_IMAGES = 6  # test images shown in panels and kept as test_samples.npz
+MAX_AB_RMSE = 1000.0  # Lab units: real colours lie within about 260 of each other in ab, so a larger error means the model blew up
+
+
+@torch.no_grad()
+def predict_rgb(model: ColorizationNet, objective: Objective, images: torch.Tensor) -> np.ndarray:
+    """uint8 (N,H,W,3) -> colorized float RGB (N,H,W,3) in [0,1], from the images' own L."""
+    model.eval()
+    L, _ = lab_batch(images.to(next(model.parameters()).device))
+    ab = objective.decode(model(L))
+    return lab_to_rgb(torch.cat([L, ab], dim=1)).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def write_fold_artifacts(
+    folder: Path,
+    cell: Cell,
+    fold: Fold,
+    result: FoldResult,
+    per_image: list[dict[str, float]],
+    model: ColorizationNet,
+    objective: Objective,
+    test: ImageSet,
+) -> None:
+    """Loss curve, test panel and samples, checkpoint, resolved config and per-image test metrics of one fold."""
+    loss_curves(result.history, folder / "loss_curve.png", result.best_epoch)
+    truth = test.images[:SAMPLE_IMAGES]
+    predicted = (predict_rgb(model, objective, torch.from_numpy(truth)) * 255).round().astype(np.uint8)
+    names = [Path(n).name for n in test.names[:SAMPLE_IMAGES]]
+    np.savez_compressed(folder / "test_samples.npz", truth=truth, predicted=predicted, names=np.array(names))
+    gray = gray_rgb(truth)
+    image_grid([list(row) for row in zip(gray, predicted, truth, strict=True)], ["gray input", "predicted", "truth"], folder / "test_panel.png", names)
+    save_checkpoint(folder / "checkpoint.pt", cell, fold.index, test.images.shape[1], result.best_state)
+    (folder / "config.yaml").write_text(yaml.safe_dump(cell.model_dump(mode="json"), sort_keys=False))
+    with open(folder / "test_per_image.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["image", *per_image[0]])
+        writer.writeheader()
+        for name, row in zip(test.names, per_image, strict=True):
+            writer.writerow({"image": name, **row})
+
+
+def train_fold(
+    cell: Cell,
+    fold: Fold,
+    data: PreparedData,
+    device: torch.device,
+    bar: Progress,
+    epoch_task: TaskID,
+    after_epoch: EpochCallback | None = None,
+    state: Path | None = None,
+) -> dict[str, float]:
+    """Train one fold inside its (active) MLflow run; return its test metrics.
+
+    After each epoch the record is logged, passed to `after_epoch` (e.g. a search's pruner), then checked for divergence. With a
+    `state` file, the training state is saved there (`states.save_state`), and also as the run's artifact
+    `training_state/<file name>` when its artifact store is remote (`tracking.upload_state`); when one is there already,
+    training continues from it: epochs the run has not logged yet are logged first, so each epoch is logged once, at its own step,
+    and the saved epochs pass through `after_epoch` again (a search's reporter then scores the fold as if uninterrupted)."""
+    train_cfg = cell.train.model_copy(update={"seed": cell.train.seed + fold.repeat})  # a training repeat: new init and batch order
+    if fold.refit_epochs is not None:
+        train_cfg = train_cfg.model_copy(update={"epochs": fold.refit_epochs, "patience": None})
+    torch.manual_seed(train_cfg.seed)
+    objective = LOSSES.build(cell.loss.name, cell.loss.options)
+    model = build_model(cell.backbone.name, cell.backbone.options, objective.out_channels).to(device)
+    train_images = rows(data.pool.images, fold.train)  # views of the cache's memory map: batches are read as training needs them
+    val_images = rows(data.pool.images, fold.val)
+    mlflow.log_params({"fold": fold.index, "draw": fold.draw, "repeat": fold.repeat, "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(data.test)})
+    bar.reset(epoch_task, total=train_cfg.epochs, status="")
+    run_id = mlflow.active_run().info.run_id
+    tracking.log_datasets(run_id, cell.data.model_dump(mode="json"), data.fingerprint)
+    resume = None if state is None else states.load_state(state)
+    logged = tracking.logged_steps(run_id, "val_loss") if resume else set()
+    if resume:
+        tracking.log_history([r for r in resume["history"] if r["epoch"] not in logged])
+        bar.update(epoch_task, completed=resume["epoch"], status=f"resumed after epoch {resume['epoch']}")
+        for record in resume["history"] if after_epoch else []:  # a search's reporter sees every epoch, as in an uninterrupted fold
+            after_epoch(record)
+
+    def on_epoch(record: dict[str, float]) -> None:
+        if record["epoch"] not in logged:
+            tracking.log_epoch(record)
+        bar.update(epoch_task, advance=1, status=f"train {record['train_loss']:.4f} val {record['val_loss']:.4f}")
+        if after_epoch:
+            after_epoch(record)
+        check_divergence(record, cell.train.lr)
+
+    remote = state is not None and tracking.remote_artifacts(run_id)
+
+    def save_here(training: dict[str, object]) -> None:
+        states.save_state(state, training)
+        if remote:
+            tracking.upload_state(run_id, state)
+
+    save = None if state is None else save_here
+    result = fit(model, objective, train_images, val_images, train_cfg, on_epoch, keep_last=fold.refit_epochs is not None, resume=resume, save_state=save)
+    test_metrics, per_image = evaluate(model, objective, data.test.images, cell.train.batch_size, all_variants=True)
+    summary = {f"test_{k}": v for k, v in test_metrics.items()}
+    summary.update(best_epoch=result.best_epoch, best_val_loss=min(r["val_loss"] for r in result.history), train_seconds=result.seconds)
+    mlflow.log_metrics(summary)
+    with tracking.artifact_dir() as folder:
+        write_fold_artifacts(folder, cell, fold, result, per_image, model, objective, data.test)
+    return summary
+
+
+def check_divergence(record: dict[str, float], lr: float) -> None:
+    """After an epoch: raise DivergedError if its losses are not finite or its validation ab error is beyond any real colour's."""
+    losses = [record["train_loss"], record["val_loss"]]
+    if all(math.isfinite(v) for v in losses) and record["val_ab_rmse"] <= MAX_AB_RMSE:
+        return
+    raise DivergedError(
+        f"diverged at epoch {int(record['epoch'])}: train loss {losses[0]:.3g}, val loss {losses[1]:.3g}, val ab RMSE {record['val_ab_rmse']:.3g}; "
+        f"lower train.lr (now {lr})"
+    )
+
+
+@dataclass(frozen=True)
+class FoldTask:
+    """One fold training of a held cell, self-contained so it can run in another process or on another machine."""
+
+    cell: Cell
+    fold: Fold
+    n_folds: int
+    parent_run_id: str
+    experiment_id: str
+    tracking_uri: str
+    name: str  # the fold run is named "<name> | fold <index>" (" | repeat <r>" added with train.repeats > 1)
+    tags: dict[str, str]  # the cell or trial run's tags, which the fold run carries too (`tracking.fold_tags`)
+    plugins: tuple[str, ...] = ()  # plugin modules the worker imports first
+
+
+TaskResult = dict[str, float] | BaseException
+
+
+@dataclass
+class Workbench:
+    """What a fold needs to train in this process: the prepared data, the device, the progress display and, for a search trial,
+    the pruner's per-epoch callback."""
+
+    data: PreparedData
+    device: torch.device
+    bar: Progress
+    epoch_task: TaskID | None = None
+    after_epoch: EpochCallback | None = None
+    replicates: dict[int, PreparedData] = field(default_factory=dict)  # a grid's data by replicate (`data` is then replicate 0's)
+
+    def data_of(self, cell: Cell) -> PreparedData:
+        """The prepared data of `cell`'s replicate."""
+        return self.replicates[cell.replicate] if self.replicates else self.data
+
+
+class Executor(Protocol):
+    """Runs fold tasks somewhere and yields each with its metrics (or the exception it raised) as it completes. It may consume
+    `tasks` lazily (one after another in this process: each cell is claimed just before it trains) or at once (a pool)."""
+
+    def run(self, tasks: Iterable[FoldTask], bench: Workbench) -> Iterator[tuple[FoldTask, TaskResult]]: ...
+
+
+def fold_state(task: FoldTask) -> tuple[Path, str | None]:
+    """The task's training state file and the fold run that saved it, which the fold continues in (None: no state, train from epoch
+    1 in a new run). A state missing here (another machine saved it) is fetched from that run's artifacts, where a remote
+    artifact store keeps a copy (`tracking.download_state`)."""
+    fold = task.fold
+    state = states.state_path(task.cell.id, task.parent_run_id, fold.index, fold.repeat)
+    earlier = tracking.fold_run(task.experiment_id, task.parent_run_id, fold.index, fold.repeat)
+    if earlier is not None and not state.exists() and tracking.remote_artifacts(earlier):
+        tracking.download_state(earlier, state)
+    return state, earlier if state.exists() else None
+
+
+def run_fold(task: FoldTask, bench: Workbench) -> dict[str, float]:
+    """Train the task's fold in its own fold run (a child of the cell or trial run, tagged like it); return its test metrics. A fold
+    that saved a training state (an interrupted process, a retried task, here or on another machine) continues from it in the same
+    fold run (`fold_state`)."""
+    fold = task.fold
+    if bench.epoch_task is None:
+        bench.epoch_task = bench.bar.add_task("epochs", total=task.cell.train.epochs, status="")
+    with tracking.store_guard(task.tracking_uri):
+        state, earlier = fold_state(task)
+        refit = fold.refit_epochs is not None
+        tags = tracking.fold_tags(task.tags, fold.index, fold.draw, fold.repeat, task.parent_run_id, "refit" if refit else "fold")
+        repeat = f" | repeat {fold.repeat}" if task.cell.train.repeats > 1 else ""
+        name = f"{task.name} | refit" if refit else f"{task.name} | fold {fold.index}{repeat}"
+        with tracking.run(name, tags, task.cell.flat_params(), run_id=earlier):
+            return train_fold(task.cell, fold, bench.data_of(task.cell), bench.device, bench.bar, bench.epoch_task, bench.after_epoch, state)
+
+
+def run_here(tasks: Iterable[FoldTask], bench: Workbench) -> Iterator[tuple[FoldTask, TaskResult]]:
+    """Train each task in this process, one after another: a fold's exception is its result (KeyboardInterrupt and SystemExit end
+    everything)."""
+    for task in tasks:
+        try:
+            result: TaskResult = run_fold(task, bench)
+        except Exception as err:  # noqa: BLE001 - a failed fold fails its cell, not the grid
+            result = err
+        yield task, result
+
+
+def close_earlier_attempts(task: FoldTask) -> None:
+    """A retried task (its worker was lost) first closes the runs its earlier attempts left RUNNING, except one that saved a training
+    state: the task continues in it (`run_fold`)."""
+    resumed = fold_state(task)[1] is not None
+    for run in tracking.running_fold_runs(task.experiment_id, task.parent_run_id, task.fold.index, task.fold.repeat):
+        if resumed and run.data.tags.get(tracking.TAG_REPEAT) == str(task.fold.repeat):
+            continue
+        tracking.close_run(run.info.run_id, "KILLED", "interrupted: its worker was lost; the task was retried")
+
+
+def run_fold_task(task: FoldTask) -> dict[str, float]:
+    """Worker side (another process or machine): import the plugins, load the data (the decode-once cache makes this cheap),
+    train the fold; return its test metrics."""
+    quiet_libraries()
+    load_plugins(task.plugins)
+    data = prepare_data(task.cell)
+    with tracking.store_guard(task.tracking_uri):
+        mlflow.set_tracking_uri(task.tracking_uri)
+        mlflow.set_experiment(experiment_id=task.experiment_id)
+        close_earlier_attempts(task)
+    with progress(False) as bar:
+        return run_fold(task, Workbench(data, resolve_device(task.cell.train.device), bar))

@@ -1,0 +1,17 @@
+"""`colorbench report`: an experiment's runs read through `colorbench.tracking` (`runs`), ranked and compared with a baseline
+(`table`, `comparisons`), the validation schemes judged (`validation`), written as text (`render`) and figures (`figures`) by
+`build.build_report`; `multi` ranks several experiments in one table.
+
+Importing it loads neither torch nor Optuna: the registries (to label rows), the search (for a study's figures) and the images
+(for samples.png) are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+from colorbench.report.build import build_report
+from colorbench.report.figures import FIGURES
+from colorbench.report.multi import MultiReport, build_multi_report
+from colorbench.report.render import caption, components_text, decodings_table, terminal_rows
+from colorbench.report.table import GRAY, Report
+
+__all__ = ["FIGURES", "GRAY", "MultiReport", "Report", "build_multi_report", "build_report", "caption", "components_text", "decodings_table", "terminal_rows"]

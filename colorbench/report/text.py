@@ -1,0 +1,42 @@
+"""How the report writes numbers: table cells, p-values, intervals and the significance words."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pandas as pd
+
+ALPHA = 0.05
+
+
+def fmt_value(value: object) -> str:
+    """A table cell: floats to 3 decimals, missing as empty."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return ""
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def fmt_p(p: float) -> str:
+    """A p-value for people: `-` when not computed."""
+    if pd.isna(p):
+        return "-"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def fmt_ci(row: Mapping[str, object], key: str, ci: str, spec: str = ".2f") -> str:
+    """`value [low, high]` of column `key` and its interval's columns `<ci>_low`, `<ci>_high`, each as `spec`; `-` when missing."""
+    value = row.get(key)
+    if value is None or pd.isna(value):
+        return "-"
+    return f"{value:{spec}} [{row[ci + '_low']:{spec}}, {row[ci + '_high']:{spec}}]"
+
+
+def p_is(name: str, p: float) -> str:
+    """`name = 0.012`, or `name < 0.001`."""
+    shown = fmt_p(p)
+    return f"{name} {shown.replace('<', '< ')}" if shown.startswith("<") else f"{name} = {shown}"
+
+
+def p_words(raw: float, adjusted: float) -> str:
+    """`p = raw, p_adj = adjusted (significant|not significant)`: the verdict is on the adjusted p."""
+    return f"{p_is('p', raw)}, {p_is('p_adj', adjusted)} ({'significant' if adjusted < ALPHA else 'not significant'})"
