@@ -49,7 +49,7 @@ class Report:
     study_figures: list[str] = field(default_factory=list)  # Optuna's plots, for a search experiment
     correction: str = "holm"  # how the p-values were adjusted (colorbench.stats.CORRECTIONS)
     friedman: Friedman | None = None  # across all cells, test images as blocks
-    validation: pd.DataFrame | None = None  # the validation schemes' table (validation_report), when the experiment has one
+    validation: pd.DataFrame | None = None  # the validation schemes' table (report.validation), when the experiment has one
 
 
 def resolve_baseline(cell_ids: pd.Series, ranks: pd.Series, baseline: str | None) -> str:
@@ -78,7 +78,7 @@ def sample(runs: Runs, cell: pd.Series, metric: str, images: Images | None) -> S
 
 
 def significance(runs: Runs, baseline: str, metric: str) -> tuple[pd.DataFrame, dict[str, Images | None]]:
-    """Per cell, its comparison with the baseline (colorbench.comparisons.compare); and every cell's per-image values."""
+    """Per cell, its comparison with the baseline (colorbench.report.comparisons.compare); and every cell's per-image values."""
     by_id = runs.cells.set_index(ROW, drop=False)
     with tempfile.TemporaryDirectory(prefix="colorbench-report-") as tmp:
         images = {cid: per_image(runs.folds_of(cell), metric, Path(tmp)) for cid, cell in by_id.iterrows()}
