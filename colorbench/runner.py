@@ -31,8 +31,8 @@ def run_grid(
     executor_options: dict[str, Any] | None = None,
     overrides: Sequence[str] = (),
 ) -> tuple[list[CellOutcome], dict[str, float]]:
-    """Train every unfinished cell of `exp` through the cell lifecycle (`lifecycle.run_cells`), its folds on `executor` (`local`,
-    `process`, `slurm`, `ray` or a plugin's, see colorbench.executors); return each cell's outcome and the gray baseline's test
+    """Train every unfinished cell of `exp` through the cell lifecycle (`lifecycle.cell.run_cells`), its folds on `executor` (`local`,
+    `process`, `slurm`, `ray` or a plugin's, see colorbench.lifecycle.executors); return each cell's outcome and the gray baseline's test
     metrics (of replicate 0's test set). `overrides`, the command line's that made `exp`, are tagged on every run (`tracking.TAG_OVERRIDES`)."""
     engine = EXECUTORS.build(executor, executor_options)  # unknown names/options fail here
     uri = tracking.resolve_tracking_uri(tracking_uri)

@@ -366,7 +366,7 @@ def too_colourful_copy(store: str, metric: str, tmp_path: Path) -> str:
 @pytest.mark.parametrize("metric", list(METRICS))
 def test_every_metric_of_the_table_ranks_the_real_cells_its_own_way(metric: str, store: str, tmp_path: Path) -> None:
     """End to end, for each metric of the table: the report's rank order follows the metric's direction, written out here
-    independently of report.badness (higher: descending, lower: ascending, one: by distance to 1)."""
+    independently of metrics.badness (higher: descending, lower: ascending, one: by distance to 1)."""
     if METRICS[metric].better == "one":  # young models are all below 1: make the most colourful cell overshoot, farthest from 1
         store = too_colourful_copy(store, metric, tmp_path)
     table = build_report(EXPERIMENT, tmp_path, metric=metric, tracking_uri=store).table

@@ -49,7 +49,7 @@ class Report:
     study_figures: list[str] = field(default_factory=list)  # Optuna's plots, for a search experiment
     correction: str = "holm"  # how the p-values were adjusted (colorbench.stats.CORRECTIONS)
     friedman: Friedman | None = None  # across all cells, test images as blocks
-    validation: pd.DataFrame | None = None  # the validation schemes' table (validation_report), when the experiment has one
+    validation: pd.DataFrame | None = None  # the validation schemes' table (report.validation), when the experiment has one
     baselines: dict[str, str] = field(default_factory=dict)  # each cell's baseline: the baseline configuration's cell in its replicate
 
     @property
