@@ -162,10 +162,14 @@ def answer(table: pd.DataFrame, metric: str) -> list[str]:
 
 def markdown(table: pd.DataFrame, metric: str, direction: str) -> str:
     """The answer, the table with intervals, and the definitions of its columns."""
-    columns = ["splitter", "n_replicates", "n_configurations", "n_children", *COLUMNS[3:]]
+    counts = ("n_replicates", "n_configurations", "n_children")  # means over replicates of whole numbers: shown as 4, 12.5
+    columns = ["splitter", *counts, *COLUMNS[3:]]
+
+    def cell(row: pd.Series, column: str) -> str:
+        return with_interval(row, column) if column in INTERVALS else f"{row[column]:g}" if column in counts else fmt(row[column])
+
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for _, row in table.iterrows():
-        lines.append("| " + " | ".join(with_interval(row, c) if c in INTERVALS else fmt(row[c]) for c in columns) + " |")
+    lines += ["| " + " | ".join(cell(row, c) for c in columns) + " |" for _, row in table.iterrows()]
     n = int(table["n_replicates"].max())
     return "\n".join(answer(table, metric)) + "\n\n" + "\n".join(lines) + f"""
 
