@@ -47,10 +47,12 @@ class Component(BaseModel):
 
 
 class DataConfig(BaseModel):
-    """`source` names a registered image source; every other key is an option of it."""
+    """`source` names a registered image source; `subsample` (any source) draws that many of its photos, by photo, seeded by the
+    data seed, before the test carve-out; every other key is an option of the source."""
 
     model_config = STRICT
     source: str = "builtin"
+    subsample: int | None = Field(None, gt=0, strict=True)
     options: dict[str, Any] = {}
 
     @pydantic.model_validator(mode="before")
@@ -59,8 +61,14 @@ class DataConfig(BaseModel):
         if isinstance(value, str):
             return {"source": value}
         if isinstance(value, dict) and "options" not in value:
-            return {"source": value.get("source", "builtin"), "options": {k: v for k, v in value.items() if k != "source"}}
+            own = {k: value[k] for k in ("source", "subsample") if k in value}
+            return {"source": "builtin", **own, "options": {k: v for k, v in value.items() if k not in own}}
         return value
+
+    @pydantic.model_serializer(mode="wrap")
+    def _omit_subsample(self, handler: pydantic.SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """`subsample` (added later) is left out when unset, so earlier cell ids stay the same."""
+        return omit_defaults(self, handler(self), ("subsample",))
 
 
 TEMPERATURES = (0.1, 0.2, 0.3, 0.38, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -121,11 +129,15 @@ class TrainConfig(BaseModel):
     @pydantic.model_serializer(mode="wrap")
     def _omit_later_defaults(self, handler: pydantic.SerializerFunctionWrapHandler) -> dict[str, Any]:
         """`repeats`, `refit` and `decode` (added later) are left out at their defaults, so earlier cell ids stay the same."""
-        dumped = handler(self)
-        for key in OMIT_AT_DEFAULT:
-            if dumped.get(key) == TrainConfig.model_fields[key].default:
-                dumped.pop(key)
-        return dumped
+        return omit_defaults(self, handler(self), OMIT_AT_DEFAULT)
+
+
+def omit_defaults(model: BaseModel, dumped: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """`dumped` (a dump of `model`) without the `keys` whose values are their fields' defaults."""
+    for key in keys:
+        if key in dumped and dumped[key] == type(model).model_fields[key].default:
+            dumped.pop(key)
+    return dumped
 
 
 class GridAxes(BaseModel):
@@ -148,19 +160,29 @@ class Setup(BaseModel):
     test_fraction: float = Field(0.15, gt=0, lt=1)
     train: TrainConfig = TrainConfig()
 
+    @pydantic.field_validator("test_data")
+    @classmethod
+    def _fixed_test_set(cls, value: DataConfig | None) -> DataConfig | None:
+        if value is not None and value.subsample is not None:
+            raise ValueError("subsample draws the training pool (data.subsample); a test_data set is used whole, the same in every replicate")
+        return value
+
 
 SetupT = TypeVar("SetupT", bound=Setup)
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class Experiment(Setup):
-    """A whole grid file."""
+    """A whole grid file. `replicates: R` runs the whole experiment R times, replicate r with data seed `seed + r` (its own
+    subsample, test carve-out and splits): R independent data sets."""
 
+    replicates: int = Field(1, ge=1, strict=True)
     grid: GridAxes = GridAxes()
 
 
 class Cell(BaseModel):
-    """One resolved combination: everything that determines its results, defaults filled in."""
+    """One resolved combination in one replicate: everything that determines its results, defaults filled in. `seed` is the data
+    seed of its replicate (the experiment's seed + `replicate`)."""
 
     model_config = STRICT
     data: DataConfig
@@ -171,6 +193,12 @@ class Cell(BaseModel):
     backbone: Component
     loss: Component
     splitter: Component
+    replicate: int = Field(0, ge=0)
+
+    @pydantic.model_serializer(mode="wrap")
+    def _omit_replicate_zero(self, handler: pydantic.SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """`replicate` (added later) is left out at 0, so the cell ids of an experiment without replicates stay the same."""
+        return omit_defaults(self, handler(self), ("replicate",))
 
     @property
     def id(self) -> str:
@@ -194,9 +222,10 @@ class Cell(BaseModel):
             dumped[axis] = {"name": dumped[axis]["name"], **dumped[axis]["options"]}
         for section in ("data", "test_data"):
             if dumped[section] is not None:
-                dumped[section] = {"source": dumped[section]["source"], **dumped[section]["options"]}
+                options = dumped[section].pop("options")
+                dumped[section] = {**dumped[section], **options}
         walk("", dumped)
-        return out
+        return out | {"replicate": str(self.replicate)}
 
 
 def format_error(where: str, err: pydantic.ValidationError) -> str:
@@ -285,18 +314,21 @@ def apply_override(raw: dict[str, Any], text: str, model: type[BaseModel]) -> di
 
 
 def expand(exp: Experiment) -> list[Cell]:
-    """The cartesian product of the grid axes, as resolved cells (duplicates removed, order kept)."""
+    """The cartesian product of the grid axes in each replicate, as resolved cells (duplicates removed, order kept): replicate r's
+    cells have data seed `exp.seed + r`; replicate 0's are the cells of the same grid without replicates."""
     cells: dict[str, Cell] = {}
-    for backbone, loss, splitter in itertools.product(exp.grid.backbone, exp.grid.loss, exp.grid.splitter):
-        cell = Cell(
-            data=exp.data,
-            test_data=exp.test_data,
-            seed=exp.seed,
-            test_fraction=exp.test_fraction,
-            train=exp.train,
-            backbone=backbone,
-            loss=loss,
-            splitter=splitter,
-        )
-        cells.setdefault(cell.id, cell)
+    for replicate in range(exp.replicates):
+        for backbone, loss, splitter in itertools.product(exp.grid.backbone, exp.grid.loss, exp.grid.splitter):
+            cell = Cell(
+                data=exp.data,
+                test_data=exp.test_data,
+                seed=exp.seed + replicate,
+                test_fraction=exp.test_fraction,
+                train=exp.train,
+                backbone=backbone,
+                loss=loss,
+                splitter=splitter,
+                replicate=replicate,
+            )
+            cells.setdefault(cell.id, cell)
     return list(cells.values())

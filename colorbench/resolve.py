@@ -36,7 +36,7 @@ def resolve_data(setup: SetupT, where: str) -> SetupT:
 
     def fill_data(data: DataConfig, section: str) -> DataConfig:
         filled = fill(SOURCES, Component(name=data.source, options=data.options), f"{where}: {section}")
-        return DataConfig(source=filled.name, options=filled.options)
+        return data.model_copy(update={"source": filled.name, "options": filled.options})
 
     test_data = fill_data(setup.test_data, "test_data") if setup.test_data else None
     return setup.model_copy(update={"data": fill_data(setup.data, "data"), "test_data": test_data})

@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -194,6 +194,11 @@ class Workbench:
     bar: Progress
     epoch_task: TaskID | None = None
     after_epoch: EpochCallback | None = None
+    replicates: dict[int, PreparedData] = field(default_factory=dict)  # a grid's data by replicate (`data` is then replicate 0's)
+
+    def data_of(self, cell: Cell) -> PreparedData:
+        """The prepared data of `cell`'s replicate."""
+        return self.replicates[cell.replicate] if self.replicates else self.data
 
 
 class Executor(Protocol):
@@ -229,7 +234,7 @@ def run_fold(task: FoldTask, bench: Workbench) -> dict[str, float]:
         repeat = f" | repeat {fold.repeat}" if task.cell.train.repeats > 1 else ""
         name = f"{task.name} | refit" if refit else f"{task.name} | fold {fold.index}{repeat}"
         with tracking.run(name, tags, task.cell.flat_params(), run_id=earlier):
-            return train_fold(task.cell, fold, bench.data, bench.device, bench.bar, bench.epoch_task, bench.after_epoch, state)
+            return train_fold(task.cell, fold, bench.data_of(task.cell), bench.device, bench.bar, bench.epoch_task, bench.after_epoch, state)
 
 
 def run_here(tasks: Iterable[FoldTask], bench: Workbench) -> Iterator[tuple[FoldTask, TaskResult]]:
