@@ -119,10 +119,18 @@ SetupT = TypeVar("SetupT", bound=Setup)
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
+class ReportConfig(BaseModel):
+    """How `colorbench report` reads the experiment, decided before any result exists."""
+
+    model_config = STRICT
+    baseline: str | None = Field(None, min_length=1)  # a cell id (or unique prefix) to compare every cell with; default: the first cell
+
+
 class Experiment(Setup):
     """A whole grid file."""
 
     grid: GridAxes = GridAxes()
+    report: ReportConfig = ReportConfig()
 
 
 class Cell(BaseModel):
@@ -248,6 +256,19 @@ def apply_override(raw: dict[str, Any], text: str, model: type[BaseModel]) -> di
             return out
         node, current = child, child_model
     return out
+
+
+def named_baseline(exp: Experiment, cells: list[Cell]) -> str | None:
+    """The id of the cell that `report.baseline` names among `cells` (the grid's, in file order); None when it names none. A prefix
+    that matches no cell, or several, is a one-line ConfigError."""
+    prefix = exp.report.baseline
+    if prefix is None:
+        return None
+    matches = [c.id for c in cells if c.id.startswith(prefix)]
+    if len(matches) != 1:
+        problem = "matches no cell of the grid" if not matches else f"matches {len(matches)} cells ({', '.join(matches)})"
+        raise ConfigError(f"report.baseline {prefix!r} {problem}; its cells (colorbench run --dry-run lists them): {', '.join(c.id for c in cells)}")
+    return matches[0]
 
 
 def expand(exp: Experiment) -> list[Cell]:
