@@ -35,8 +35,3 @@ def p_is(name: str, p: float) -> str:
     """`name = 0.012`, or `name < 0.001`."""
     shown = fmt_p(p)
     return f"{name} {shown.replace('<', '< ')}" if shown.startswith("<") else f"{name} = {shown}"
-
-
-def p_words(raw: float, adjusted: float) -> str:
-    """`p = raw, p_adj = adjusted (significant|not significant)`: the verdict is on the adjusted p."""
-    return f"{p_is('p', raw)}, {p_is('p_adj', adjusted)} ({'significant' if adjusted < ALPHA else 'not significant'})"
