@@ -89,7 +89,7 @@ def build_multi_report(
     compared = {i: compare(samples[i], samples[b], metric, rope(metric, ropes)) for i, row in table.iterrows() if i != b and not row["not_tested"]}
     table = pd.concat([table, pd.DataFrame.from_dict(compared, orient="index").reindex(index=table.index, columns=computed_columns())], axis=1)
     table = settle(table, None, correction, metric).sort_values(["rank", "experiment"])
-    table[VERDICT] = table[VERDICT].fillna(NOT_COMPARED)
+    table[VERDICT] = table[VERDICT].astype(object).fillna(NOT_COMPARED)
     out = Path(out_dir) if out_dir is not None else Path("results") / "+".join(experiments)
     out.mkdir(parents=True, exist_ok=True)
     report = MultiReport(experiments, metric, table, out, correction, f"{base.how} of {experiments[0]}")

@@ -181,7 +181,7 @@ def build_table(
     ordered = sorted(splits, key=lambda c: (metrics.index(splits[c].group(2)), int(splits[c].group(1))))
     table = table[[c for c in table.columns if c not in splits] + ordered]
     table = pd.concat([table, pd.DataFrame([gray_row(runs.cells, metrics)])], ignore_index=True)
-    table[VERDICT] = table[VERDICT].fillna(NOT_COMPARED)  # the baseline and the gray row
+    table[VERDICT] = table[VERDICT].astype(object).fillna(NOT_COMPARED)  # the baseline and the gray row
     n_images = len(images[base.cell][0]) if images[base.cell] else 0
     pairs = pair_table(samples, list(table["cell"].iloc[:-1]), metric, rope, correction) if all_pairs else None
     table = table.astype({"n_folds": "Int64", "rank": "Int64", "n_splits": "Int64", "n_images": "Int64"})
