@@ -78,7 +78,7 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA GPUs that support it, else fp32
     channels_last: bool = True  # NHWC model on any device
     compile: bool = False  # torch.compile the training forward pass
-    repeats: int = Field(1, ge=1, strict=True)  # trainings per split, with training seeds seed, seed + 1, ...
+    repeats: int = Field(1, ge=1, strict=True)  # trainings per split, with training seeds seed + 1000 x split + 0, 1, ...
     refit: bool = False  # after the splits, train on train + validation for the children's median best epoch and deploy that
     # save the fold's training state every this many epochs, to resume inside a fold; it cannot change results, so it is left
     # out of config dumps and cell ids

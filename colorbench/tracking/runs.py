@@ -37,7 +37,7 @@ TAG_PARENT = "mlflow.parentRunId"  # MLflow's own: a fold run's cell or trial ru
 TAG_CELL = "colorbench.cell_id"
 TAG_FOLD = "colorbench.fold"
 TAG_DRAW = "colorbench.draw"  # a fold run's redrawn partition (0 for splitters drawn once)
-TAG_REPEAT = "colorbench.repeat"  # a fold run's training repeat (training seed = train.seed + repeat)
+TAG_REPEAT = "colorbench.repeat"  # a fold run's training repeat (training seed: splitters.training_seed)
 TAG_DEPLOYED = "colorbench.deployed"  # a cell or trial run's deployed child run (best validation metric, or the refit child)
 TAG_FAILURE = "colorbench.failure"
 TAG_VERSION = "colorbench.version"
