@@ -28,7 +28,7 @@ from colorbench.errors import ConfigError
 from colorbench.losses import LOSSES, MSE
 from colorbench.metrics import COLOURFUL, METRICS, Metric, badness
 from colorbench.report import FIGURES, GRAY, Report, build_report, decodings_table, terminal_rows
-from colorbench.report.validation import COLUMNS
+from colorbench.report.validation import COLUMNS, scheme_table
 from colorbench.resolve import parse_experiment
 from colorbench.runner import run_grid
 from colorbench.search.space import ObjectiveConfig, objective_choices
@@ -202,7 +202,7 @@ def test_validation_report_compares_each_splitter_with_the_test_set(report: Repo
     assert tuple(written.columns) == COLUMNS  # no splitter with repeats: no picks_best
     client = mlflow.tracking.MlflowClient(store)
     for splitter, name in (("kfold(k=2)", "kfold"), ("holdout(val_fraction=0.3)", "holdout")):
-        errors, spreads = [], []
+        errors, spreads, vals, tests = [], [], [], []
         for backbone in ("resnet18-6", "resnet18-7"):
             folds = child_folds(store, cell_id(store, backbone, name))
             val = [
@@ -211,14 +211,36 @@ def test_validation_report_compares_each_splitter_with_the_test_set(report: Repo
             ]
             errors.append(np.mean(val) - folds["metrics.test_psnr"].mean())
             spreads.append(np.std(val, ddof=1) if len(val) > 1 else np.nan)
+            vals.append(np.mean(val))
+            tests.append(folds["metrics.test_psnr"].mean())
         row = written.set_index("splitter").loc[splitter]
         assert row["bias"] == pytest.approx(np.mean(errors)) and row["abs_error"] == pytest.approx(np.mean(np.abs(errors)))
         assert row["n_configurations"] == 2 and row["n_children"] == (4 if name == "kfold" else 2)
-        assert row["regret"] >= 0 and (np.isnan(row["kendall_tau"]) or row["kendall_tau"] in (-1.0, 1.0))
+        agree = (vals[0] > vals[1]) == (tests[0] > tests[1])  # two configurations: tau is +1 when both orders agree, else -1
+        assert row["kendall_tau"] == (1.0 if agree else -1.0) and row["regret"] == pytest.approx(0.0 if agree else abs(tests[0] - tests[1]))
         assert row["spread"] == pytest.approx(np.mean(spreads)) if name == "kfold" else np.isnan(row["spread"])
     with Image.open(report.out_dir / "val_vs_test.png") as image:
         assert image.format == "PNG"
     assert "## Validation schemes" in (report.out_dir / "summary.md").read_text() and (report.out_dir / "validation.md").is_file()
+
+
+def test_scheme_statistics_on_four_configurations_equal_a_hand_computation() -> None:
+    """tau, regret and picks_best of one splitter over 4 configurations x 2 training repeats, worked by hand (PSNR, higher is better).
+
+    Validation means A 21.5, B 21.7, C 21.9, D 21.0; test means A 22.0, B 22.4, C 22.2, D 21.8. Orders: validation C B A D,
+    test B C A D: one discordant pair (B, C) of 6, tau = (5 - 1) / 6. Validation picks C (22.2 on test), the best on test is B
+    (22.4): regret 0.2 dB. Repeat 0 alone picks B (val 21.9), repeat 1 alone picks C (val 22.0): picks_best = 1/2."""
+    val = {"A": (21.4, 21.6), "B": (21.9, 21.5), "C": (21.8, 22.0), "D": (21.0, 21.0)}
+    test = {"A": 22.0, "B": 22.4, "C": 22.2, "D": 21.8}
+    children = pd.DataFrame([
+        {"configuration": c, "cell": c, "splitter": "kfold(k=3)", "draw": 0, "repeat": r, "val": v, "test": test[c]}
+        for c, pair in val.items() for r, v in enumerate(pair)
+    ])  # fmt: skip
+    row = scheme_table(children, lambda v: -np.asarray(v)).iloc[0]
+    assert row["n_configurations"] == 4 and row["n_children"] == 8
+    assert row["kendall_tau"] == pytest.approx(4 / 6) and row["regret"] == pytest.approx(0.2) and row["picks_best"] == 0.5
+    assert row["bias"] == pytest.approx(np.mean([-0.5, -0.7, -0.3, -0.8])) and row["abs_error"] == pytest.approx(0.575)
+    assert row["spread"] == pytest.approx(np.mean([np.sqrt(0.02), np.sqrt(0.08), np.sqrt(0.02), 0.0]))
 
 
 def test_failed_cell_is_listed_not_ranked(report: Report) -> None:
