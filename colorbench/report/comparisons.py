@@ -113,7 +113,7 @@ class Statistic:
     adjusts: str | None = None
     family: str = "description"
     derive: Callable[[Row, str], dict[str, object]] | None = None
-    missing: object = np.nan
+    missing: float = np.nan
     shown: frozenset[str] = frozenset({"markdown"})
     phrase: Callable[[Row], str] | None = None
     note: str = ""
@@ -195,7 +195,7 @@ STATISTICS: list[Statistic] = [
     ),
     Statistic(
         ("verdict_note",), "splits", "why no test", lambda row: row["verdict_note"] if isinstance(row.get("verdict_note"), str) else "",
-        compute=lambda pair: {"verdict_note": pair.splits.reason or ""}, missing="",
+        compute=lambda pair: {"verdict_note": pair.splits.reason or ""},
     ),
     Statistic(
         ("n_splits",), "splits", "J splits", lambda row: fmt_value(row.get("n_splits")),
@@ -285,7 +285,7 @@ def models_words(p_adj: float) -> str:
     """What an adjusted image-level p says, about the trained models only."""
     if pd.isna(p_adj):
         return "not tested"
-    return "these trained models differ on these test images" if p_adj < ALPHA else "no difference between these trained models on these test images"
+    return "these trained models differ on these test images" if p_adj < ALPHA else "no difference detected between these trained models on these test images"
 
 
 def shown_in(table: str) -> list[Statistic]:

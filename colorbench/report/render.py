@@ -159,7 +159,7 @@ def friedman_lines(report: Report) -> list[str]:
         return []
     test = (
         f"Friedman test (scipy.stats.friedmanchisquare) over {f.n_cells} cells with the {f.n_images} test images as blocks: "
-        f"chi² = {f.statistic:.1f}, {p_is('p', f.p)}, {p_is('p_adj', f.p_adj)} ({models_words(f.p_adj).replace('between', 'among')}). "
+        f"chi² = {f.statistic:.1f}, {p_is('p', f.p)}, {p_is('p_adj', f.p_adj)} ({models_words(f.p_adj)}). "
         "Like every test over images, it is about the trained models, not the configurations: it makes no verdict.\n"
     )
     figure = (
@@ -203,7 +203,7 @@ def command(report: Report) -> str:
 
 
 def summary(report: Report) -> str:
-    """summary.md: ranking, significance, comparison with gray, figures, command."""
+    """summary.md: the verdicts first, then the ranking, the pairs, the description over images, gray, figures, command."""
     parts = [
         f"# {report.experiment}: report on test {report.metric}\n",
         f"## Verdicts against the baseline `{report.baseline}` ({report.baseline_how})\n",

@@ -1,12 +1,10 @@
-"""How the report writes numbers: table cells, p-values, intervals and the significance words."""
+"""How the report writes numbers: table cells, p-values and intervals."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 import pandas as pd
-
-ALPHA = 0.05
 
 
 def fmt_value(value: object) -> str:
