@@ -165,7 +165,7 @@ def test_p_values_match_scipy_on_the_same_numbers(report: Report, store: str, tm
     assert report.n_images == len(base_images) > 1
 
 
-def holm(raw: np.ndarray, method: str = "holm") -> np.ndarray:
+def statsmodels_adjusted(raw: np.ndarray, method: str = "holm") -> np.ndarray:
     """statsmodels' adjustment of the present p-values, NaNs kept."""
     present = ~np.isnan(raw)
     expected = np.full(len(raw), np.nan)
@@ -176,8 +176,8 @@ def holm(raw: np.ndarray, method: str = "holm") -> np.ndarray:
 def test_every_p_value_is_adjusted_within_its_family_and_the_csv_keeps_the_raw_ones(report: Report) -> None:
     """Two families: the split-level tests (they make verdicts) and the image-level tests with the Friedman test (they describe)."""
     table = pd.read_csv(report.out_dir / "table.csv")
-    np.testing.assert_allclose(table["p_adj_ttest_corrected"], holm(table["p_ttest_corrected"].to_numpy()))
-    described = holm(np.concatenate([table["p_wilcoxon_images"], table["p_tost_images"], [report.friedman.p]]))
+    np.testing.assert_allclose(table["p_adj_ttest_corrected"], statsmodels_adjusted(table["p_ttest_corrected"].to_numpy()))
+    described = statsmodels_adjusted(np.concatenate([table["p_wilcoxon_images"], table["p_tost_images"], [report.friedman.p]]))
     n = len(table)
     np.testing.assert_allclose(table["p_adj_wilcoxon_images"], described[:n])
     np.testing.assert_allclose(table["p_adj_tost_images"], described[n : 2 * n])
@@ -289,7 +289,7 @@ def test_correction_none_from_the_cli_and_bh_match_statsmodels(store: str, tmp_p
     none = pd.read_csv(tmp_path / "none" / "table.csv")
     np.testing.assert_allclose(none["p_adj_wilcoxon_images"], none["p_wilcoxon_images"])
     bh = build_report(EXPERIMENT, tmp_path / "bh", tracking_uri=store, correction="bh")
-    expected = holm(np.concatenate([bh.table["p_wilcoxon_images"], bh.table["p_tost_images"], [bh.friedman.p]]), "fdr_bh")
+    expected = statsmodels_adjusted(np.concatenate([bh.table["p_wilcoxon_images"], bh.table["p_tost_images"], [bh.friedman.p]]), "fdr_bh")
     np.testing.assert_allclose(bh.table["p_adj_wilcoxon_images"], expected[: len(bh.table)])
     assert "Benjamini-Hochberg" in (tmp_path / "bh" / "summary.md").read_text()
     with pytest.raises(SystemExit):
@@ -470,7 +470,7 @@ def test_all_pairs_writes_a_pairwise_table_adjusted_over_the_pairs_and_a_heat_ma
     pairs, table = pd.read_csv(out / "pairs.csv"), pd.read_csv(out / "table.csv")
     cells = list(table["cell"].iloc[:-1])
     assert [(r.cell, r.versus) for r in pairs.itertuples()] == [(a, b) for i, b in enumerate(cells) for a in cells[i + 1 :]]  # 6 pairs
-    np.testing.assert_allclose(pairs["p_adj_ttest_corrected"], holm(pairs["p_ttest_corrected"].to_numpy()))
+    np.testing.assert_allclose(pairs["p_adj_ttest_corrected"], statsmodels_adjusted(pairs["p_ttest_corrected"].to_numpy()))
     kfold = [cell_id(store, b, "kfold") for b in ("resnet18-6", "resnet18-7")]
     tested = pairs[pairs["cell"].isin(kfold) & pairs["versus"].isin(kfold)]
     assert len(tested) == 1 and tested["n_splits"].item() == 2 and (pairs.drop(tested.index)["verdict"] == "undecided").all()
