@@ -1,15 +1,29 @@
-"""`colorbench report`: one experiment's cells as a ranked table with significance tests, figures and a summary."""
+"""`colorbench report`: one experiment's cells as a ranked table with significance tests, figures, a summary and report.html,
+logged on the experiment's report run."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
 from colorbench import tracking
 from colorbench.errors import ConfigError
 from colorbench.metrics import badness, direction
-from colorbench.report import validation
-from colorbench.report.figures import SAMPLE_COLUMNS, plot_bar, plot_cd, plot_folds, plot_samples, plot_val_loss, study_figures
+from colorbench.report import html, validation
+from colorbench.report.figures import (
+    FIGURES,
+    SAMPLE_COLUMNS,
+    plot_bar,
+    plot_cd,
+    plot_folds,
+    plot_samples,
+    plot_val_loss,
+    shown_cells,
+    study_figures,
+)
+from colorbench.report.photos import compared_cells, make_photos
+from colorbench.report.publish import publish
 from colorbench.report.render import markdown_table, summary
 from colorbench.report.runs import children, load_runs, sample_predictions, val_loss_curves
 from colorbench.report.table import GRAY, Report, build_table
@@ -24,30 +38,48 @@ def build_report(
     tracking_uri: str | None = None,
     storage: str | None = None,
     correction: str = "holm",
+    top: int | None = None,
+    compare: Sequence[str] | None = None,
 ) -> Report:
-    """Read an experiment's runs and write table.csv, table.md, the figures and summary.md into `out_dir`.
+    """Read an experiment's runs and write table.csv, table.md, the figures, summary.md and report.html into `out_dir`, and log them
+    on the experiment's report run.
 
     A search experiment has one row per finished trial and gets Optuna's figures too (`storage` overrides the study's storage).
+    `top`: the cells drawn in cd.png, bar.png and folds.png (`figures.shown_cells`); `compare`: the two cells (id prefixes) of
+    report.html's photo comparison (default: the top cell against the baseline).
     """
     if correction not in CORRECTIONS:
         raise ConfigError(f"unknown correction {correction!r}; use one of: {', '.join(CORRECTIONS)}")
+    if top is not None and top < 1:
+        raise ConfigError(f"--top {top}: the figures need at least one cell; give --top 1 or more")
     tracking.open_store(tracking_uri)
     runs = load_runs(experiment)
     table, base, n_images, omnibus, matrix = build_table(runs, metric, baseline, correction)
+    pair = compared_cells(table, base, compare)
     out = Path(out_dir) if out_dir is not None else Path("results") / experiment
     out.mkdir(parents=True, exist_ok=True)
     report = Report(experiment, metric, base, table, out, runs.failed, n_images, runs.pruned, study_figures(runs, out, storage), correction, omnibus)
+    report.top, report.compare = top, pair if compare else None
+    cells, gray = table[table["cell"] != GRAY], table[table["cell"] == GRAY].iloc[0]
+    shown, note = shown_cells(cells, base, top)
     if matrix is not None:
-        plot_cd(matrix, table, out / "cd.png")
+        plot_cd(matrix, shown, out / "cd.png", note)
     kids = children(runs, table, metric)
     if validation.needed(kids):
         report.validation = validation.write(kids, metric, partial(badness, metric), direction(metric), out)
     table.to_csv(out / "table.csv", index=False)
     (out / "table.md").write_text(markdown_table(report))
-    cells, gray = table[table["cell"] != GRAY], table[table["cell"] == GRAY].iloc[0]
-    plot_bar(cells, gray, metric, out / "bar.png")
-    plot_folds(cells, gray, metric, out / "folds.png")
+    plot_bar(shown, gray, metric, out / "bar.png", note)
+    plot_folds(shown, gray, metric, out / "folds.png", note)
     plot_val_loss(val_loss_curves(runs), out / "val_loss.png")
     plot_samples(sample_predictions(runs, cells["cell"].head(SAMPLE_COLUMNS)), cells.head(SAMPLE_COLUMNS), out / "samples.png")
     (out / "summary.md").write_text(summary(report))
+    photos = make_photos(runs, table, pair, metric, out)
+    figures = ["cd.png"] * (matrix is not None) + list(FIGURES) + ["val_vs_test.png"] * (report.validation is not None)
+    figures += [name for name in report.study_figures if name.endswith(".png")]
+    html.write_report(report, runs, photos, figures)
+    written = [html.NAME, "summary.md", "table.md", "table.csv", *figures, *(name for name in report.study_figures if name not in figures)]
+    written += ["validation.md", "validation.csv"] if report.validation is not None else []
+    report.published, problem = publish(runs.cells["experiment_id"].iloc[0], [out / name for name in written], metric)
+    report.notices = photos.problems + ([problem] if problem else [])
     return report

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 
@@ -19,6 +20,7 @@ from colorbench import tracking
 from colorbench.errors import ConfigError
 from colorbench.metrics import badness
 from colorbench.report.comparisons import STATISTICS, adjust_report, compare, computed_columns, shown_in
+from colorbench.report.html import run_links, write_multi
 from colorbench.report.runs import ROW, Runs, components, load_runs, metric_names, per_image
 from colorbench.report.table import sample
 from colorbench.stats import CORRECTIONS
@@ -52,7 +54,7 @@ def build_multi_report(
     experiments: list[str], out_dir: str | Path | None = None, metric: str = "psnr", tracking_uri: str | None = None, correction: str = "holm"
 ) -> MultiReport:
     """Rank every finished cell of `experiments` in one table, test each against the best where the test set is shared (same data
-    fingerprint and test images), adjust the p-values over the table; write table.csv and summary.md into `out_dir`."""
+    fingerprint and test images), adjust the p-values over the table; write table.csv, summary.md and report.html into `out_dir`."""
     if correction not in CORRECTIONS:
         raise ConfigError(f"unknown correction {correction!r}; use one of: {', '.join(CORRECTIONS)}")
     if len(set(experiments)) != len(experiments):
@@ -90,6 +92,7 @@ def build_multi_report(
     report = MultiReport(experiments, metric, table, out, correction)
     table.to_csv(out / "table.csv", index=False)
     (out / "summary.md").write_text(summary(report))
+    write_multi(report, {(name, key): link for name, runs in loaded.items() for key, link in run_links(runs, mlflow.get_tracking_uri()).items()})
     return report
 
 

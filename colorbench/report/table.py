@@ -50,16 +50,25 @@ class Report:
     correction: str = "holm"  # how the p-values were adjusted (colorbench.stats.CORRECTIONS)
     friedman: Friedman | None = None  # across all cells, test images as blocks
     validation: pd.DataFrame | None = None  # the validation schemes' table (validation_report), when the experiment has one
+    top: int | None = None  # --top: the cells drawn in the per-cell figures (figures.shown_cells)
+    compare: tuple[str, str] | None = None  # --compare: the photo comparison's two cells, when chosen
+    published: str = ""  # report.html in the MLflow UI (the experiment's report run), when logged
+    notices: list[str] = field(default_factory=list)  # what the report could not do (photos, logging), one line each
 
 
 def resolve_baseline(cell_ids: pd.Series, ranks: pd.Series, baseline: str | None) -> str:
     """The baseline cell id: a unique prefix of one, or the top-ranked cell."""
     if baseline is None:
         return cell_ids[ranks.idxmin()]
-    matches = [c for c in cell_ids if c.startswith(baseline)]
+    return resolve_cell(cell_ids, baseline, "--baseline")
+
+
+def resolve_cell(cell_ids: pd.Series, prefix: str, option: str) -> str:
+    """The one cell id starting with `prefix` (given as `option`); a ConfigError listing the cells otherwise."""
+    matches = [c for c in cell_ids if c.startswith(prefix)]
     if len(matches) != 1:
         problem = "matches no cell" if not matches else f"is ambiguous ({', '.join(matches)})"
-        raise ConfigError(f"--baseline {baseline!r} {problem}; cells: {', '.join(cell_ids)}")
+        raise ConfigError(f"{option} {prefix!r} {problem}; cells: {', '.join(cell_ids)}")
     return matches[0]
 
 
