@@ -102,33 +102,33 @@ class TestPhotos:
         """A test photo's file name and its place in the test set (the crops of one photo share its name)."""
         return f"{Path(self.test.names[index]).name} #{index}"
 
-    def truth(self, indices: list[int], part: str) -> list[Path]:
-        """Test photos `indices` as the model sees them (`gray`: their lightness alone) or as they are (`truth`)."""
+    def truth(self, index: int, part: str) -> Path:
+        """Test photo `index` as the model sees it (`gray`: its lightness alone) or as it is (`truth`)."""
         from colorbench.colorize import gray_image
 
-        paths = [self.folder / f"test-{self.fingerprint}" / f"{i}-{part}.png" for i in indices]
-        for i, path in zip(indices, paths, strict=True):
-            if not path.is_file():
-                save_png(gray_image(self.test.images[i]) if part == "gray" else self.test.images[i], path)
-        return paths
+        path = self.folder / f"test-{self.fingerprint}" / f"{index}-{part}.png"
+        if not path.is_file():
+            save_png(gray_image(self.test.images[index]) if part == "gray" else self.test.images[index], path)
+        return path
 
-    def colorized(self, run_id: str, indices: list[int]) -> list[Path]:
-        """Test photos `indices` colorized by the deployed model of cell run `run_id` (`colorbench.load`), in
-        `report_photos/<deployed run id>/`."""
-        paths = [self.folder / tracking.deployed_run(run_id) / f"{i}.png" for i in indices]
-        missing = [(i, path) for i, path in zip(indices, paths, strict=True) if not path.is_file()]
+    def colorized(self, run_id: str, indices: list[int]) -> dict[int, Path]:
+        """Test photos `indices` colorized by the deployed model of cell run `run_id` (`colorbench.load`, loaded once, only when a
+        photo is not in `report_photos/<deployed run id>/` yet)."""
+        folder = self.folder / tracking.deployed_run(run_id)
+        paths = {i: folder / f"{i}.png" for i in indices}
+        missing = [i for i, path in paths.items() if not path.is_file()]
         if missing:
             from colorbench.colorize import load
 
-            made = load(run_id).colorize_many([self.test.images[i] for i, _ in missing])
-            for (_, path), image in zip(missing, made, strict=True):
-                save_png(image, path)
+            for i, image in zip(missing, load(run_id).colorize_many([self.test.images[i] for i in missing]), strict=True):
+                save_png(image, paths[i])
         return paths
 
 
 def make_photos(runs: Runs, table: pd.DataFrame, pair: tuple[str, str] | None, metric: str, out: Path) -> Photos:
-    """The comparison of `pair` and the strip of the top cells, their PNGs in `out/report_photos/` (made or reused); a part that
-    cannot be made (the data moved, an old run without config.yaml, another test set) is named in `problems`."""
+    """The comparison of `pair` and the strip of the top cells, their PNGs in `out/report_photos/` (made or reused; each model is
+    loaded once, and only for photos not made yet); a part that cannot be made (the data moved, an old run without config.yaml,
+    another test set) is named in `problems`."""
     cells = table.loc[table["cell"] != GRAY, "cell"].tolist()
     by_row = runs.cells.set_index(ROW)
     tagged = by_row.get(FINGERPRINT, pd.Series(None, index=by_row.index, dtype=object))
@@ -140,44 +140,46 @@ def make_photos(runs: Runs, table: pd.DataFrame, pair: tuple[str, str] | None, m
     if tagged[source] != photos.fingerprint:
         return Photos(problems=[f"no photos: the data of cell {source} changed since it was trained (its data fingerprint differs)"])
     same = [c for c in cells if tagged[c] == photos.fingerprint]  # scored on these test photos
-    shown = Photos()
+    shown, compared = Photos(), {}
     if pair is not None and pair[1] not in same:
         shown.problems.append(f"no photo comparison: cells {pair[0]} and {pair[1]} were tested on different test sets")
     elif pair is not None:
         try:
-            shown.comparison = comparison(runs, pair, metric, photos)
+            compared = compared_photos(runs, pair, metric, photos.test)
         except ConfigError as err:
             shown.problems.append(f"no photo comparison: {err}")
-    n = len(photos.test)
-    indices = sorted({int(i) for i in np.linspace(0, n - 1, min(STRIP_PHOTOS, n)).round()})
-    images = {part: photos.truth(indices, part) for part in ("gray", "truth")}
-    images |= {c: photos.colorized(by_row.loc[c, "run_id"], indices) for c in same[:STRIP_CELLS]}
-    shown.strip = Strip(same[:STRIP_CELLS], [photos.name(i) for i in indices], images)
+    n, strip_cells = len(photos.test), same[:STRIP_CELLS]
+    strip = sorted({int(i) for i in np.linspace(0, n - 1, min(STRIP_PHOTOS, n)).round()})
+    wanted = {c: set(strip) for c in strip_cells}
+    for c in pair if compared else ():
+        wanted.setdefault(c, set()).update(compared)
+    made = {c: photos.colorized(by_row.loc[c, "run_id"], sorted(indices)) for c, indices in wanted.items()}
+    if compared:
+        a, b = pair
+        shown.comparison = Comparison(a, b, [
+            Photo(i, photos.name(i), {"gray": photos.truth(i, "gray"), "a": made[a][i], "b": made[b][i], "truth": photos.truth(i, "truth")}, values)
+            for i, values in compared.items()
+        ], n)  # fmt: skip
+    images = {part: [photos.truth(i, part) for i in strip] for part in ("gray", "truth")} | {c: [made[c][i] for i in strip] for c in strip_cells}
+    shown.strip = Strip(strip_cells, [photos.name(i) for i in strip], images)
     return shown
 
 
-def comparison(runs: Runs, pair: tuple[str, str], metric: str, photos: TestPhotos) -> Comparison:
-    """Cells `pair` on the test photos where A's advantage on `metric` is largest and smallest (`EACH_END` of each), from their
-    children's per-image values (mean over the children, as the report's tests use them)."""
+def compared_photos(runs: Runs, pair: tuple[str, str], metric: str, test: ImageSet) -> dict[int, dict[str, tuple[float, float, float]]]:
+    """The test photos where A's advantage over B on `metric` is largest and smallest (`EACH_END` of each), largest first, each
+    with its values per per-image metric (A, B, A's advantage), from the cells' children (their mean, as the report's tests use)."""
     by_row = runs.cells.set_index(ROW)
     with tempfile.TemporaryDirectory(prefix="colorbench-report-") as tmp:
         a, b = (per_image_values(runs.folds_of(by_row.loc[c]), Path(tmp) / c) for c in pair)
-    if a["image"].tolist() != list(photos.test.names):
+    if a["image"].tolist() != list(test.names):
         raise ConfigError("the rebuilt test photos are not the ones the cells' test_per_image.csv scored")
     if metric not in a.columns:
         raise ConfigError(f"{metric} is not logged per test image")
     metrics = [m for m in a.columns if m != "image" and m in b.columns]
     advantage = {m: badness(m, b[m].to_numpy(float)) - badness(m, a[m].to_numpy(float)) for m in metrics}
     order = np.argsort(-advantage[metric], kind="stable")
-    indices = [int(i) for i in (order if len(order) <= 2 * EACH_END else np.concatenate([order[:EACH_END], order[-EACH_END:]]))]
-    gray, truth = photos.truth(indices, "gray"), photos.truth(indices, "truth")
-    made = [photos.colorized(by_row.loc[cell, "run_id"], indices) for cell in pair]
-    shown = [
-        Photo(i, photos.name(i), {"gray": gray[k], "a": made[0][k], "b": made[1][k], "truth": truth[k]},
-              {m: (float(a[m].iloc[i]), float(b[m].iloc[i]), float(advantage[m][i])) for m in metrics})
-        for k, i in enumerate(indices)
-    ]  # fmt: skip
-    return Comparison(pair[0], pair[1], shown, len(photos.test))
+    shown = order if len(order) <= 2 * EACH_END else np.concatenate([order[:EACH_END], order[-EACH_END:]])
+    return {int(i): {m: (float(a[m].iloc[i]), float(b[m].iloc[i]), float(advantage[m][i])) for m in metrics} for i in shown}
 
 
 def test_set(run_id: str) -> tuple[ImageSet, str]:
