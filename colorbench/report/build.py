@@ -26,7 +26,7 @@ from colorbench.report.photos import compared_cells, make_photos
 from colorbench.report.publish import publish
 from colorbench.report.render import markdown_table, summary
 from colorbench.report.runs import children, load_runs, sample_predictions, val_loss_curves
-from colorbench.report.table import GRAY, Report, build_table
+from colorbench.report.table import GRAY, Report, build_table, one_replicate
 from colorbench.stats import CORRECTIONS
 
 
@@ -45,8 +45,8 @@ def build_report(
     on the experiment's report run.
 
     A search experiment has one row per finished trial and gets Optuna's figures too (`storage` overrides the study's storage).
-    `top`: the cells drawn in cd.png, bar.png and folds.png (`figures.shown_cells`); `compare`: the two cells (id prefixes) of
-    report.html's photo comparison (default: the top cell against the baseline).
+    `top`: the cells drawn in cd.png, bar.png and folds.png (`figures.shown_cells`); `compare`: the two cells (id prefixes, in the
+    baseline's replicate) of report.html's photo comparison (default: the top cell against the baseline).
     """
     if correction not in CORRECTIONS:
         raise ConfigError(f"unknown correction {correction!r}; use one of: {', '.join(CORRECTIONS)}")
@@ -54,13 +54,14 @@ def build_report(
         raise ConfigError(f"--top {top}: the figures need at least one cell; give --top 1 or more")
     tracking.open_store(tracking_uri)
     runs = load_runs(experiment)
-    table, base, n_images, omnibus, matrix = build_table(runs, metric, baseline, correction)
-    pair = compared_cells(table, base, compare)
+    table, base, baselines, n_images, omnibus, matrix = build_table(runs, metric, baseline, correction)
+    shown_runs, cells = one_replicate(runs, table, base)  # the figures and photos show the baseline's replicate
+    pair = compared_cells(cells, base, compare)
     out = Path(out_dir) if out_dir is not None else Path("results") / experiment
     out.mkdir(parents=True, exist_ok=True)
-    report = Report(experiment, metric, base, table, out, runs.failed, n_images, runs.pruned, study_figures(runs, out, storage), correction, omnibus)
+    figures = study_figures(runs, out, storage)
+    report = Report(experiment, metric, base, table, out, runs.failed, n_images, runs.pruned, figures, correction, omnibus, baselines=baselines)
     report.top, report.compare = top, pair if compare else None
-    cells, gray = table[table["cell"] != GRAY], table[table["cell"] == GRAY].iloc[0]
     shown, note = shown_cells(cells, base, top)
     if matrix is not None:
         plot_cd(matrix, shown, out / "cd.png", note)
@@ -69,16 +70,17 @@ def build_report(
         report.validation = validation.write(kids, metric, partial(badness, metric), direction(metric), out)
     table.to_csv(out / "table.csv", index=False)
     (out / "table.md").write_text(markdown_table(report))
+    gray = table[table["cell"] == GRAY].iloc[0]
     plot_bar(shown, gray, metric, out / "bar.png", note)
     plot_folds(shown, gray, metric, out / "folds.png", note)
-    plot_val_loss(val_loss_curves(runs), out / "val_loss.png")
-    plot_samples(sample_predictions(runs, cells["cell"].head(SAMPLE_COLUMNS)), cells.head(SAMPLE_COLUMNS), out / "samples.png")
+    plot_val_loss(val_loss_curves(shown_runs), out / "val_loss.png")
+    plot_samples(sample_predictions(shown_runs, cells["cell"].head(SAMPLE_COLUMNS)), cells.head(SAMPLE_COLUMNS), out / "samples.png")
     (out / "summary.md").write_text(summary(report))
-    photos = make_photos(runs, table, pair, metric, out)
-    figures = ["cd.png"] * (matrix is not None) + list(FIGURES) + ["val_vs_test.png"] * (report.validation is not None)
-    figures += [name for name in report.study_figures if name.endswith(".png")]
-    html.write_report(report, runs, photos, figures)
-    written = [html.NAME, "summary.md", "table.md", "table.csv", *figures, *(name for name in report.study_figures if name not in figures)]
+    photos = make_photos(shown_runs, cells, pair, metric, out)
+    images = ["cd.png"] * (matrix is not None) + list(FIGURES) + ["val_vs_test.png"] * (report.validation is not None)
+    images += [name for name in report.study_figures if name.endswith(".png")]
+    html.write_report(report, runs, photos, images)
+    written = [html.NAME, "summary.md", "table.md", "table.csv", *images, *(name for name in report.study_figures if name not in images)]
     written += ["validation.md", "validation.csv"] if report.validation is not None else []
     report.published, problem = publish(runs.cells["experiment_id"].iloc[0], [out / name for name in written], metric)
     report.notices = photos.problems + ([problem] if problem else [])

@@ -89,16 +89,16 @@ def ranking(report: Report, links: Mapping[str, str]) -> dict[str, Any]:
     other headline metrics; the gray baseline in the footer."""
     m = report.metric
     others = [h for h in headline_metrics() if h != m]
-    columns = [("rank", ""), ("cell", "cell id (a search trial: trial-N); * = the baseline"), ("configuration", "")]
+    columns = [("rank", "within the cell's replicate, when the experiment has several"), ("cell", "cell id (a search trial: trial-N)"), ("configuration", "")]
     columns += [(f"test {m}", "mean ± std over the cell's children"), ("N", "children: trained splits x training repeats")]
     columns += [(f"{m} SDs / SE", "SD between splits, SD between training seeds, bootstrap SE over test images")]
     columns += [(s.header, s.caption) for s in STATISTICS] + [(f"test {h}", "mean ± std over the children") for h in others]
     columns += [("best epoch", ""), ("train s", "training seconds per child")]
     rows = []
     for _, row in report.table[report.table["cell"] != GRAY].iterrows():
-        base = row["cell"] == report.baseline
+        base = row["cell"] in report.baselines.values()
         cells = [number_cell(fmt_value(row["rank"]), row["rank"]), text_cell(row["cell"], href=links.get(row["cell"]), badge="baseline" if base else None)]
-        cells += [text_cell(label(row)), number_cell(mean_std(row, f"test_{m}"), row.get(f"test_{m}_mean"))]
+        cells += [text_cell(label(row) + report.in_replicate(row)), number_cell(mean_std(row, f"test_{m}"), row.get(f"test_{m}_mean"))]
         cells += [number_cell(fmt_value(row["n_folds"]), row["n_folds"]), text_cell(components_text(row, f"test_{m}"))]
         cells += [number_cell(s.cell(row), row.get(s.columns[0])) for s in STATISTICS]
         cells += [number_cell(mean_std(row, f"test_{h}"), row.get(f"test_{h}_mean")) for h in others]
