@@ -25,7 +25,6 @@ from colorbench.ui import console
 
 FIGURES = {"bar.png": "bar chart", "folds.png": "per-fold spread", "val_loss.png": "validation loss", "samples.png": "test samples"}
 SAMPLE_COLUMNS = 8  # cells (best first) shown in samples.png
-CELL_WIDTH = 1.6  # inches of bar.png and folds.png per cell
 TOP, ALL_UP_TO = 10, 15  # cd.png, bar.png and folds.png draw every cell up to ALL_UP_TO cells, else the top TOP and the baseline
 
 
@@ -46,7 +45,7 @@ def titled(title: str, note: str) -> str:
 
 def plot_bar(cells: pd.DataFrame, gray: pd.Series, metric: str, path: Path, note: str = "") -> None:
     """bar.png: the metric per cell with std error bars and the gray baseline dashed."""
-    fig, ax = plt.subplots(figsize=(max(5, CELL_WIDTH * len(cells)), 4.5))
+    fig, ax = plt.subplots(figsize=(max(5, 2.2 * len(cells)), 4.5))
     x = np.arange(len(cells))
     ax.bar(x, cells[f"test_{metric}_mean"], yerr=cells[f"test_{metric}_std"].fillna(0), capsize=4, color="tab:blue")
     add_gray_line(ax, gray, metric)
@@ -55,7 +54,7 @@ def plot_bar(cells: pd.DataFrame, gray: pd.Series, metric: str, path: Path, note
 
 def plot_folds(cells: pd.DataFrame, gray: pd.Series, metric: str, path: Path, note: str = "") -> None:
     """folds.png: every fold's value per cell (k-fold spread vs one hold-out value) and the fold mean."""
-    fig, ax = plt.subplots(figsize=(max(5, CELL_WIDTH * len(cells)), 4.5))
+    fig, ax = plt.subplots(figsize=(max(5, 2.2 * len(cells)), 4.5))
     for i, (_, row) in enumerate(cells.iterrows()):
         vals = row[split_columns(cells, metric)].dropna().to_numpy(float)
         ax.scatter(np.full(len(vals), i) + np.linspace(-0.12, 0.12, len(vals)) * (len(vals) > 1), vals, color="tab:blue", zorder=3)

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 NAME = "report.html"
 TEMPLATES = Environment(loader=PackageLoader("colorbench.report", "templates"), autoescape=True, undefined=StrictUndefined, trim_blocks=True)
 TITLES = {"cd.png": "critical-difference diagram", **FIGURES, "val_vs_test.png": "validation estimate vs test score", "pareto.png": "Pareto front"}
-PHOTO_WIDTH = (96, 160)  # displayed width of a test photo: smaller ones are enlarged (pixelated), larger ones shrunk
+PHOTO_WIDTH = (96, 160)  # displayed width of a test photo: smaller ones are enlarged a whole number of times (pixelated), larger shrunk
 Cell = dict[str, Any]  # one table cell: text, sort (data-sort value; None: sorted by its text), href, num (right-aligned), badge
 
 
@@ -71,11 +71,11 @@ def number_cell(text: object, value: object) -> Cell:
     return text_cell(text, sort=sort_value(value), num=not isinstance(value, str))
 
 
-def ui_note(uri: str) -> str:
+def ui_note(uri: str) -> Markup:
     """Where the run links lead."""
     if tracking.ui_address(uri) != tracking.UI_ADDRESS:
-        return f"Run links open the MLflow server {tracking.ui_address(uri)}."
-    return f"Run links open the MLflow UI at {tracking.UI_ADDRESS}, where `mlflow ui --backend-store-uri {uri}` serves this store."
+        return Markup("Run links open the MLflow server {}.").format(tracking.ui_address(uri))
+    return Markup("Run links open the MLflow UI at {}, where <code>mlflow ui --backend-store-uri {}</code> serves this store.").format(tracking.UI_ADDRESS, uri)
 
 
 def run_links(runs: Runs, uri: str) -> dict[str, str]:
@@ -148,8 +148,9 @@ def photo_size(photos: Photos) -> dict[str, Any]:
         return {"width": PHOTO_WIDTH[0], "pixelated": False}
     with Image.open(first) as image:
         width = image.width
-    shown = min(max(width, PHOTO_WIDTH[0]), PHOTO_WIDTH[1])
-    return {"width": shown, "pixelated": shown > width}
+    if width < PHOTO_WIDTH[0]:
+        return {"width": width * math.ceil(PHOTO_WIDTH[0] / width), "pixelated": True}
+    return {"width": min(width, PHOTO_WIDTH[1]), "pixelated": False}
 
 
 def finite(value: float) -> float | None:
