@@ -208,3 +208,17 @@ def test_photos_that_cannot_be_made_are_named_and_the_rest_is_written(store: str
     assert len(report.notices) == 1 and "changed since it was trained" in report.notices[0]
     text = (tmp_path / "out" / "report.html").read_text()
     assert "changed since it was trained" in text and 'id="photo-rows"' not in text and 'id="ranking-table"' in text
+
+
+def test_a_read_only_store_gets_the_report_on_disk_and_says_it_was_not_logged(store: str, tmp_path: Path) -> None:
+    read_only = f"sqlite:///file:{store.removeprefix('sqlite:///')}?mode=ro&uri=true"
+    report = build_report(EXPERIMENT, tmp_path / "out", tracking_uri=read_only)
+    assert report.published == "" and [n for n in report.notices if "not logged to MLflow" in n and "readonly database" in n]
+    assert 'id="photo-rows"' in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_run_links_lead_to_the_server_or_to_where_mlflow_ui_serves_a_local_store() -> None:
+    assert tracking.ui_address("https://mlflow.example.org/") == "https://mlflow.example.org"
+    assert tracking.ui_address("sqlite:///mlflow.db") == tracking.ui_address("postgresql://u@db/mlflow") == "http://127.0.0.1:5000"
+    assert tracking.run_url("3", "abc", "http://h:5000") == "http://h:5000/#/experiments/3/runs/abc"
+    assert tracking.run_url("3", "abc", "", artifact="report.html") == "/#/experiments/3/runs/abc/artifactPath/report.html"

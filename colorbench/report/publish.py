@@ -26,6 +26,9 @@ def publish(experiment_id: str, files: list[Path], metric: str) -> tuple[str, st
         line = f"{NOTE_LEAD}: [{NAME}]({link}) on test {metric}, the test photos side by side ({made})"
         kept = "\n".join(text for text in tracking.experiment_note(experiment_id).splitlines() if not text.startswith(NOTE_LEAD)).strip()
         tracking.set_experiment_note(experiment_id, f"{kept}\n\n{line}" if kept else line)
-    except (MlflowException, OSError) as err:
-        return "", f"the report was not logged to MLflow ({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__})"
+    except Exception as err:  # a store that refuses the write (read-only, gone) leaves the report on disk complete
+        if not (isinstance(err, (MlflowException, OSError)) or tracking.store_failed(err)):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return "", f"the report was not logged to MLflow ({first[:300]}); the files in its folder are complete"
     return tracking.run_url(experiment_id, run_id, tracking.ui_address(mlflow.get_tracking_uri()), artifact=NAME), ""
