@@ -59,10 +59,13 @@ def test_the_report_page_shows_sorted_photos_of_both_cells_and_loads_nothing(tin
     assert facts["requests"][0] == (tmp_path / "report" / "report.html").as_uri()
     assert all(url.startswith(("file://", "data:")) for url in facts["requests"])  # nothing from the network
     assert facts["ranking"] == cells
-    # the comparison: the runner-up (A) against the baseline, the top cell (B); rows in order of A's advantage, from the stored values
+    # the comparison: the top cell (the runner-up when it is the baseline) as A against the baseline as B; rows in order of A's
+    # advantage, from the stored values
+    base = table.loc[table["baseline"].eq(True), "cell"].item()  # booleans, and empty for the gray row
+    pair = ((cells[1] if cells[0] == base else cells[0]), base)
     mlflow.set_tracking_uri(tracking_uri)
     runs = mlflow.search_runs(experiment_names=["tiny"], filter_string="tags.`colorbench.role` = 'cell'").set_index("tags.colorbench.cell_id")
-    a, b = (per_image(runs.loc[c, "run_id"], tmp_path) for c in (cells[1], cells[0]))
+    a, b = (per_image(runs.loc[c, "run_id"], tmp_path) for c in pair)
     for view in facts["switched"]:
         m = view["metric"]
         advantage = badness(m, b[m]).to_numpy() - badness(m, a[m]).to_numpy()
@@ -70,7 +73,7 @@ def test_the_report_page_shows_sorted_photos_of_both_cells_and_loads_nothing(tin
         assert [r["advantage"] for r in view["rows"]] == pytest.approx([advantage[r["index"]] for r in view["rows"]]), m  # each photo's own
         assert [r["advantage"] for r in view["rows"]] == pytest.approx(sorted(advantage, reverse=True)), m  # largest first
     assert len(facts["rows"]) == 6 and len(facts["one_each_end"]["rows"]) == 2 and facts["one_each_end"]["gap"] == "… 4 photos in between …"
-    models = [load(runs.loc[c, "run_id"], "cpu") for c in (cells[1], cells[0])]
+    models = [load(runs.loc[c, "run_id"], "cpu") for c in pair]
     for row in facts["rows"]:
         truth = png(row["truth"])
         for own, other, shown in ((models[0], models[1], png(row["a"])), (models[1], models[0], png(row["b"]))):

@@ -118,10 +118,16 @@ def test_the_page_is_self_contained_and_ranks_every_cell_linked_to_its_run(repor
     assert all(f">{s.header}<".replace("&", "&amp;") in headers for s in STATISTICS)  # every declared statistic is a column
 
 
+def default_pair(report: Report) -> tuple[str, str]:
+    """The comparison's cells by default: the top cell (the runner-up when the baseline is the top cell) against the baseline."""
+    cells = report.table.loc[report.table["cell"] != GRAY, "cell"].tolist()
+    return (cells[1] if cells[0] == report.baseline else cells[0]), report.baseline
+
+
 def test_the_photo_comparison_is_sorted_by_the_stored_per_image_difference(report: Report, store: str, tmp_path: Path) -> None:
     table = report.table[report.table["cell"] != GRAY]
-    a, b = table["cell"].iloc[1], report.baseline  # default: the baseline is the top cell, so the runner-up against it
-    assert b == table["cell"].iloc[0]
+    a, b = default_pair(report)
+    assert f"A <code>{a}</code>" in (report.out_dir / "report.html").read_text()
     page = Page((report.out_dir / "report.html").read_text())
     rows = photo_rows(page)
     values_a, values_b = children_per_image(store, a, tmp_path), children_per_image(store, b, tmp_path)
@@ -137,8 +143,7 @@ def test_the_photo_comparison_is_sorted_by_the_stored_per_image_difference(repor
 
 
 def test_the_photos_are_each_cells_deployed_model_on_the_test_photos_and_are_reused(report: Report, store: str, tmp_path: Path) -> None:
-    table = report.table[report.table["cell"] != GRAY]
-    pair = [table["cell"].iloc[1], report.baseline]
+    pair = default_pair(report)
     runs = cell_runs(store)
     fold = mlflow.search_runs(experiment_names=[EXPERIMENT], filter_string="tags.`colorbench.role` = 'fold'")["run_id"].iloc[0]
     with np.load(mlflow.artifacts.download_artifacts(run_id=fold, artifact_path="test_samples.npz", dst_path=str(tmp_path))) as npz:

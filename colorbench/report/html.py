@@ -192,7 +192,7 @@ def write_report(report: Report, runs: Runs, photos: Photos, figure_names: list[
     cells = report.table[report.table["cell"] != GRAY].set_index("cell")
     html = page(
         "report.html.j2", f"{report.experiment}: report on test {report.metric}", command(report), uri,
-        metric=report.metric, direction=direction(report.metric), n_images=report.n_images, baseline=report.baseline,
+        metric=report.metric, direction=direction(report.metric), n_images=report.n_images, baseline=report.baseline, baseline_how=report.baseline_how,
         correction=report.correction, links=links, labels={c: label(r) for c, r in cells.iterrows()},
         ranks={c: fmt_value(r["rank"]) for c, r in cells.iterrows()}, ranking=ranking(report, links), tests_note=tests_note(report),
         failed=[f"{name}: {reason}" for name, reason in report.failed], pruned=report.pruned, problems=photos.problems,

@@ -26,7 +26,7 @@ from colorbench.atomic import atomic_path
 from colorbench.errors import ColorbenchError, ConfigError
 from colorbench.metrics import badness
 from colorbench.report.runs import ROW, Runs, per_image_values
-from colorbench.report.table import GRAY, resolve_cell
+from colorbench.report.table import GRAY, match_cell
 
 if TYPE_CHECKING:
     from colorbench.images import ImageSet
@@ -81,7 +81,7 @@ def compared_cells(table: pd.DataFrame, baseline: str, compare: Sequence[str] | 
     runner-up when the baseline is the top cell); None with one cell."""
     cells = table.loc[table["cell"] != GRAY, "cell"].reset_index(drop=True)
     if compare:
-        a, b = (resolve_cell(cells, prefix, "--compare") for prefix in compare)
+        a, b = (match_cell(cells, prefix, "--compare", "--compare") for prefix in compare)
         if a == b:
             raise ConfigError(f"--compare {' '.join(compare)} names cell {a} twice; give two different cells")
         return a, b

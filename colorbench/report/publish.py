@@ -24,8 +24,9 @@ def publish(experiment_id: str, files: list[Path], metric: str) -> tuple[str, st
         link = tracking.run_url(experiment_id, run_id, "", artifact=NAME)  # relative: whatever address the UI is served at
         made = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
         line = f"{NOTE_LEAD}: [{NAME}]({link}) on test {metric}, the test photos side by side ({made})"
-        kept = "\n".join(text for text in tracking.experiment_note(experiment_id).splitlines() if not text.startswith(NOTE_LEAD)).strip()
-        tracking.set_experiment_note(experiment_id, f"{kept}\n\n{line}" if kept else line)
+        note = tracking.experiment_tag(experiment_id, tracking.TAG_NOTE) or ""
+        kept = "\n".join(text for text in note.splitlines() if not text.startswith(NOTE_LEAD)).strip()
+        tracking.set_experiment_tag(experiment_id, tracking.TAG_NOTE, f"{kept}\n\n{line}" if kept else line)
     except Exception as err:  # a store that refuses the write (read-only, gone) leaves the report on disk complete
         if not (isinstance(err, (MlflowException, OSError)) or tracking.store_failed(err)):
             raise
