@@ -41,7 +41,8 @@ NAME = "report.html"
 TEMPLATES = Environment(loader=PackageLoader("colorbench.report", "templates"), autoescape=True, undefined=StrictUndefined, trim_blocks=True)
 TITLES = {"cd.png": "critical-difference diagram", **FIGURES, "val_vs_test.png": "validation estimate vs test score", "pareto.png": "Pareto front"}
 PHOTO_WIDTH = (96, 160)  # displayed width of a test photo: smaller ones are enlarged a whole number of times (pixelated), larger shrunk
-Cell = dict[str, Any]  # one table cell: text, sort (data-sort value; None: sorted by its text), href, num (right-aligned), badge
+Cell = dict[str, Any]  # one table cell: text, sort (data-sort value; None: sorted by its text), href, num (right-aligned), badge, long
+LONG = 40  # characters: a longer text statistic (a reason, a note) wraps
 
 
 def static(name: str) -> Markup:
@@ -63,12 +64,13 @@ def sort_value(value: object) -> str | None:
 
 def text_cell(text: object, **extra: object) -> Cell:
     """A table cell sorted by its text."""
-    return {"text": str(text), "sort": None, "href": None, "num": False, "badge": None} | extra
+    return {"text": str(text), "sort": None, "href": None, "num": False, "badge": None, "long": False} | extra
 
 
 def number_cell(text: object, value: object) -> Cell:
-    """A table cell showing `text`, sorted by `value` (a number, or missing; text values sort as text)."""
-    return text_cell(text, sort=sort_value(value), num=not isinstance(value, str))
+    """A table cell showing `text`, sorted by `value` (a number, or missing; text values sort as text, and a long one wraps)."""
+    words = isinstance(value, str)
+    return text_cell(text, sort=sort_value(value), num=not words, long=words and len(str(text)) > LONG)
 
 
 def ui_note(uri: str) -> Markup:
@@ -215,7 +217,7 @@ def write_multi(report: MultiReport, links: Mapping[tuple[str, str], str]) -> Pa
         cells = [text_cell(row["experiment"]), text_cell(row["cell"], href=links.get(key), badge="baseline" if row["baseline"] else None)]
         cells += [text_cell(label(row)), number_cell(fmt_value(row["rank"]), row["rank"]), number_cell(mean_std(row, f"test_{m}"), row[f"test_{m}_mean"])]
         cells += [number_cell(fmt_value(row["n_folds"]), row["n_folds"]), *(number_cell(s.cell(row), row.get(s.columns[0])) for s in compared)]
-        rows.append({"key": "/".join(key), "baseline": bool(row["baseline"]), "cells": [*cells, text_cell(row["not_tested"])]})
+        rows.append({"key": "/".join(key), "baseline": bool(row["baseline"]), "cells": [*cells, text_cell(row["not_tested"], long=True)]})
     table = {"id": "ranking-table", "columns": [{"title": t, "tip": ""} for t in columns], "rows": rows, "foot": []}
     args = ["colorbench", "report", *(a for e in report.experiments for a in ("--experiment", e)), "--tracking-uri", uri]
     args += ["--out", str(report.out_dir), "--metric", m, "--correction", report.correction]
