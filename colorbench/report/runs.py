@@ -90,12 +90,20 @@ def metric_names(cells: pd.DataFrame) -> list[str]:
     return [m for m in METRICS if m in found] + sorted(found - set(METRICS))
 
 
+def per_image_values(folds: pd.DataFrame, tmp: Path) -> pd.DataFrame:
+    """Every per-image test metric averaged over folds (their `test_per_image.csv`), one row per test image in test-set order, with
+    the image names in column `image`."""
+    frames = [pd.read_csv(tracking.download(run_id, "test_per_image.csv", tmp / run_id)) for run_id in folds["run_id"]]
+    values = sum(f.drop(columns="image") for f in frames) / len(frames)
+    return values.assign(image=frames[0]["image"])
+
+
 def per_image(folds: pd.DataFrame, metric: str, tmp: Path) -> Images | None:
     """Test image names and the per-image `metric` averaged over folds; None when it is not logged per image."""
-    frames = [pd.read_csv(tracking.download(run_id, "test_per_image.csv", tmp / run_id)) for run_id in folds["run_id"]]
-    if metric not in frames[0].columns:
+    values = per_image_values(folds, tmp)
+    if metric not in values.columns:
         return None
-    return frames[0]["image"].tolist(), np.mean([f[metric].to_numpy(float) for f in frames], axis=0)
+    return values["image"].tolist(), values[metric].to_numpy(float)
 
 
 def children(runs: Runs, table: pd.DataFrame, metric: str) -> pd.DataFrame:
