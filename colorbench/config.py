@@ -114,6 +114,19 @@ class Setup(BaseModel):
     test_fraction: float = Field(0.15, gt=0, lt=1)
     train: TrainConfig = TrainConfig()
 
+    def cell(self, backbone: Component, loss: Component, splitter: Component, train: TrainConfig | None = None) -> Cell:
+        """The resolved cell of these components on this file's data, test set and training settings (or `train`)."""
+        return Cell(
+            data=self.data,
+            test_data=self.test_data,
+            seed=self.seed,
+            test_fraction=self.test_fraction,
+            train=train or self.train,
+            backbone=backbone,
+            loss=loss,
+            splitter=splitter,
+        )
+
 
 SetupT = TypeVar("SetupT", bound=Setup)
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -254,15 +267,6 @@ def expand(exp: Experiment) -> list[Cell]:
     """The cartesian product of the grid axes, as resolved cells (duplicates removed, order kept)."""
     cells: dict[str, Cell] = {}
     for backbone, loss, splitter in itertools.product(exp.grid.backbone, exp.grid.loss, exp.grid.splitter):
-        cell = Cell(
-            data=exp.data,
-            test_data=exp.test_data,
-            seed=exp.seed,
-            test_fraction=exp.test_fraction,
-            train=exp.train,
-            backbone=backbone,
-            loss=loss,
-            splitter=splitter,
-        )
+        cell = exp.cell(backbone, loss, splitter)
         cells.setdefault(cell.id, cell)
     return list(cells.values())

@@ -138,17 +138,8 @@ class RebalancedCrossEntropy(CrossEntropy):
     normalised so that their prior-weighted mean is 1, and each pixel takes the weight of its nearest bin.
     """
 
-    def __init__(
-        self,
-        lambda_: Annotated[float, Field(gt=0, le=1)] = 0.5,
-        temperature: Temperature = 0.38,
-        sigma: Sigma = 5.0,
-        neighbours: Neighbours = 5,
-        grid: GridSize = 10.0,
-        rim: bool = False,
-        loss_stride: Stride = 1,
-    ) -> None:
-        super().__init__(temperature, sigma, neighbours, grid, rim, loss_stride)
+    def __init__(self, lambda_: Annotated[float, Field(gt=0, le=1)] = 0.5, **options: Any) -> None:  # and CrossEntropy's options
+        super().__init__(**options)
         self.lambda_ = lambda_
         self.prior: torch.Tensor | None = None  # (Q,) smoothed bin prior, sums to 1
         self.bin_weights: torch.Tensor | None = None  # (Q,) rebalancing weight per bin

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from test_search import TINY_SEARCH
 
 from colorbench import tracking
 from colorbench.cli import main
@@ -16,7 +17,6 @@ from colorbench.config import expand
 from colorbench.errors import ConfigError
 from colorbench.resolve import load_experiment, parse_experiment
 from colorbench.search.space import load_search, parse_search
-from test_search import TINY_SEARCH
 
 
 def write(tmp_path: Path, raw: dict, name: str = "grid.yaml") -> Path:

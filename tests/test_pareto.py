@@ -10,6 +10,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+from test_search import TINY_SEARCH, trial_runs
 
 from colorbench.cli import main
 from colorbench.errors import ConfigError
@@ -17,7 +18,6 @@ from colorbench.report import build_report
 from colorbench.search.space import parse_search
 from colorbench.search.storage import open_storage
 from colorbench.tracking import TAG_PARETO
-from test_search import TINY_SEARCH, trial_runs
 
 OBJECTIVES = [{"metric": "val_psnr", "direction": "maximize"}, {"metric": "val_colorfulness_ratio", "direction": "maximize"}]
 STUDIED = [{"metric": "val_psnr", "direction": "maximize"}, {"metric": "val_ab_rmse", "direction": "minimize"}]  # mostly agree: a small front

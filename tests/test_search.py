@@ -127,7 +127,7 @@ def test_two_worker_processes_share_one_study(tiny_search: dict, tracking_uri: s
     tiny_search["train"]["epochs"] = 1
     given = ["train.epochs=1"]  # as the command line would pass them: each worker process tags its runs with them
     search = replace(parse_search(tiny_search), overrides=tuple(given))  # what load_search keeps
-    outcome = run_search(search, n_trials=4, n_workers=2, tracking_uri=tracking_uri, out_dir=tmp_path)
+    outcome = run_search(search, n_trials=4, executor="process", executor_options={"workers": 2}, tracking_uri=tracking_uri, out_dir=tmp_path)
     journal = tmp_path / "optuna-journal.log"
     assert outcome.storage == f"journal:{journal}" and journal.is_file()  # SQLite would lock under two writers
     study = optuna.load_study(study_name="tiny-search", storage=open_storage(f"journal:{journal}"))

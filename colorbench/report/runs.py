@@ -91,10 +91,10 @@ def metric_names(cells: pd.DataFrame) -> list[str]:
 
 def per_image(folds: pd.DataFrame, metric: str, tmp: Path) -> Images | None:
     """Test image names and the per-image `metric` averaged over folds; None when it is not logged per image."""
-    frames = [pd.read_csv(tracking.download(run_id, "test_per_image.csv", tmp / run_id)) for run_id in folds["run_id"]]
-    if metric not in frames[0].columns:
+    table = tracking.per_image_mean(list(folds["run_id"]), tmp)
+    if metric not in table.columns:
         return None
-    return frames[0]["image"].tolist(), np.mean([f[metric].to_numpy(float) for f in frames], axis=0)
+    return table.index.tolist(), table[metric].to_numpy(float)
 
 
 def children(runs: Runs, table: pd.DataFrame, metric: str) -> pd.DataFrame:
