@@ -223,14 +223,14 @@ def evaluate(
 
 
 def check_divergence(record: dict[str, float], lr: float) -> None:
-    """After an epoch: raise DivergedError if its losses are not finite or its validation ab error is beyond any real colour's."""
-    losses = [record["train_loss"], record["val_loss"]]
-    if all(math.isfinite(v) for v in losses) and record["val_ab_rmse"] <= MAX_AB_RMSE:
+    """Raise DivergedError if an epoch's record shows divergence: a loss that is not finite, or a validation ab error beyond any real
+    colour's. `fit` checks the training loss alone before validating (a blown-up model is not evaluated), then the whole record."""
+    shown = {"train_loss": "train loss", "val_loss": "val loss", "val_ab_rmse": "val ab RMSE"}
+    values = {key: record[key] for key in shown if key in record}
+    if all(math.isfinite(v) for v in values.values()) and values.get("val_ab_rmse", 0.0) <= MAX_AB_RMSE:
         return
-    raise DivergedError(
-        f"diverged at epoch {int(record['epoch'])}: train loss {losses[0]:.3g}, val loss {losses[1]:.3g}, val ab RMSE {record['val_ab_rmse']:.3g}; "
-        f"lower train.lr (now {lr})"
-    )
+    found = ", ".join(f"{shown[key]} {value:.3g}" for key, value in values.items())
+    raise DivergedError(f"diverged at epoch {int(record['epoch'])}: {found}; lower train.lr (now {lr})")
 
 
 def fit(
@@ -252,7 +252,8 @@ def fit(
     On CUDA the images move to GPU memory when they fit (`stage`); otherwise, and on a CPU, each batch is read from the host
     (the cache's memory map) while the previous one trains, so a fold is never loaded whole. The loss is summed on the device and checked once
     per epoch, so the host never waits for the GPU mid-epoch. Each epoch's record includes its training throughput,
-    `train_images_per_s`; it goes to `on_epoch`, then through `check_divergence`.
+    `train_images_per_s`; it goes to `on_epoch`, then through `check_divergence` (the training loss alone is checked before
+    validation).
 
     Every `cfg.checkpoint_every` epochs, after the last one and when stopping early, `save_state` gets the training state
     (`training_state`); `resume`, such a state, continues after its epoch exactly as the uninterrupted run would have (same
@@ -294,6 +295,7 @@ def fit(
             total += loss.detach().double() * len(L)
             seen += len(L)
         train_loss = total.item() / max(seen, 1)
+        check_divergence({"epoch": epoch, "train_loss": train_loss}, cfg.lr)
         rate = seen / (time.perf_counter() - epoch_started)
         val, _ = evaluate(model, objective, val_images, cfg.batch_size, amp=amp)
         record = {"epoch": epoch, "train_loss": train_loss, "train_images_per_s": rate, **{f"val_{k}": v for k, v in val.items()}}

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import dataclass, replace
 from typing import ClassVar
@@ -27,8 +26,7 @@ class FoldAveragedReporter:
     Step = fold index * epochs + epoch. Value = mean over the finished folds' values and the current fold's value so far,
     where a fold's value is the metric at its best checkpoint (lowest validation loss) so far. At the last step it equals
     the trial's objective, so the pruner compares like with like although every fold restarts at epoch 1. With several
-    objectives nothing is reported: Optuna does not prune multi-objective studies. An epoch whose losses are not finite is not
-    reported either: `fit`'s divergence check fails the trial right after.
+    objectives nothing is reported: Optuna does not prune multi-objective studies.
     """
 
     def __init__(self, trial: optuna.Trial, metrics: list[str], epochs: int, run_id: str) -> None:
@@ -39,7 +37,7 @@ class FoldAveragedReporter:
     def __call__(self, record: dict[str, float]) -> None:
         if record["val_loss"] < self.best_loss:
             self.best_loss, self.current = record["val_loss"], [record[m] for m in self.metrics]
-        if len(self.metrics) > 1 or not (math.isfinite(record["train_loss"]) and math.isfinite(record["val_loss"])):
+        if len(self.metrics) > 1:
             return
         step = len(self.finished) * self.epochs + int(record["epoch"])
         running = statistics.fmean([*(done[0] for done in self.finished), self.current[0]])

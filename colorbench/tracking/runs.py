@@ -115,11 +115,6 @@ def experiment_runs(experiment_id: str) -> pd.DataFrame:
     return mlflow.search_runs([experiment_id], max_results=50000)
 
 
-def cell_runs(experiment_id: str, status: str | None = None) -> pd.DataFrame:
-    """The experiment's cell (parent) runs, optionally of one status."""
-    return mlflow.search_runs([experiment_id], filter_string=run_filter({TAG_ROLE: "cell"}, status), max_results=50000)
-
-
 def cell_parent_runs(experiment_id: str, cell_id: str) -> list[Run]:
     """Every (not deleted) cell run of `cell_id`, whatever its status."""
     return find_runs([experiment_id], {TAG_CELL: cell_id, TAG_ROLE: "cell"})
@@ -130,9 +125,9 @@ def runs_of_cell(experiment_id: str, cell_id: str) -> list[Run]:
     return find_runs([experiment_id], {TAG_CELL: cell_id})
 
 
-def finished_cell_runs(cell_id: str) -> list[Run]:
-    """The FINISHED cell runs of `cell_id` in every experiment of the store, newest first."""
-    experiments = [e.experiment_id for e in MlflowClient().search_experiments()]
+def finished_cell_runs(cell_id: str, experiment_id: str | None = None) -> list[Run]:
+    """The FINISHED cell runs of `cell_id` in experiment `experiment_id` (default: in every experiment of the store), newest first."""
+    experiments = [experiment_id] if experiment_id else [e.experiment_id for e in MlflowClient().search_experiments()]
     return find_runs(experiments, {TAG_CELL: cell_id, TAG_ROLE: "cell"}, "FINISHED", max_results=1000, order_by=["attributes.start_time DESC"])
 
 
