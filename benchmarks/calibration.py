@@ -16,8 +16,8 @@ Generating model (test PSNR, dB). Configuration c trained on split j with traini
   the training photos (each photo of the pool brings its own amount), so two splits' lucks are correlated as their training sets
   overlap (the splits are drawn for real: k-fold partitions, random hold-outs); the rest is particular to each training set.
   Under the null the configurations are equally good on this data set: the photos' amounts sum to zero over the pool.
-  `--over-pools` drops that condition (a new pool per experiment): the question then is about data sets, which the verdict
-  does not answer (replicates do); that table shows why.
+  The last table drops that condition (a new pool per experiment, split-dominated scenario): its question is about data sets,
+  which a verdict does not answer (replicates do); it shows why.
 - seed_cjr: training randomness on a fixed split, SD `sd_seed`. noise_cjri: a trained model's own error on one photo, SD `sd_image`.
 
 Scenarios: `measured` takes the SDs of results/bsds-validation-64/table.csv (seed 0.06-0.49, median 0.25; split means of two
@@ -28,8 +28,9 @@ Tests, each over one comparison (so Holm over a family of one leaves p as it is)
 - t over splits: `colorbench.stats.corrected_ttest` over the J split means (`compare_splits`), p < 0.05.
 - Bayes over splits: `correlated_bayes`, P(better) or P(worse) >= 0.95.
 - verdict: `colorbench.stats.verdict`, `better` or `worse` (refused below MIN_SPLITS splits).
-- for contrast, the old children-level test (`corrected_ttest` over the J x R children) and the Wilcoxon test over test images
-  (per-image values averaged over the children): neither sees the split's luck correctly, and neither makes a verdict.
+- for contrast, neither making a verdict: the old children-level test (`corrected_ttest` over the J x R children, training
+  repeats counted as splits) and the Wilcoxon test over test images (per-image values averaged over the children), which sees
+  the trained models and takes their luck (split and seed) for a difference between configurations.
 
     python benchmarks/calibration.py            # 4,000 experiments per design and condition, a few minutes on one core
     python benchmarks/calibration.py --quick    # 100: a smoke run of seconds
@@ -46,7 +47,7 @@ import numpy as np
 from scipy import stats
 from statsmodels.stats.proportion import proportion_confint
 
-from colorbench.stats import ALPHA, EQUIVALENCE, MIN_SPLITS, compare_splits, corrected_ttest, no_verdict_reason, verdict
+from colorbench.stats import ALPHA, EQUIVALENCE, MIN_SPLITS, compare_splits, corrected_ttest, verdict
 
 N_POOL, N_TEST = 300, 200  # photos for training and validation; test photos (a BSDS500-sized data set)
 CHUNK = 250  # experiments drawn at once
@@ -129,9 +130,10 @@ def simulate(design: Design, scenario: Scenario, effect: float, reps: int, rng: 
     return np.concatenate(children), np.concatenate(images), np.repeat(np.arange(j), r), float(np.mean(n_val / n_train))
 
 
-def claims(children: np.ndarray, images: np.ndarray, splits: np.ndarray, val_over_train: float, rope: float) -> dict[str, np.ndarray]:
-    """Per test, each experiment's claim: -1 cell better, +1 worse, 0 none, NaN no test; and `equivalent` (1 where the verdict says so)."""
-    reps, j = len(children), children.shape[1]
+def claims(children: np.ndarray, images: np.ndarray, splits: np.ndarray, val_over_train: float, rope: float) -> tuple[dict[str, np.ndarray], str | None]:
+    """Per test, each experiment's claim: -1 cell better, +1 worse, 0 none, NaN no test; and `equivalent` (1 where the verdict says so);
+    with the reason `compare_splits` gives for having no test across splits (None when it has them)."""
+    reps, reason = len(children), None
     out = {name: np.full(reps, np.nan) for name in (*TESTS, "equivalent")}
     wilcoxon = stats.wilcoxon(images, axis=1)
     out["Wilcoxon over images"] = np.where(wilcoxon.pvalue < ALPHA, np.sign(images.mean(1)), 0.0)
@@ -140,15 +142,16 @@ def claims(children: np.ndarray, images: np.ndarray, splits: np.ndarray, val_ove
         p_children = corrected_ttest(d, val_over_train)[1]
         if not math.isnan(p_children):
             out["t over children (old)"][i] = np.sign(d.mean()) if p_children < ALPHA else 0.0
-        if j < MIN_SPLITS:
-            continue
         c = compare_splits(d, np.zeros_like(d), splits, val_over_train, rope)
+        reason = c.reason
+        if reason:
+            continue
         out["t over splits"][i] = np.sign(c.diff_mean) if c.p < ALPHA else 0.0
         out["Bayes over splits"][i] = -1.0 if c.p_better >= EQUIVALENCE else 1.0 if c.p_worse >= EQUIVALENCE else 0.0
         said = verdict(c.p, c.p_equivalent, c.diff_mean, c.n_splits)
         out["verdict"][i] = {"better": -1.0, "worse": 1.0}.get(said, 0.0)
         out["equivalent"][i] = float(said == "equivalent")
-    return out
+    return out, reason
 
 
 def rate(hits: np.ndarray) -> tuple[float, float, float]:
@@ -169,13 +172,12 @@ def run_scenario(scenario: Scenario, reps: int, effect: float, rope: float, seed
     for number, design in enumerate(DESIGNS):
         rng = np.random.default_rng([seed, number, int(over_pools), *map(ord, scenario.name)])
         children, images, splits, vot = simulate(design, scenario, 0.0, reps, rng, over_pools)
-        null = claims(children, images, splits, vot, rope)
+        null, reason = claims(children, images, splits, vot, rope)
         j = len(set(splits))
-        reason = no_verdict_reason(j)
         missing = {t: "no test" for t in TESTS} | ({t: f"no test ({reason.split(':')[0]})" for t in VERDICT_TESTS} if reason else {})
         fpr = {t: rate(np.abs(null[t])) for t in TESTS}
         at_zero = rate(null["equivalent"])
-        false_equivalent = rate(claims(*simulate(design, scenario, rope, reps, rng, over_pools)[:2], splits, vot, rope)["equivalent"])
+        false_equivalent = rate(claims(*simulate(design, scenario, rope, reps, rng, over_pools)[:2], splits, vot, rope)[0]["equivalent"])
         for name, value in [*((t, fpr[t]) for t in VERDICT_TESTS), ("equivalent at the ROPE's edge", false_equivalent)]:
             if not over_pools and not math.isnan(value[0]) and value[1] > ALPHA:
                 failures.append(f"FAIL {scenario.name} / {design.name}: {name} {cell(value, '')}")
@@ -183,7 +185,7 @@ def run_scenario(scenario: Scenario, reps: int, effect: float, rope: float, seed
         if over_pools:
             continue
         children, images, splits, vot = simulate(design, scenario, -effect, reps, rng, over_pools)
-        better = claims(children, images, splits, vot, rope)
+        better = claims(children, images, splits, vot, rope)[0]
         power = {t: rate(np.where(np.isnan(better[t]), np.nan, better[t] == -1)) for t in TESTS}
         mdd = np.median([compare_splits(c.ravel(), np.zeros(c.size), splits, vot, rope).min_detectable for c in children[:MDD_REPS]])
         power_rows.append(
@@ -194,7 +196,7 @@ def run_scenario(scenario: Scenario, reps: int, effect: float, rope: float, seed
     question = "over data sets (a new pool per experiment)" if over_pools else "on this data set"
     sds = f"split {scenario.sd_split} (additive share {scenario.additive}), seed {scenario.sd_seed}, image {scenario.sd_image} dB"
     lines = [
-        f"### {scenario.name}, {question}: SD per configuration: {sds}",
+        f"#### {scenario.name}, {question}: SD per configuration: {sds}",
         "",
         f"Rate of claimed differences under the null (true difference 0), {reps} experiments per design, 95 % Monte-Carlo interval:",
         "",

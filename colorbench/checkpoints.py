@@ -3,7 +3,8 @@ the trained fold of an MLflow run (a fold run, or a cell run = its deployed chil
 pyfunc model logged from a checkpoint.
 
 A checkpoint is a dict: `format` (FORMAT), `state_dict` (tensors), `backbone` and `loss` ({name, options}), `image_size`,
-`cell_id`, `fold`. It loads with `torch.load(weights_only=True)`, so a file that holds any other object is refused before
+`cell_id`, `fold`, and `decoding` ({`decode_temperature` or `chroma_scale`: value}) when `train.decode` chose one on validation:
+every load applies it (`load_checkpoint`). It loads with `torch.load(weights_only=True)`, so a file that holds any other object is refused before
 that object is built: loading a checkpoint from someone else cannot run their code.
 """
 
@@ -46,8 +47,10 @@ class TrainedModel:
     meta: dict
 
 
-def save_checkpoint(path: str | Path, cell: Cell, fold: int, image_size: int, state_dict: dict[str, torch.Tensor]) -> None:
-    """Write a fold's best weights with what rebuilds its net, atomically (a kill mid-write leaves the old file)."""
+def save_checkpoint(
+    path: str | Path, cell: Cell, fold: int, image_size: int, state_dict: dict[str, torch.Tensor], decoding: dict[str, float] | None = None
+) -> None:
+    """Write a fold's best weights with what rebuilds its net and decodes its output, atomically (a kill mid-write leaves the old file)."""
     checkpoint = {
         "format": FORMAT,
         "state_dict": state_dict,
@@ -56,6 +59,7 @@ def save_checkpoint(path: str | Path, cell: Cell, fold: int, image_size: int, st
         "image_size": int(image_size),
         "cell_id": cell.id,
         "fold": int(fold),
+        **({"decoding": {k: float(v) for k, v in decoding.items()}} if decoding else {}),
     }
     with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
@@ -84,9 +88,14 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
-    """Rebuild the net from a `checkpoint.pt` written by `colorbench run` (see `read_checkpoint`)."""
+    """Rebuild the net from a `checkpoint.pt` written by `colorbench run` (see `read_checkpoint`), its objective tuned to the decoding
+    chosen on validation when there is one."""
     ckpt = read_checkpoint(path, device)
     objective = LOSSES.build(ckpt["loss"]["name"], ckpt["loss"]["options"])
+    for name, value in ckpt.get("decoding", {}).items():
+        if name != objective.tuning:
+            raise ConfigError(f"checkpoint {path} sets the decoding {name!r}, which loss {ckpt['loss']['name']!r} does not have ({objective.tuning}): it is damaged")
+        objective.tune(value)
     model = build_model(ckpt["backbone"]["name"], ckpt["backbone"]["options"], objective.out_channels)
     model.load_state_dict(ckpt["state_dict"])
     meta = {k: v for k, v in ckpt.items() if k != "state_dict"}

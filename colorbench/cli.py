@@ -85,20 +85,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print_config(exp)
         planned = runner.plan(exp)
-        for cell, n in planned:
+        first = [(cell, n) for cell, n in planned if cell.replicate == 0]
+        for cell, n in first:
             backbone, loss, splitter = cell_labels(cell)
             print(f"{cell.id}  backbone={backbone}  loss={loss}  splitter={splitter}  folds={n}")
-        print(f"{len(planned)} cells, {sum(n for _, n in planned)} fold trainings of {exp.train.epochs} epochs each (dry run: nothing trained)")
+        trainings = f"{len(first)} cells, {sum(n for _, n in first)} fold trainings of {exp.train.epochs} epochs each"
+        if exp.replicates > 1:
+            seeds = f"data seeds {exp.seed}..{exp.seed + exp.replicates - 1}"
+            print(f"per replicate: {trainings} (listed: replicate 0); {exp.replicates} replicates ({seeds}): ", end="")
+            trainings = f"{len(planned)} cells, {sum(n for _, n in planned)} fold trainings in total"
+        print(f"{trainings} (dry run: nothing trained)")
         return 0
     outcomes, gray = runner.run_grid(exp, args.tracking_uri, args.executor, executor_options(args), args.overrides)
     shown = headline_metrics()
     table = Table(title=f"{exp.experiment}: test metrics, mean ± std over folds", show_edge=False)
-    for column in ("cell", "backbone", "loss", "splitter", *shown, f"{shown[0]} SDs / SE"):
+    replicate = ["replicate"] if exp.replicates > 1 else []  # a column only for a grid with replicates
+    for column in ("cell", "backbone", "loss", "splitter", *replicate, *shown, f"{shown[0]} SDs / SE"):
         table.add_column(column)
     for o in outcomes:
         status = " (failed)" if o.failure else " (trained by another process)" if o.elsewhere else " (skipped: done)" if o.skipped else ""
-        table.add_row(o.cell.id + status, *cell_labels(o.cell), *(fmt(o.metrics, m) for m in shown), components_text(o.metrics, f"test_{shown[0]}"))
-    table.add_row("gray baseline", "-", "ab = 0", "-", *(fmt({f"test_{k}_mean": v for k, v in gray.items()}, m) for m in shown), "-")
+        labels = [*cell_labels(o.cell), *([str(o.cell.replicate)] if replicate else [])]
+        table.add_row(o.cell.id + status, *labels, *(fmt(o.metrics, m) for m in shown), components_text(o.metrics, f"test_{shown[0]}"))
+    table.add_row("gray baseline", "-", "ab = 0", "-", *(["0"] if replicate else []), *(fmt({f"test_{k}_mean": v for k, v in gray.items()}, m) for m in shown), "-")
     stdout.print(table)
     for o in outcomes:
         if o.failure:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from colorbench.errors import ConfigError
 
 STRICT = ConfigDict(extra="forbid")
-OMIT_AT_DEFAULT = ("repeats", "refit")  # TrainConfig fields left out of dumps (and so of cell ids) at their defaults
+OMIT_AT_DEFAULT = ("repeats", "refit", "decode")  # TrainConfig fields left out of dumps (and so of cell ids) at their defaults
 
 
 class Component(BaseModel):
@@ -47,10 +47,12 @@ class Component(BaseModel):
 
 
 class DataConfig(BaseModel):
-    """`source` names a registered image source; every other key is an option of it."""
+    """`source` names a registered image source; `subsample` (any source) draws that many of its photos, by photo, seeded by the
+    data seed, before the test carve-out; every other key is an option of the source."""
 
     model_config = STRICT
     source: str = "builtin"
+    subsample: int | None = Field(None, gt=0, strict=True)
     options: dict[str, Any] = {}
 
     @pydantic.model_validator(mode="before")
@@ -59,8 +61,41 @@ class DataConfig(BaseModel):
         if isinstance(value, str):
             return {"source": value}
         if isinstance(value, dict) and "options" not in value:
-            return {"source": value.get("source", "builtin"), "options": {k: v for k, v in value.items() if k != "source"}}
+            own = {k: value[k] for k in ("source", "subsample") if k in value}
+            return {"source": "builtin", **own, "options": {k: v for k, v in value.items() if k not in own}}
         return value
+
+    @pydantic.model_serializer(mode="wrap")
+    def _omit_subsample(self, handler: pydantic.SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """`subsample` (added later) is left out when unset, so earlier cell ids stay the same."""
+        return omit_defaults(self, handler(self), ("subsample",))
+
+
+TEMPERATURES = (0.1, 0.2, 0.3, 0.38, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+CHROMA_SCALES = (0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.6, 1.8, 2.0)
+
+
+class DecodeRule(BaseModel):
+    """`train.decode`: after a fold's best checkpoint, choose its decoding on the fold's VALIDATION rows.
+
+    Bin heads (cross-entropy) choose the annealed-mean temperature T from `temperatures`, regression heads the chroma scale s
+    (ab x s) from `chroma_scales`. Among the candidates whose validation colourfulness ratio is at least
+    `min_colorfulness_ratio` (all, when unset), the best by the validation metric `choose` (its table direction) wins; when
+    none reaches the minimum, the most colourful does. Ties go to the first candidate listed.
+    """
+
+    model_config = STRICT
+    choose: str = Field("val_psnr", pattern=r"^val_[a-z][a-z0-9_]*$")  # a validation metric: `val_<metric of the table>`
+    min_colorfulness_ratio: float | None = Field(None, gt=0)
+    temperatures: list[float] = Field(list(TEMPERATURES), min_length=1)
+    chroma_scales: list[float] = Field(list(CHROMA_SCALES), min_length=1)
+
+    @pydantic.field_validator("temperatures", "chroma_scales")
+    @classmethod
+    def _positive(cls, values: list[float]) -> list[float]:
+        if any(not v > 0 for v in values):
+            raise ValueError(f"every candidate must be > 0, got {values}")
+        return values
 
 
 class TrainConfig(BaseModel):
@@ -80,18 +115,29 @@ class TrainConfig(BaseModel):
     compile: bool = False  # torch.compile the training forward pass
     repeats: int = Field(1, ge=1, strict=True)  # trainings per split, with training seeds seed, seed + 1, ...
     refit: bool = False  # after the splits, train on train + validation for the children's median best epoch and deploy that
+    decode: DecodeRule | None = None  # choose each fold's decoding on its validation rows (None: the loss's own decoding)
     # save the fold's training state every this many epochs, to resume inside a fold; it cannot change results, so it is left
     # out of config dumps and cell ids
     checkpoint_every: int = Field(1, gt=0, strict=True, exclude=True)
 
+    @pydantic.model_validator(mode="after")
+    def _decode_needs_validation(self) -> TrainConfig:
+        if self.decode is not None and self.refit:
+            raise ValueError("train.decode chooses on validation rows, which a refit (train.refit) trains on: drop one of the two")
+        return self
+
     @pydantic.model_serializer(mode="wrap")
     def _omit_later_defaults(self, handler: pydantic.SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """`repeats` and `refit` (added later) are left out at their defaults, so earlier cell ids stay the same."""
-        dumped = handler(self)
-        for key in OMIT_AT_DEFAULT:
-            if dumped.get(key) == TrainConfig.model_fields[key].default:
-                dumped.pop(key)
-        return dumped
+        """`repeats`, `refit` and `decode` (added later) are left out at their defaults, so earlier cell ids stay the same."""
+        return omit_defaults(self, handler(self), OMIT_AT_DEFAULT)
+
+
+def omit_defaults(model: BaseModel, dumped: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """`dumped` (a dump of `model`) without the `keys` whose values are their fields' defaults."""
+    for key in keys:
+        if key in dumped and dumped[key] == type(model).model_fields[key].default:
+            dumped.pop(key)
+    return dumped
 
 
 class GridAxes(BaseModel):
@@ -114,17 +160,26 @@ class Setup(BaseModel):
     test_fraction: float = Field(0.15, gt=0, lt=1)
     train: TrainConfig = TrainConfig()
 
-    def cell(self, backbone: Component, loss: Component, splitter: Component, train: TrainConfig | None = None) -> Cell:
-        """The resolved cell of these components on this file's data, test set and training settings (or `train`)."""
+    @pydantic.field_validator("test_data")
+    @classmethod
+    def _fixed_test_set(cls, value: DataConfig | None) -> DataConfig | None:
+        if value is not None and value.subsample is not None:
+            raise ValueError("subsample draws the training pool (data.subsample); a test_data set is used whole, the same in every replicate")
+        return value
+
+    def cell(self, backbone: Component, loss: Component, splitter: Component, train: TrainConfig | None = None, replicate: int = 0) -> Cell:
+        """The resolved cell of these components on this file's data, test set and training settings (or `train`), in `replicate`
+        (data seed `seed + replicate`)."""
         return Cell(
             data=self.data,
             test_data=self.test_data,
-            seed=self.seed,
+            seed=self.seed + replicate,
             test_fraction=self.test_fraction,
             train=train or self.train,
             backbone=backbone,
             loss=loss,
             splitter=splitter,
+            replicate=replicate,
         )
 
 
@@ -133,13 +188,16 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class Experiment(Setup):
-    """A whole grid file."""
+    """A whole grid file. `replicates: R` runs the whole experiment R times, replicate r with data seed `seed + r` (its own
+    subsample, test carve-out and splits): R independent data sets."""
 
+    replicates: int = Field(1, ge=1, strict=True)
     grid: GridAxes = GridAxes()
 
 
 class Cell(BaseModel):
-    """One resolved combination: everything that determines its results, defaults filled in."""
+    """One resolved combination in one replicate: everything that determines its results, defaults filled in. `seed` is the data
+    seed of its replicate (the experiment's seed + `replicate`)."""
 
     model_config = STRICT
     data: DataConfig
@@ -150,6 +208,12 @@ class Cell(BaseModel):
     backbone: Component
     loss: Component
     splitter: Component
+    replicate: int = Field(0, ge=0)
+
+    @pydantic.model_serializer(mode="wrap")
+    def _omit_replicate_zero(self, handler: pydantic.SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """`replicate` (added later) is left out at 0, so the cell ids of an experiment without replicates stay the same."""
+        return omit_defaults(self, handler(self), ("replicate",))
 
     @property
     def id(self) -> str:
@@ -173,9 +237,10 @@ class Cell(BaseModel):
             dumped[axis] = {"name": dumped[axis]["name"], **dumped[axis]["options"]}
         for section in ("data", "test_data"):
             if dumped[section] is not None:
-                dumped[section] = {"source": dumped[section]["source"], **dumped[section]["options"]}
+                options = dumped[section].pop("options")
+                dumped[section] = {**dumped[section], **options}
         walk("", dumped)
-        return out
+        return out | {"replicate": str(self.replicate)}
 
 
 def format_error(where: str, err: pydantic.ValidationError) -> str:
@@ -264,9 +329,11 @@ def apply_override(raw: dict[str, Any], text: str, model: type[BaseModel]) -> di
 
 
 def expand(exp: Experiment) -> list[Cell]:
-    """The cartesian product of the grid axes, as resolved cells (duplicates removed, order kept)."""
+    """The cartesian product of the grid axes in each replicate, as resolved cells (duplicates removed, order kept): replicate r's
+    cells have data seed `exp.seed + r`; replicate 0's are the cells of the same grid without replicates."""
     cells: dict[str, Cell] = {}
-    for backbone, loss, splitter in itertools.product(exp.grid.backbone, exp.grid.loss, exp.grid.splitter):
-        cell = exp.cell(backbone, loss, splitter)
-        cells.setdefault(cell.id, cell)
+    for replicate in range(exp.replicates):
+        for backbone, loss, splitter in itertools.product(exp.grid.backbone, exp.grid.loss, exp.grid.splitter):
+            cell = exp.cell(backbone, loss, splitter, replicate=replicate)
+            cells.setdefault(cell.id, cell)
     return list(cells.values())

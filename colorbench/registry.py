@@ -19,15 +19,6 @@ def same(a: Any, b: Any) -> bool:
     return a == b or str(a) == str(b)
 
 
-def signature_options(factory: Callable[..., Any]) -> dict[str, inspect.Parameter]:
-    """`factory`'s keyword parameters by YAML name, followed through `**kwargs` to the next class in its MRO."""
-    params = inspect.signature(factory, eval_str=True).parameters.values()
-    own = {p.name.removesuffix("_"): p for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
-    if isinstance(factory, type) and factory.__mro__[1] is not object and any(p.kind is p.VAR_KEYWORD for p in params):
-        return {**own, **signature_options(factory.__mro__[1])}
-    return own
-
-
 class Registry(Generic[T]):
     """Maps names to factories (classes or functions) whose keyword arguments are the options."""
 
@@ -69,9 +60,9 @@ class Registry(Generic[T]):
         return self._entries[name]
 
     def options(self, name: str) -> dict[str, inspect.Parameter]:
-        """The keyword options of entry `name` by their YAML names (a trailing '_' dropped: `lambda_` is `lambda`); a class whose
-        `__init__` passes `**options` on to its base class has the base class's options after its own."""
-        return signature_options(self.get(name))
+        """The keyword options of entry `name` by their YAML names (a trailing '_' dropped: `lambda_` is `lambda`)."""
+        params = inspect.signature(self.get(name), eval_str=True).parameters.values()
+        return {p.name.removesuffix("_"): p for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
 
     def validate(self, name: str, options: Mapping[str, Any]) -> dict[str, Any]:
         """Check `options` against entry `name`'s signature and return them, by YAML name, with defaults filled in.

@@ -13,6 +13,7 @@ from colorbench.config import Cell, Component, DataConfig, Experiment, GridAxes,
 from colorbench.data import SOURCES
 from colorbench.errors import ConfigError
 from colorbench.losses import LOSSES
+from colorbench.metrics import METRICS
 from colorbench.registry import Registry
 from colorbench.splitters import SPLITTERS
 
@@ -26,11 +27,16 @@ def fill(registry: Registry, comp: Component, where: str) -> Component:
 
 
 def resolve_data(setup: SetupT, where: str) -> SetupT:
-    """`setup` with its data and test_data sources' options validated and defaults filled in."""
+    """`setup` with its data and test_data sources' options validated and defaults filled in (and `train.decode`'s metric checked)."""
+    rule = setup.train.decode
+    choosable = [m.name for m in METRICS.values() if m.computed]  # the loss is not a measure of the decoding
+    if rule is not None and rule.choose.removeprefix("val_") not in choosable:
+        known = ", ".join(f"val_{m}" for m in choosable)
+        raise ConfigError(f"{where}: train.decode.choose: {rule.choose!r} is not a validation metric of the metric table; choose one of {known}")
 
     def fill_data(data: DataConfig, section: str) -> DataConfig:
         filled = fill(SOURCES, Component(name=data.source, options=data.options), f"{where}: {section}")
-        return DataConfig(source=filled.name, options=filled.options)
+        return data.model_copy(update={"source": filled.name, "options": filled.options})
 
     test_data = fill_data(setup.test_data, "test_data") if setup.test_data else None
     return setup.model_copy(update={"data": fill_data(setup.data, "data"), "test_data": test_data})

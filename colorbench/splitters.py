@@ -53,6 +53,15 @@ def count_photos(data: ImageSet) -> int:
     return len(np.unique(data.groups))
 
 
+def subsample_photos(data: ImageSet, n: int, seed: int) -> np.ndarray:
+    """Sorted indices of the images of `n` photos (all their crops) drawn at random without replacement, seeded by `seed`."""
+    photos = np.unique(data.groups)
+    if n > len(photos):
+        raise ConfigError(f"data.subsample {n} exceeds the {len(photos)} usable photos of the data source; lower subsample or add photos")
+    chosen = np.random.default_rng(seed).choice(photos, n, replace=False)
+    return np.flatnonzero(np.isin(data.groups, chosen))
+
+
 def carve_test(data: ImageSet, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(pool, test) indices: a fraction of the photos (all their crops) held out once per experiment."""
     photos = count_photos(data)

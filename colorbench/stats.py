@@ -127,7 +127,7 @@ def verdict(p_adjusted: float, p_equivalent: float, diff_mean: float, n_splits: 
     the design detects but that lies within the ROPE does not matter. Fewer than MIN_SPLITS splits: ValueError (no calibrated test)."""
     reason = no_verdict_reason(n_splits)
     if reason:
-        raise ValueError(f"no verdict: {reason}; compare across splits (k-fold, repeated hold-out or r x k) to get one")
+        raise ValueError(f"no verdict: {reason}; train the cell and its baseline on the same {MIN_SPLITS} or more splits (k-fold, repeated hold-out or r x k)")
     if p_equivalent >= EQUIVALENCE:
         return "equivalent"
     if p_adjusted < alpha:
@@ -273,6 +273,9 @@ def variance_components(values: np.ndarray, splits: np.ndarray, per_image: np.nd
     - `sd_seed`: the within-split component sqrt(MS_within): how much it moves with the training seed alone. NaN with one child per split.
     - `se_images`: the bootstrap standard error of the mean over test images (scipy.stats.bootstrap, seeded): how much the score
       would move with another test set of this size.
+
+    None is the standard error of a paired difference between two cells: in a pair the split's shared luck and the photos'
+    difficulty cancel, so that one is `corrected_se` of the split-mean differences (and the paired bootstrap over images).
 
     Method of moments rather than statsmodels' MixedLM (REML): closed form, equal to REML on balanced designs whenever REML's
     estimate is inside the parameter space, and no convergence failures with the 2-5 splits of a typical cell."""

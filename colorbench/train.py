@@ -16,11 +16,11 @@ import numpy as np
 import torch
 
 from colorbench.backbones import ColorizationNet
-from colorbench.config import TrainConfig
+from colorbench.config import DecodeRule, TrainConfig
 from colorbench.errors import ConfigError, DivergedError
 from colorbench.images import HostImages, augment, gather, lab_batch, random_boxes
 from colorbench.losses import Objective
-from colorbench.metrics import ColorizationMetrics, decoded
+from colorbench.metrics import ColorizationMetrics, badness, decoded
 
 EpochCallback = Callable[[dict[str, float]], None]
 MAX_AB_RMSE = 1000.0  # Lab units: real colours lie within about 260 of each other in ab, so a larger error means the model blew up
@@ -231,6 +231,47 @@ def check_divergence(record: dict[str, float], lr: float) -> None:
         return
     found = ", ".join(f"{shown[key]} {value:.3g}" for key, value in values.items())
     raise DivergedError(f"diverged at epoch {int(record['epoch'])}: {found}; lower train.lr (now {lr})")
+
+
+def pick_decoding(scores: dict[float, dict[str, float]], rule: DecodeRule) -> float:
+    """The candidate `rule` picks from {candidate: its validation metrics}: among those with a colourfulness ratio of at least
+    `rule.min_colorfulness_ratio` (all when unset), the best by `rule.choose`; when none reaches it, the most colourful. Ties go to the
+    first candidate."""
+    ratio, metric = "colorfulness_ratio", rule.choose.removeprefix("val_")
+    floor = rule.min_colorfulness_ratio
+    eligible = [c for c, m in scores.items() if floor is None or m[ratio] >= floor]
+    if not eligible:
+        return max(scores, key=lambda c: scores[c][ratio])
+    return min(eligible, key=lambda c: badness(metric, scores[c][metric]))
+
+
+@torch.no_grad()
+def choose_decoding(
+    model: ColorizationNet, objective: Objective, val_images: Images, rule: DecodeRule, batch_size: int, amp: torch.dtype | None = None
+) -> tuple[float, dict[float, dict[str, float]]]:
+    """Tune `objective`'s decoding parameter (`Objective.tuning`) on VALIDATION images by `rule` (`pick_decoding`): one forward pass
+    per batch, every candidate decoded from it. Leaves the objective tuned to the choice; returns it and every candidate's metrics."""
+    if objective.tuning is None:
+        raise ConfigError(f"train.decode: loss {type(objective).__name__} has no decoding parameter to choose on validation; drop train.decode")
+    candidates = rule.temperatures if objective.tuning == "decode_temperature" else rule.chroma_scales
+    model.eval()
+    device = next(model.parameters()).device
+    meters = {c: ColorizationMetrics() for c in candidates}
+    n = len(val_images)
+    if n == 0:
+        raise ConfigError("train.decode chooses on the validation rows, and this fold has none: use a splitter with validation rows")
+    for rgb in device_batches(val_images, torch.arange(n), [(a, min(a + batch_size, n)) for a in range(0, n, batch_size)], device):
+        L, ab = lab_batch(rgb)
+        with autocast(device, amp):
+            pred = model(L)
+        pred = pred.float()
+        for candidate, meter in meters.items():
+            objective.tune(candidate)
+            meter.update(L, objective.decode(pred), ab)
+    scores = {c: meter.compute() for c, meter in meters.items()}
+    chosen = pick_decoding(scores, rule)
+    objective.tune(chosen)
+    return chosen, scores
 
 
 def fit(

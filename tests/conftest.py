@@ -18,7 +18,7 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # the lar
 
 
 def rows_array(rows: object) -> np.ndarray:
-    """Every row of what `fit` or `Objective.prepare` received (a tensor, an array, `data.ImageRows` or `train.DeviceRows`), as a
+    """Every row of what `fit` or `Objective.prepare` received (a tensor, an array, `images.ImageRows` or `train.DeviceRows`), as a
     numpy copy."""
     full = rows[0 : len(rows)]
     return full.cpu().numpy().copy() if isinstance(full, torch.Tensor) else np.array(full)

@@ -1,9 +1,10 @@
 """No leakage in the wiring: a real grid and a real search trial, spied on at what reaches training, validation and the prior.
 
-`fit` (training and validation images, hence early stopping and the best checkpoint) and every loss's `prepare` (the
-statistics of the training fold) are wrapped with pytest's monkeypatch. The expected rows are recomputed here from the
+`fit` (training and validation images, hence early stopping and the best checkpoint), every loss's `prepare` (the
+statistics of the training fold) and `choose_decoding` (`train.decode`: the decoding chosen after training) are wrapped with
+pytest's monkeypatch. The expected rows are recomputed here from the
 data source, `carve_test` and the splitter alone: each fit must get exactly `pool[fold.train]` / `pool[fold.val]`, each
-prepare exactly that fit's training rows, and no photo of the test set may reach any of them. The `n_train`, `n_val` and
+prepare exactly that fit's training rows, each decoding choice exactly that fit's validation rows, and no photo of the test set may reach any of them. The `n_train`, `n_val` and
 `n_test` logged on every fold run are read back from MLflow. Under the `process` executor the spy is installed in each
 spawned worker by its pool initializer and saves what it saw to a folder.
 """
@@ -40,6 +41,7 @@ from colorbench.splitters import carve_test
 # Where the grid and the search look `fit` up when they train a fold, and the process executor's pool initializer, which
 # the spy replaces to reach the spawned workers (the one place to retarget when that code moves).
 FIT_TARGET = "colorbench.lifecycle.fold.fit"
+CHOOSE_TARGET = "colorbench.lifecycle.fold.choose_decoding"
 POOL_INIT_TARGET = "colorbench.lifecycle.executors.pin_gpu"
 SPY_FOLDER = "COLORBENCH_TEST_SPY_FOLDER"
 SEARCH = {
@@ -63,12 +65,14 @@ def digest(rows: torch.Tensor | np.ndarray) -> str:
 
 @dataclass
 class Spy:
-    """What each fit call received (as arrays), and the rows of each prepare call made during it.
+    """What each fit call received (as arrays), the rows of each prepare call made during it, and the rows of each decoding
+    choice made after it (as (index of that fit, rows)).
 
     With a `folder` (in a worker process) each fit's record is also written there once the fit returns."""
 
     fits: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     prepared: list[list[np.ndarray]] = field(default_factory=list)
+    chosen: list[tuple[int, np.ndarray]] = field(default_factory=list)
     folder: Path | None = None
 
     def save_last(self) -> None:
@@ -88,7 +92,7 @@ class Spy:
 
 
 def install_spy(record: Spy, setter: Callable[[object, str, object], None] = setattr) -> None:
-    """Wrap `fit` where the grid and the search call it, and `prepare` of every loss class that defines one."""
+    """Wrap `fit` and `choose_decoding` where the grid and the search call them, and `prepare` of every loss class that defines one."""
     module_name, name = FIT_TARGET.rsplit(".", 1)
     module = importlib.import_module(module_name)
     original_fit: Callable = getattr(module, name)
@@ -101,6 +105,13 @@ def install_spy(record: Spy, setter: Callable[[object, str, object], None] = set
         return result
 
     setter(module, name, fit)
+    original_choose: Callable = getattr(module, CHOOSE_TARGET.rsplit(".", 1)[1])
+
+    def choose_decoding(model, objective, val_images, *args, **kwargs):
+        record.chosen.append((len(record.fits) - 1, rows_array(val_images)))
+        return original_choose(model, objective, val_images, *args, **kwargs)
+
+    setter(module, CHOOSE_TARGET.rsplit(".", 1)[1], choose_decoding)
     classes = {Objective, *(LOSSES.get(name) for name in LOSSES if isinstance(LOSSES.get(name), type))}
     for cls in classes:
         if "prepare" in vars(cls):
@@ -159,6 +170,9 @@ def check_no_leak(spy: Spy, expected: Expected, splitters: list[Component], seed
     assert got == want, "the rows given to fit are not exactly pool[fold.train] / pool[fold.val] of the folds"
     for (train, _), prepared in zip(spy.fits, spy.prepared, strict=True):
         assert prepared and all(np.array_equal(rows, train) for rows in prepared), "prepare saw other rows than the fold's training rows"
+    for fit_index, rows in spy.chosen:
+        assert not test_photos & {name_of.get(digest(row)) for row in rows}, "test photos reached the choice of the decoding"
+        assert np.array_equal(rows, spy.fits[fit_index][1]), "the decoding was chosen on other rows than the fold's validation rows"
 
 
 def check_logged_counts(experiment: str, usable: int, n_test: int, n_folds: int) -> None:
@@ -182,6 +196,17 @@ def test_grid_trains_and_validates_on_the_fold_rows_only(spy: Spy, tracking_uri:
     check_no_leak(spy, expected, [o.cell.splitter for o in outcomes], exp.seed)
     mlflow.set_tracking_uri(tracking_uri)
     check_logged_counts(exp.experiment, len(expected.data), len(expected.test), n_folds=3)
+
+
+def test_decoding_is_chosen_on_the_validation_rows_only(spy: Spy, tracking_uri: str) -> None:
+    grid = copy.deepcopy(TINY_GRID)
+    grid["train"].update(epochs=1, decode={"choose": "val_psnr", "min_colorfulness_ratio": 0.6, "chroma_scales": [1.0, 1.5]})
+    grid["grid"]["splitter"] = [{"name": "kfold", "k": 2}]
+    exp = parse_experiment(grid)
+    outcomes, _ = run_grid(exp, tracking_uri)
+    assert not any(o.failure for o in outcomes)
+    assert [i for i, _ in spy.chosen] == [0, 1], "each fold must choose its decoding once, after its fit"
+    check_no_leak(spy, expected_split(exp.data, exp.test_fraction, exp.seed), [o.cell.splitter for o in outcomes], exp.seed)
 
 
 def test_search_trial_trains_and_validates_on_the_fold_rows_only(spy: Spy, tracking_uri: str, tmp_path: Path) -> None:

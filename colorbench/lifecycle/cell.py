@@ -245,32 +245,33 @@ def run_cells(
     splits: dict[str, list[Fold]],
     experiment_id: str,
     tracking_uri: str,
-    data: PreparedData,
-    gray: dict[str, float],
+    data: dict[int, PreparedData],
+    gray: dict[int, dict[str, float]],
     device: torch.device,
     overrides: Sequence[str] = (),
 ) -> dict[str, CellOutcome]:
     """The grid's lifecycle: claim each cell just before `executor` takes its first fold task (a pool as its workers free up), send
     its folds, finish each cell when its last fold reports. A failed fold fails its cell only; Ctrl-C, SIGTERM or a failed store
-    end the open cell runs KILLED and stop the grid. Every run is tagged with the command line's `overrides`."""
+    end the open cell runs KILLED and stop the grid. `data` and the `gray` baseline's metrics are per replicate. Every run is tagged
+    with the command line's `overrides`."""
     uri = tracking.absolute_uri(tracking_uri)
     outcomes: dict[str, CellOutcome] = {}
     open_cells: dict[str, CellRun] = {}
     with progress() as bar:
         cells_bar = bar.add_task("cells", total=len(cells), status="")
-        bench = Workbench(data, device, bar)
+        bench = Workbench(data[min(data)], device, bar, replicates=data)
         folds_bar = bar.add_task("folds", total=sum(len(splits[c.id]) * c.train.repeats for c in cells), status=type(executor).__name__)
 
         def settle(held: CellRun) -> None:
             if held.settled:
-                metrics = held.finish(gray, bench)
+                metrics = held.finish(gray[held.cell.replicate], bench)
                 outcomes[held.cell.id] = CellOutcome(held.cell, held.run_id, metrics, held.failure)
                 del open_cells[held.cell.id]
                 bar.advance(cells_bar)
 
         def tasks() -> Iterator[FoldTask]:
             for cell in cells:
-                tags = {**tracking.cell_tags(cell, data.fingerprint, overrides), tracking.TAG_ROLE: "cell"}
+                tags = {**tracking.cell_tags(cell, data[cell.replicate].fingerprint, overrides), tracking.TAG_ROLE: "cell"}
                 outcome = claim(cell, experiment_id, tags)
                 if outcome.skipped:
                     outcomes[cell.id] = outcome

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
@@ -27,10 +27,11 @@ from colorbench.images import ImageSet, gray_rgb, lab_batch, rows
 from colorbench.lifecycle import states
 from colorbench.lifecycle.prepare import PreparedData, prepare_data
 from colorbench.losses import Objective
+from colorbench.metrics import decoded
 from colorbench.plots import image_grid, loss_curves
 from colorbench.plugins import load_plugins
 from colorbench.splitters import Fold
-from colorbench.train import EpochCallback, FoldResult, evaluate, fit, resolve_device
+from colorbench.train import EpochCallback, FoldResult, Images, autocast_dtype, choose_decoding, evaluate, fit, resolve_device
 from colorbench.ui import progress, quiet_libraries
 
 SAMPLE_IMAGES = 6  # test images shown in panels and kept as test_samples.npz
@@ -54,8 +55,10 @@ def write_fold_artifacts(
     model: ColorizationNet,
     objective: Objective,
     test: ImageSet,
+    decoding: dict[str, float] | None = None,
 ) -> None:
-    """Loss curve, test panel and samples, checkpoint, resolved config and per-image test metrics of one fold."""
+    """Loss curve, test panel and samples, checkpoint (with the `decoding` chosen on validation), resolved config and per-image test
+    metrics of one fold."""
     loss_curves(result.history, folder / "loss_curve.png", result.best_epoch)
     truth = test.images[:SAMPLE_IMAGES]
     predicted = (predict_rgb(model, objective, torch.from_numpy(truth)) * 255).round().astype(np.uint8)
@@ -63,7 +66,7 @@ def write_fold_artifacts(
     np.savez_compressed(folder / "test_samples.npz", truth=truth, predicted=predicted, names=np.array(names))
     gray = gray_rgb(truth)
     image_grid([list(row) for row in zip(gray, predicted, truth, strict=True)], ["gray input", "predicted", "truth"], folder / "test_panel.png", names)
-    save_checkpoint(folder / "checkpoint.pt", cell, fold.index, test.images.shape[1], result.best_state)
+    save_checkpoint(folder / "checkpoint.pt", cell, fold.index, test.images.shape[1], result.best_state, decoding)
     (folder / "config.yaml").write_text(yaml.safe_dump(cell.model_dump(mode="json"), sort_keys=False))
     with open(folder / "test_per_image.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["image", *per_image[0]])
@@ -125,13 +128,28 @@ def train_fold(
 
     save = None if state is None else save_here
     result = fit(model, objective, train_images, val_images, train_cfg, on_epoch, keep_last=fold.refit_epochs is not None, resume=resume, save_state=save)
+    decoding, chosen = choose_fold_decoding(cell, model, objective, val_images, device)
     test_metrics, per_image = evaluate(model, objective, data.test.images, cell.train.batch_size, all_variants=True)
     summary = {f"test_{k}": v for k, v in test_metrics.items()}
-    summary.update(best_epoch=result.best_epoch, best_val_loss=min(r["val_loss"] for r in result.history), train_seconds=result.seconds)
+    summary.update(best_epoch=result.best_epoch, best_val_loss=min(r["val_loss"] for r in result.history), train_seconds=result.seconds, **chosen)
     mlflow.log_metrics(summary)
     with tracking.artifact_dir() as folder:
-        write_fold_artifacts(folder, cell, fold, result, per_image, model, objective, data.test)
+        write_fold_artifacts(folder, cell, fold, result, per_image, model, objective, data.test, decoding)
     return summary
+
+
+def choose_fold_decoding(
+    cell: Cell, model: ColorizationNet, objective: Objective, val_images: Images, device: torch.device
+) -> tuple[dict[str, float], dict[str, float]]:
+    """`train.decode`: tune the best checkpoint's decoding on the fold's validation rows (`train.choose_decoding`; never a test row)
+    and log the choice as a param of the fold run (`decode_temperature` or `chroma_scale`). Returns ({that name: the value}, metrics
+    for the summary: the value and the validation metrics at it, `val_<metric>.chosen`); two empty dicts without the rule."""
+    rule = cell.train.decode
+    if rule is None:
+        return {}, {}
+    value, scores = choose_decoding(model, objective, val_images, rule, cell.train.batch_size, autocast_dtype(cell.train.precision, device))
+    mlflow.log_param(objective.tuning, value)
+    return {objective.tuning: value}, {objective.tuning: value, **{f"val_{decoded(k, 'chosen')}": v for k, v in scores[value].items()}}
 
 
 class Task(Protocol):
@@ -190,6 +208,11 @@ class Workbench:
     bar: Progress
     epoch_task: TaskID | None = None
     after_epoch: EpochCallback | None = None
+    replicates: dict[int, PreparedData] = field(default_factory=dict)  # a grid's data by replicate (`data` is then replicate 0's)
+
+    def data_of(self, cell: Cell) -> PreparedData:
+        """The prepared data of `cell`'s replicate."""
+        return self.replicates[cell.replicate] if self.replicates else self.data
 
 
 class Executor(Protocol):
@@ -226,7 +249,7 @@ def run_fold(task: FoldTask, bench: Workbench) -> dict[str, float]:
         repeat = f" | repeat {fold.repeat}" if task.cell.train.repeats > 1 else ""
         name = f"{task.name} | refit" if refit else f"{task.name} | fold {fold.index}{repeat}"
         with tracking.run(name, tags, task.cell.flat_params(), run_id=earlier):
-            return train_fold(task.cell, fold, bench.data, bench.device, bench.bar, bench.epoch_task, bench.after_epoch, state)
+            return train_fold(task.cell, fold, bench.data_of(task.cell), bench.device, bench.bar, bench.epoch_task, bench.after_epoch, state)
 
 
 def run_here(tasks: Iterable[TaskT], bench: Workbench) -> Iterator[tuple[TaskT, TaskResult]]:

@@ -11,7 +11,7 @@ from colorbench.config import Cell, Experiment
 from colorbench.data import SOURCES
 from colorbench.images import ImageSet, lab_batch
 from colorbench.metrics import ColorizationMetrics
-from colorbench.splitters import carve_test
+from colorbench.splitters import carve_test, subsample_photos
 from colorbench.ui import console
 
 
@@ -26,9 +26,12 @@ class PreparedData:
 
 
 def prepare_data(exp: Experiment | Cell) -> PreparedData:
-    """Decode the data once and carve out the test set (or load `test_data`) identically for every cell."""
+    """Decode the data once, draw its `subsample` and carve out the test set (or load `test_data`) identically for every cell of a
+    replicate: all three seeded by the data seed."""
     data = SOURCES.build(exp.data.source, exp.data.options)
     skipped = list(data.skipped)
+    if exp.data.subsample is not None:
+        data = data.subset(subsample_photos(data, exp.data.subsample, exp.seed))
     if exp.test_data is not None:
         pool, test = data, SOURCES.build(exp.test_data.source, exp.test_data.options)
         skipped += test.skipped

@@ -40,10 +40,13 @@ def markdown_table(report: Report) -> str:
     splits = split_columns(report.table, report.metric)
     trials = ["sampled", "objective"] if "sampled" in report.table else []
     compared = shown_in("markdown")
-    header = ["cell", *trials, "backbone", "loss", "splitter", "rank", *(s.header for s in compared), *metrics, f"{report.metric} SDs / SE", "best epoch", "train s", *splits]
+    replicate = ["replicate"] if report.replicates > 1 else []
+    header = ["cell", *trials, "backbone", "loss", "splitter", *replicate, "rank", *(s.header for s in compared), *metrics, f"{report.metric} SDs / SE",
+              "best epoch", "train s", *splits]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in report.table.iterrows():
         values = [cell_name(report, row), *(fmt_value(row.get(c)) for c in trials), row["backbone"], row["loss"], row["splitter"]]
+        values += [fmt_value(row["replicate"]) for _ in replicate]
         values += [fmt_value(row.get("rank")), *(s.cell(row) for s in compared), *(mean_std(row, f"test_{m}") for m in metrics)]
         values += [components_text(row, f"test_{report.metric}")]
         values += [mean_std(row, "best_epoch"), mean_std(row, "train_seconds"), *(fmt_value(row.get(c)) for c in splits)]
@@ -76,7 +79,7 @@ def decodings_table(report: Report) -> str:
 
 def cell_name(report: Report, row: pd.Series) -> str:
     """The cell id, starred when it is the baseline."""
-    return row["cell"] + (" *" if row["cell"] == report.baseline else "")
+    return row["cell"] + (" *" if row["cell"] in report.baselines.values() else "")
 
 
 def tests_note(report: Report) -> str:
@@ -89,7 +92,7 @@ def tests_note(report: Report) -> str:
     adjusted = "not adjusted (--correction none)" if report.correction == "none" else f"adjusted by {CORRECTION_NAMES[report.correction]}"
     notes = "; ".join(s.note.format(images=images) for s in STATISTICS if s.note)
     return (
-        f"Against the baseline cell {report.baseline}: {notes}. "
+        f"Against the baseline cell {report.baseline}{each_replicate(report)}: {notes}. "
         f"p_adj: the report's {family} p-values (both tests and the Friedman test) {adjusted}; table.csv keeps the raw ones. "
         "`-`: not applicable.\n"
     )
@@ -99,6 +102,13 @@ def caption(correction: str) -> str:
     """The terminal table's caption: what its comparison columns are (each statistic's caption) and how p_adj was adjusted."""
     described = "; ".join(f"{s.header}: {s.caption}" for s in shown_in("terminal") if s.caption)
     return f"* baseline; {described}; p_adj: adjusted ({correction}); intervals, P(better) and N: summary.md"
+
+
+def each_replicate(report: Report) -> str:
+    """How the baseline is chosen in each replicate, for an experiment with replicates."""
+    if report.replicates < 2:
+        return ""
+    return f" (in each of the {report.replicates} replicates, the cell of that replicate with its configuration, starred; ranks are within a replicate)"
 
 
 CORRECTION_NAMES = {"holm": "Holm (family-wise error)", "bh": "Benjamini-Hochberg (false discovery rate)"}
@@ -114,7 +124,7 @@ def rank_lines(report: Report) -> list[str]:
     """The ranking, best first, each with its number of children J."""
     cells = report.table[report.table["cell"] != GRAY]
     return [
-        f"{fmt_value(row['rank'])}. `{row['cell']}` {label(row)}: {mean_std(row, f'test_{report.metric}')} (J = {fmt_value(row['n_folds'])})"
+        f"{fmt_value(row['rank'])}. `{row['cell']}` {label(row)}{report.in_replicate(row)}: {mean_std(row, f'test_{report.metric}')} (J = {fmt_value(row['n_folds'])})"
         for _, row in cells.iterrows()
     ]
 
@@ -122,10 +132,10 @@ def rank_lines(report: Report) -> list[str]:
 def significance_lines(report: Report) -> list[str]:
     """For each non-baseline cell: better/worse than the baseline, and whether each test finds it significant."""
     table = report.table.set_index("cell")
-    base = table.loc[report.baseline, f"test_{report.metric}_mean"]
     lines = []
-    for cid, row in table.drop(index=[report.baseline, GRAY]).iterrows():
-        value = row[f"test_{report.metric}_mean"]
+    compared = [cid for cid, base in report.baselines.items() if cid != base]
+    for cid, row in table[table.index.isin(compared)].iterrows():
+        value, base = row[f"test_{report.metric}_mean"], table.loc[report.baselines[cid], f"test_{report.metric}_mean"]
         score, base_score = badness(report.metric, pd.Series([value, base]))
         verdict = "worse" if score > base_score else "better" if score < base_score else "equal"
         tests = [
@@ -134,7 +144,7 @@ def significance_lines(report: Report) -> list[str]:
             if row[f"n_{unit}"] > 0
         ]
         tested = "; ".join(tests) or "no test applies (other splits and no per-image values)"
-        lines.append(f"- `{cid}` {label(row)}: {report.metric} {value:.3f} vs {base:.3f}, {verdict}; {tested}.")
+        lines.append(f"- `{cid}` {label(row)}{report.in_replicate(row)}: {report.metric} {value:.3f} vs {base:.3f}, {verdict}; {tested}.")
     return lines
 
 
@@ -145,7 +155,7 @@ def friedman_lines(report: Report) -> list[str]:
         return []
     verdict = "the cells differ" if f.p_adj < ALPHA else "no evidence that the cells differ"
     test = (
-        f"Friedman test (scipy.stats.friedmanchisquare) over {f.n_cells} cells with the {f.n_images} test images as blocks: "
+        f"Friedman test (scipy.stats.friedmanchisquare) over {f.n_cells} cells{report.in_replicate(report.baseline_row)} with the {f.n_images} test images as blocks: "
         f"chi² = {f.statistic:.1f}, {p_is('p', f.p)}, {p_is('p_adj', f.p_adj)} ({verdict}).\n"
     )
     figure = (
@@ -202,7 +212,7 @@ def summary(report: Report) -> str:
         *gray_lines(report),
         "\nThe full table, with every metric and each fold: [table.md](table.md), [table.csv](table.csv).",
         failed_note(report),
-        "## Figures\n",
+        f"## Figures{report.in_replicate(report.baseline_row)}\n",
         *(f"![{title}]({name})\n" for name, title in FIGURES.items()),
         *(f"![Optuna: {name}]({name})\n" for name in report.study_figures if name.endswith(".png")),
         f"Produced by:\n\n```\n{command(report)}\n```\n",

@@ -98,8 +98,8 @@ def per_image(folds: pd.DataFrame, metric: str, tmp: Path) -> Images | None:
 
 
 def children(runs: Runs, table: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Every finished child run: its cell, configuration (backbone x loss, or a trial's sampled values), splitter, draw, repeat, test
-    `metric` and validation `metric` at its best epoch."""
+    """Every finished child run: its cell, configuration (backbone x loss, or a trial's sampled values), splitter, replicate, draw,
+    repeat, test `metric` and validation `metric` at its best epoch."""
     rows = []
     for _, cell in runs.cells.iterrows():
         row = table.set_index("cell").loc[cell[ROW]]
@@ -107,7 +107,8 @@ def children(runs: Runs, table: pd.DataFrame, metric: str) -> pd.DataFrame:
         folds = runs.folds_of(cell)
         draw, repeat = (folds.get(f"tags.{tag}", pd.Series(0, index=folds.index)).fillna(0).astype(int) for tag in (tracking.TAG_DRAW, tracking.TAG_REPEAT))
         rows.append(pd.DataFrame({
-            "cell": cell[ROW], "configuration": configuration, "splitter": row["splitter"], "run_id": folds["run_id"], "fold": folds["fold"],
+            "cell": cell[ROW], "configuration": configuration, "splitter": row["splitter"], "replicate": row["replicate"],
+            "run_id": folds["run_id"], "fold": folds["fold"],
             "draw": draw, "repeat": repeat, "best_epoch": folds["metrics.best_epoch"], "test": folds[f"metrics.test_{metric}"],
         }))
     kids = pd.concat(rows, ignore_index=True)

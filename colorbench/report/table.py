@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -49,7 +49,22 @@ class Report:
     study_figures: list[str] = field(default_factory=list)  # Optuna's plots, for a search experiment
     correction: str = "holm"  # how the p-values were adjusted (colorbench.stats.CORRECTIONS)
     friedman: Friedman | None = None  # across all cells, test images as blocks
-    validation: pd.DataFrame | None = None  # the validation schemes' table (validation_report), when the experiment has one
+    validation: pd.DataFrame | None = None  # the validation schemes' table (report.validation), when the experiment has one
+    baselines: dict[str, str] = field(default_factory=dict)  # each cell's baseline: the baseline configuration's cell in its replicate
+
+    @property
+    def replicates(self) -> int:
+        """How many replicates (independent data sets) the table's cells come from."""
+        return int(self.table["replicate"].nunique())
+
+    @property
+    def baseline_row(self) -> pd.Series:
+        """The baseline cell's row: its replicate is the one the figures and the Friedman test show."""
+        return self.table.set_index("cell").loc[self.baseline]
+
+    def in_replicate(self, row: pd.Series) -> str:
+        """` (replicate r)` for a row of an experiment with replicates, else nothing."""
+        return f" (replicate {int(row['replicate'])})" if self.replicates > 1 else ""
 
 
 def resolve_baseline(cell_ids: pd.Series, ranks: pd.Series, baseline: str | None) -> str:
@@ -77,13 +92,14 @@ def sample(runs: Runs, cell: pd.Series, metric: str, images: Images | None) -> S
     return Sample(children, float(share), split_key(cell), images)
 
 
-def significance(runs: Runs, baseline: str, metric: str) -> tuple[pd.DataFrame, dict[str, Images | None]]:
-    """Per cell, its comparison with the baseline (colorbench.comparisons.compare); and every cell's per-image values."""
+def significance(runs: Runs, baselines: dict[str, str], metric: str) -> tuple[pd.DataFrame, dict[str, Images | None]]:
+    """Per cell, its comparison with its baseline `baselines[cell]` (colorbench.report.comparisons.compare); and every cell's per-image
+    values."""
     by_id = runs.cells.set_index(ROW, drop=False)
     with tempfile.TemporaryDirectory(prefix="colorbench-report-") as tmp:
         images = {cid: per_image(runs.folds_of(cell), metric, Path(tmp)) for cid, cell in by_id.iterrows()}
     samples = {cid: sample(runs, cell, metric, images[cid]) for cid, cell in by_id.iterrows()}
-    rows = {cid: compare(samples[cid], samples[baseline], partial(badness, metric)) for cid in by_id.index if cid != baseline}
+    rows = {cid: compare(samples[cid], samples[base], partial(badness, metric)) for cid, base in baselines.items() if cid != base}
     return pd.DataFrame.from_dict(rows, orient="index").reindex(columns=computed_columns()), images
 
 
@@ -97,7 +113,7 @@ def cell_row(runs: Runs, cell: pd.Series, metrics: list[str]) -> dict[str, objec
     """One table row: components, fold means and stds, best epoch, training time, per-fold values."""
     backbone, loss, splitter = components(cell)
 
-    row: dict[str, object] = {"cell": cell[ROW], "backbone": backbone, "loss": loss, "splitter": splitter}
+    row: dict[str, object] = {"cell": cell[ROW], "backbone": backbone, "loss": loss, "splitter": splitter, "replicate": replicate(cell)}
     if pd.notna(cell.get(f"tags.{TAG_SAMPLED}")):
         row["sampled"] = cell[f"tags.{TAG_SAMPLED}"]
         row["objective"] = cell.get("metrics.objective")
@@ -108,6 +124,29 @@ def cell_row(runs: Runs, cell: pd.Series, metrics: list[str]) -> dict[str, objec
     return row | fold_columns(runs, cell, metrics)
 
 
+def replicate(run: pd.Series) -> int:
+    """A run's replicate (tag colorbench.replicate; 0 for runs made before replicates existed)."""
+    value = run.get(f"tags.{tracking.TAG_REPLICATE}")
+    return 0 if value is None or pd.isna(value) else int(value)
+
+
+def replicate_baselines(table: pd.DataFrame, base: str) -> dict[str, str]:
+    """Each cell's baseline: the cell of its own replicate with the configuration (backbone, loss, splitter) of `base`, so that every
+    comparison stays within a replicate (one data set, one test set); cells of a replicate without that configuration get none."""
+    key = ["backbone", "loss", "splitter"]
+    rows = table.set_index("cell")
+    same = rows[(rows[key] == rows.loc[base, key]).all(axis=1)]
+    in_replicate = {r: cid for cid, r in same["replicate"].items()} | {rows.loc[base, "replicate"]: base}
+    return {cid: in_replicate[r] for cid, r in rows["replicate"].items() if r in in_replicate}
+
+
+def one_replicate(runs: Runs, table: pd.DataFrame, base: str) -> tuple[Runs, pd.DataFrame]:
+    """The runs and table rows of the baseline's replicate (all of them without replicates): what the figures and the Friedman test
+    are drawn on, so that they never mix test sets."""
+    cells = table[table["replicate"] == table.set_index("cell").loc[base, "replicate"]]
+    return replace(runs, cells=runs.cells[runs.cells[ROW].isin(cells["cell"])]), cells
+
+
 def gray_row(cells: pd.DataFrame, metrics: list[str]) -> dict[str, object]:
     """The plain-gray prediction (ab = 0) on the same test set, as logged on the cell runs."""
     row: dict[str, object] = {"cell": GRAY, "backbone": "-", "loss": "ab = 0", "splitter": "-"}
@@ -116,28 +155,33 @@ def gray_row(cells: pd.DataFrame, metrics: list[str]) -> dict[str, object]:
 
 def build_table(
     runs: Runs, metric: str, baseline: str | None, correction: str = "holm"
-) -> tuple[pd.DataFrame, str, int, Friedman | None, pd.DataFrame | None]:
-    """Cells in rank order with their comparison to the baseline (raw and adjusted p-values), then the gray baseline row; also the
-    baseline id, the test-set size, the Friedman test and its rank matrix (images x cells)."""
+) -> tuple[pd.DataFrame, str, dict[str, str], int, Friedman | None, pd.DataFrame | None]:
+    """Cells in rank order within each replicate with their comparison to the baseline of their replicate (raw and adjusted p-values),
+    then the gray baseline row; also the baseline id (the one named, else the best cell of the first replicate), each cell's baseline
+    (`replicate_baselines`), the test-set size, and over the baseline's replicate the Friedman test and its rank matrix (images x
+    cells)."""
     metrics = metric_names(runs.cells)
     if metric not in metrics:
         raise ConfigError(f"metric {metric!r} is not logged in this experiment; choose one of: {', '.join(metrics)}")
     table = pd.DataFrame([cell_row(runs, cell, metrics) for _, cell in runs.cells.iterrows()])
-    table.insert(4, "rank", badness(metric, table[f"test_{metric}_mean"]).rank(method="min").astype("Int64"))
-    base = resolve_baseline(table["cell"], table["rank"], baseline)
-    compared, images = significance(runs, base, metric)
-    table = pd.concat([table.iloc[:, :5], compared.reindex(table["cell"]).set_axis(table.index), table.iloc[:, 5:]], axis=1)
-    matrix = rank_matrix(images, partial(badness, metric))
+    cut = table.columns.get_loc("replicate") + 1
+    table.insert(cut, "rank", badness(metric, table[f"test_{metric}_mean"]).groupby(table["replicate"]).rank(method="min").astype("Int64"))
+    base = resolve_baseline(table["cell"], table["rank"].where(table["replicate"] == table["replicate"].min()), baseline)
+    baselines = replicate_baselines(table, base)
+    compared, images = significance(runs, baselines, metric)
+    table = pd.concat([table.iloc[:, : cut + 1], compared.reindex(table["cell"]).set_axis(table.index), table.iloc[:, cut + 1 :]], axis=1)
+    shown_runs, shown = one_replicate(runs, table, base)
+    matrix = rank_matrix({cid: values for cid, values in images.items() if cid in set(shown["cell"])}, partial(badness, metric))
     omnibus = friedman_test(matrix)
     table = adjust_report(table, omnibus, correction)
-    table.insert(5, "baseline", table["cell"] == base)
-    table = table.sort_values(["rank", "cell"], na_position="last")
+    table.insert(cut + 1, "baseline", table["cell"].isin(set(baselines.values())))
+    table = table.sort_values(["replicate", "rank", "cell"], na_position="last")
     splits = {c: m for c in table.columns if (m := SPLIT_COLUMN.fullmatch(c))}
     ordered = sorted(splits, key=lambda c: (metrics.index(splits[c].group(2)), int(splits[c].group(1))))
     table = table[[c for c in table.columns if c not in splits] + ordered]
-    table = pd.concat([table, pd.DataFrame([gray_row(runs.cells, metrics)])], ignore_index=True)
+    table = pd.concat([table, pd.DataFrame([gray_row(shown_runs.cells, metrics)])], ignore_index=True)
     n_images = len(images[base][0]) if images[base] else 0
-    return table.astype({"n_folds": "Int64", "rank": "Int64", "n_children": "Int64", "n_images": "Int64"}), base, n_images, omnibus, matrix
+    return table.astype({"n_folds": "Int64", "rank": "Int64", "n_children": "Int64", "n_images": "Int64"}), base, baselines, n_images, omnibus, matrix
 
 
 def split_columns(table: pd.DataFrame, metric: str) -> list[str]:

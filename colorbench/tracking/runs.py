@@ -38,6 +38,7 @@ TAG_CELL = "colorbench.cell_id"
 TAG_FOLD = "colorbench.fold"
 TAG_DRAW = "colorbench.draw"  # a fold run's redrawn partition (0 for splitters drawn once)
 TAG_REPEAT = "colorbench.repeat"  # a fold run's training repeat (training seed = train.seed + repeat)
+TAG_REPLICATE = "colorbench.replicate"  # every run of a cell: its replicate (an independent data set, data seed = seed + replicate)
 TAG_DEPLOYED = "colorbench.deployed"  # a cell or trial run's deployed child run (best validation metric, or the refit child)
 TAG_FAILURE = "colorbench.failure"
 TAG_VERSION = "colorbench.version"
@@ -146,14 +147,15 @@ def git_commit() -> str:
 
 
 def cell_tags(cell: Cell, fingerprint: str, overrides: Sequence[str] = ()) -> dict[str, str]:
-    """The tags every run of a cell carries (its cell or trial run and each fold run): id, version, commit, data, plugins and the
-    command line's `overrides` (TAG_OVERRIDES, only when some were given)."""
+    """The tags every run of a cell carries (its cell or trial run and each fold run): id, version, commit, data, plugins, replicate
+    and the command line's `overrides` (TAG_OVERRIDES, only when some were given)."""
     return {
         TAG_CELL: cell.id,
         TAG_VERSION: __version__,
         TAG_COMMIT: git_commit(),
         TAG_FINGERPRINT: fingerprint,
         TAG_PLUGINS: ",".join(loaded_plugins()),
+        TAG_REPLICATE: str(cell.replicate),
         **({TAG_OVERRIDES: json.dumps(list(overrides))} if overrides else {}),
     }
 
