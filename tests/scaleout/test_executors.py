@@ -1,5 +1,5 @@
 """`colorbench run --executor slurm|ray` on a tiny grid: every cell once in the store (the process pool: tests/test_process_executor.py);
-`colorbench search --executor ray`: every trial trained in a Ray worker, once."""
+`colorbench search --executor ray|slurm`: every trial trained once, in a Ray worker or a job, sampled when it can start."""
 
 from __future__ import annotations
 
@@ -59,3 +59,15 @@ def test_ray_executor_runs_search_trials_in_its_workers(tracking_uri: str, tmp_p
         (fold,) = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
         assert "ray" in fold.data.tags["mlflow.source.name"]  # trained in a Ray worker (its entry point), the trial run made here
         assert [m.step for m in client.get_metric_history(run.info.run_id, "objective_running")] == [1]  # reported from the worker
+
+
+def test_slurm_executor_runs_search_trials_as_jobs(tracking_uri: str, tmp_path) -> None:
+    pytest.importorskip("submitit", reason="pip install 'colorbench[slurm]'")
+    search = copy.deepcopy(TINY_SEARCH)
+    search["train"]["epochs"] = 1
+    options = {"cluster": "local", "folder": str(tmp_path / "jobs"), "time": 10, "max_jobs": 1}  # one job at a time: each samples after the last
+    outcome = run_search(parse_search(search), n_trials=2, executor="slurm", executor_options=options, tracking_uri=tracking_uri, out_dir=tmp_path)
+    assert outcome.counts["COMPLETE"] == 2 and sorted(trial_runs("tiny-search")) == [0, 1]
+    assert len(list((tmp_path / "jobs").glob("*_log.out"))) == 2  # a job per trial
+    first, second = optuna.load_study(study_name="tiny-search", storage=open_storage(outcome.storage)).trials
+    assert first.datetime_complete <= second.datetime_start  # the second trial was sampled once the first had ended
