@@ -18,9 +18,9 @@ from mlflow.tracking import MlflowClient
 
 from colorbench import tracking
 from colorbench.cli import main
-from colorbench.errors import ConfigError
+from colorbench.errors import ConfigError, StoreError
 from colorbench.report import build_report
-from colorbench.search.optimize import close_orphan_runs, enqueue_interrupted, open_study, run_search
+from colorbench.search.optimize import TrialContext, close_orphan_runs, end_trial, enqueue_interrupted, open_study, run_search, start_trial
 from colorbench.search.space import parse_search
 from colorbench.search.storage import USER_ATTR_RUN, open_storage
 from colorbench.tracking import TAG_STATE, TAG_STUDY, TAG_TRIAL
@@ -223,3 +223,19 @@ def test_the_next_search_fails_a_killed_trial_and_closes_its_run(tiny_search: di
     assert [t.state.name for t in study.trials] == ["FAIL", "RUNNING"]
     assert close_orphan_runs(experiment_id, study) == 1
     assert [tracking.get_run(runs[n]).info.status for n in (0, 1)] == ["KILLED", "RUNNING"]
+
+
+def test_a_trial_whose_worker_was_lost_fails_and_its_run_is_closed(tiny_search: dict, tracking_uri: str, tmp_path: Path) -> None:
+    """What the search does with an exception instead of a trial's end (a lost worker, an error outside the folds): the trial FAILs,
+    its still-open run ends FAILED with the reason, and the search goes on; a failed store stops it."""
+    search = parse_search(tiny_search)
+    study = open_study(search, f"sqlite:///{tmp_path / 'optuna.db'}", "lost")
+    where = TrialContext("lost", "sqlite:///optuna.db", tracking.open_experiment(tracking_uri, "tiny-search"), tracking_uri, "data", [], {})
+    task = start_trial(study.ask(), search, where)
+    assert tracking.get_run(task.run_id).info.status == "RUNNING"
+    ended = end_trial(study, task, RuntimeError("worker lost"))
+    run = tracking.get_run(task.run_id)
+    assert ended.state == optuna.trial.TrialState.FAIL and ended.user_attrs[USER_ATTR_RUN] == task.run_id
+    assert (run.info.status, run.data.tags[TAG_STATE], run.data.tags[tracking.TAG_FAILURE]) == ("FAILED", "FAIL", "RuntimeError: worker lost")
+    with pytest.raises(StoreError):
+        end_trial(study, start_trial(study.ask(), search, where), StoreError("the store failed"))

@@ -64,11 +64,10 @@ class FoldAveragedReporter:
 
 @dataclass(frozen=True)
 class TrialEnd:
-    """How a trial ended, for the study: its state (COMPLETE, PRUNED or FAIL), its objectives when complete, the reason otherwise."""
+    """How a trial ended, for the study: its state (COMPLETE, PRUNED or FAIL) and, when complete, its objectives."""
 
     state: str
     values: list[float] | None = None
-    failure: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,7 +124,7 @@ class TrialTask:
                 raise
         if held.error is None:
             return TrialEnd("COMPLETE", reporter.values)
-        return TrialEnd("PRUNED" if isinstance(held.error, TrialPruned) else "FAIL", failure=held.failure)
+        return TrialEnd("PRUNED" if isinstance(held.error, TrialPruned) else "FAIL")
 
     def retried(self) -> None:
         """Close the fold runs an earlier attempt of this trial left RUNNING, except those it continues (`close_earlier_attempts`)."""
