@@ -17,7 +17,7 @@ X, Y: the median wall-clock seconds against the largest store over those against
 before it, `bookkeeping cpu ratio`, is the same over this process's CPU seconds, which other processes on a busy machine disturb
 far less.
 
-    OMP_NUM_THREADS=1 python benchmarks/bookkeeping.py                        # N = 100 and 5,000, 5 rounds (about 20 min on 2 cores)
+    OMP_NUM_THREADS=1 python benchmarks/bookkeeping.py                        # N = 100 and 5,000, 5 rounds (5-20 min on 2 cores)
     OMP_NUM_THREADS=1 python benchmarks/bookkeeping.py --sizes 10 40 --repeats 1   # a smoke run
 """
 
