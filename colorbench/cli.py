@@ -164,13 +164,15 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from colorbench.report import build_report, caption, terminal_rows
+    from colorbench.report import build_report, caption, parse_ropes, terminal_rows
 
     if len(args.experiment) > 1:
         return report_across(args)
-    report = build_report(args.experiment[0], args.out, args.metric, args.baseline, args.tracking_uri, args.storage, args.correction)
+    report = build_report(
+        args.experiment[0], args.out, args.metric, args.baseline, args.tracking_uri, args.storage, args.correction, parse_ropes(args.rope), args.all_pairs
+    )
     header, rows = terminal_rows(report)
-    title = f"{report.experiment}: ranked on test {report.metric}, mean ± std over folds"
+    title = f"{report.experiment}: ranked on test {report.metric}, mean ± std over folds; baseline: {report.baseline_how}"
     table = Table(title=title, caption=caption(report.correction), show_edge=False)
     for column in header:
         table.add_column(column, no_wrap=column == "cell")  # a cell id (and its baseline mark) is never cut, whatever the width
@@ -185,11 +187,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def report_across(args: argparse.Namespace) -> int:
     from colorbench.errors import ConfigError
+    from colorbench.report import parse_ropes
     from colorbench.report.multi import build_multi_report, terminal_rows
 
-    if args.baseline:
-        raise ConfigError("--baseline applies to one experiment; a report across experiments tests against the best cell of all")
-    report = build_multi_report(args.experiment, args.out, args.metric, args.tracking_uri, args.correction)
+    if args.baseline or args.all_pairs:
+        raise ConfigError(
+            "--baseline and --all-pairs apply to one experiment; a report across experiments tests against the first experiment's baseline"
+        )
+    report = build_multi_report(args.experiment, args.out, args.metric, args.tracking_uri, args.correction, parse_ropes(args.rope))
     header, rows = terminal_rows(report)
     table = Table(title=f"{' + '.join(report.experiments)}: ranked on test {report.metric}", show_edge=False)
     for column in header:
@@ -285,7 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     rep.add_argument("--out", help="output folder (default: results/EXPERIMENT)")
     rep.add_argument("--metric", default="psnr", help="test metric to rank and test on (default: psnr)")
-    rep.add_argument("--baseline", help="cell id or unique prefix to test against (default: the top-ranked cell)")
+    rep.add_argument(
+        "--baseline", help="cell id or unique prefix to test against (default: the grid file's report.baseline, else its first cell)"
+    )
+    rep.add_argument(
+        "--rope", action="append", default=[], metavar="METRIC=VALUE",
+        help="region of practical equivalence of a metric, in its units (default: the metric table's, e.g. psnr=0.1)",
+    )  # fmt: skip
+    rep.add_argument("--all-pairs", action="store_true", help="also compare every pair of cells: pairs.csv, pairs.png")
     rep.add_argument("--storage", metavar="URL", help="a search's Optuna storage, for its figures (default: as recorded on its trial runs)")
     rep.add_argument("--correction", choices=("holm", "bh", "none"), default="holm", help="p-value adjustment over the report (default: holm)")
     rep.set_defaults(func=cmd_report)

@@ -113,7 +113,7 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA GPUs that support it, else fp32
     channels_last: bool = True  # NHWC model on any device
     compile: bool = False  # torch.compile the training forward pass
-    repeats: int = Field(1, ge=1, strict=True)  # trainings per split, with training seeds seed, seed + 1, ...
+    repeats: int = Field(1, ge=1, strict=True)  # trainings per split, with training seeds seed + 1000 x split + 0, 1, ...
     refit: bool = False  # after the splits, train on train + validation for the children's median best epoch and deploy that
     decode: DecodeRule | None = None  # choose each fold's decoding on its validation rows (None: the loss's own decoding)
     # save the fold's training state every this many epochs, to resume inside a fold; it cannot change results, so it is left
@@ -187,12 +187,20 @@ SetupT = TypeVar("SetupT", bound=Setup)
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
+class ReportConfig(BaseModel):
+    """How `colorbench report` reads the experiment, decided before any result exists."""
+
+    model_config = STRICT
+    baseline: str | None = Field(None, min_length=1)  # a cell id (or unique prefix) to compare every cell with; default: the first cell
+
+
 class Experiment(Setup):
     """A whole grid file. `replicates: R` runs the whole experiment R times, replicate r with data seed `seed + r` (its own
     subsample, test carve-out and splits): R independent data sets."""
 
     replicates: int = Field(1, ge=1, strict=True)
     grid: GridAxes = GridAxes()
+    report: ReportConfig = ReportConfig()
 
 
 class Cell(BaseModel):
@@ -326,6 +334,19 @@ def apply_override(raw: dict[str, Any], text: str, model: type[BaseModel]) -> di
             return out
         node, current = child, child_model
     return out
+
+
+def named_baseline(exp: Experiment, cells: list[Cell]) -> str | None:
+    """The id of the cell that `report.baseline` names among `cells` (the grid's, in file order); None when it names none. A prefix
+    that matches no cell, or several, is a one-line ConfigError."""
+    prefix = exp.report.baseline
+    if prefix is None:
+        return None
+    matches = [c.id for c in cells if c.id.startswith(prefix)]
+    if len(matches) != 1:
+        problem = "matches no cell of the grid" if not matches else f"matches {len(matches)} cells ({', '.join(matches)})"
+        raise ConfigError(f"report.baseline {prefix!r} {problem}; its cells (colorbench run --dry-run lists them): {', '.join(c.id for c in cells)}")
+    return matches[0]
 
 
 def expand(exp: Experiment) -> list[Cell]:

@@ -11,7 +11,7 @@ torch is imported inside the functions that compute, so reading the table (as `c
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeVar
 
@@ -25,6 +25,7 @@ SSIM_WIN = 11
 SSIM_SIGMA = 1.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 BETTER_WORDS = {"higher": "higher is better", "lower": "lower is better", "one": "closer to 1 is better"}
+COLOURFUL = 15.0  # truth colourfulness (Hasler & Suesstrunk's 8-bit scale) from which an image's colourfulness ratio is defined
 DECODING_MARK = "."  # `psnr.mode`: MLflow names allow letters, digits and _ - . / space (not @), and `_mean`/`_std` are fold statistics
 DEFAULT_DECODING = "default"
 METRIC_NAME = re.compile(r"[a-z][a-z0-9_]*")
@@ -120,6 +121,7 @@ class Metric:
     - `rope`: the region of practical equivalence, in the metric's units: two configurations whose difference stays within
       +-rope are equivalent for practical purposes (the verdicts' equivalence test). None: no default, equivalence is not judged
       unless the report is given one.
+    - `unit`: its unit in the report's sentences (`dB`), empty for unitless metrics.
     """
 
     name: str
@@ -129,6 +131,7 @@ class Metric:
     summary: Callable[[Totals], torch.Tensor] | None = None
     headline: bool = False
     rope: float | None = None
+    unit: str = ""
 
     def __post_init__(self) -> None:
         if not METRIC_NAME.fullmatch(self.name):
@@ -178,6 +181,15 @@ class MetricRegistry(Registry[Metric]):
         return [(m.name, m.traits(), m.description) for m in self.values()]
 
 
+def colorfulness_ratio(b: Batch) -> torch.Tensor:
+    """Each image's predicted over true colourfulness (B,); NaN where the truth is below COLOURFUL (Hasler & Suesstrunk's "slightly
+    colourful"): a nearly gray truth makes the ratio unstable, so such an image has no ratio."""
+    import torch
+
+    true = colorfulness(b.rgb_true)
+    return torch.where(true >= COLOURFUL, colorfulness(b.rgb_pred) / true.clamp_min(COLOURFUL), torch.nan)
+
+
 def _rebalanced_auc(t: Totals) -> torch.Tensor:
     present = t.bin_hist.sum(1) > 0
     return auc_percent(t.bin_hist[present]).mean()
@@ -191,20 +203,22 @@ METRICS = MetricRegistry("metric")
 METRICS.add(Metric("loss", "lower", "the training objective (not comparable between losses)"))
 METRICS.add(Metric(
     "ab_rmse", "lower", "root mean squared ab error over all pixels, Lab units",
-    per_image=lambda b: b.sq_err.flatten(1).mean(1).sqrt(), summary=lambda t: (t.sq_err / t.pixels).sqrt(), rope=0.5,
+    per_image=lambda b: b.sq_err.flatten(1).mean(1).sqrt(), summary=lambda t: (t.sq_err / t.pixels).sqrt(), rope=0.5, unit="Lab units",
 ))
-METRICS.add(Metric("psnr", "higher", "PSNR of the reconstructed sRGB, dB", per_image=lambda b: psnr(b.rgb_pred, b.rgb_true), headline=True, rope=0.1))
+METRICS.add(Metric("psnr", "higher", "PSNR of the reconstructed sRGB, dB", per_image=lambda b: psnr(b.rgb_pred, b.rgb_true), headline=True, rope=0.1, unit="dB"))
 METRICS.add(Metric("ssim", "higher", "SSIM of the reconstructed sRGB", per_image=lambda b: ssim(b.rgb_pred, b.rgb_true), rope=0.005))
 METRICS.add(Metric(
     "auc", "higher", "area under the CDF of per-pixel ab error, thresholds 0..150, percent (Zhang et al. 2016)",
-    per_image=lambda b: auc_percent(b.error_hist), summary=lambda t: auc_percent(t.bin_hist.sum(0)), rope=0.5,
+    per_image=lambda b: auc_percent(b.error_hist), summary=lambda t: auc_percent(t.bin_hist.sum(0)), rope=0.5, unit="points",
 ))
-METRICS.add(Metric("auc_rebalanced", "higher", "auc with each ground-truth ab bin weighted equally", summary=_rebalanced_auc, headline=True, rope=0.5))
+METRICS.add(Metric("auc_rebalanced", "higher", "auc with each ground-truth ab bin weighted equally", summary=_rebalanced_auc, headline=True, rope=0.5, unit="points"))
 METRICS.add(Metric("colorfulness_pred", "higher", "Hasler & Suesstrunk colourfulness of the output", per_image=lambda b: colorfulness(b.rgb_pred), rope=1.0))
 METRICS.add(Metric("colorfulness_true", "higher", "Hasler & Suesstrunk colourfulness of the truth", per_image=lambda b: colorfulness(b.rgb_true), rope=1.0))
 METRICS.add(Metric(
-    "colorfulness_ratio", "one", "mean output colourfulness / mean truth colourfulness (far below 1: desaturated)",
-    summary=lambda t: t.per_image["colorfulness_pred"].mean() / t.per_image["colorfulness_true"].mean(), headline=True, rope=0.01,
+    "colorfulness_ratio", "one",
+    f"mean output colourfulness / mean truth colourfulness (far below 1: desaturated); per image, its own ratio where its truth's is >= {COLOURFUL:g}",
+    per_image=colorfulness_ratio, summary=lambda t: t.per_image["colorfulness_pred"].mean() / t.per_image["colorfulness_true"].mean(),
+    headline=True, rope=0.01,
 ))
 
 
@@ -235,6 +249,27 @@ Values = TypeVar("Values")  # a numpy array or a pandas Series of one metric's v
 def badness(metric: str, values: Values) -> Values:
     """Lower is better: the value for lower-is-better metrics, the distance from 1 for closest-to-1 ones, minus it otherwise."""
     return {"lower": values, "one": abs(values - 1)}.get(better(metric), -values)
+
+
+def tested(metric: str, values: Values) -> Values:
+    """The values a comparison's differences are taken of, in the metric's units: the value itself, or for closest-to-1 metrics its
+    distance from 1 (so "better" means "closer to 1", not "different")."""
+    return abs(values - 1) if better(metric) == "one" else values
+
+
+def rope(metric: str, overrides: Mapping[str, float] | None = None) -> float:
+    """A metric's region of practical equivalence: `overrides` (the report's --rope) first, else the metric table's; 0 when it has
+    none (equivalence is then not judged)."""
+    if overrides and metric in overrides:
+        return float(overrides[metric])
+    spec = metric_spec(metric)
+    return float(spec.rope) if spec is not None and spec.rope is not None else 0.0
+
+
+def unit(metric: str) -> str:
+    """A metric's unit for sentences (`dB`), empty when it has none or is not in the table."""
+    spec = metric_spec(metric)
+    return spec.unit if spec is not None else ""
 
 
 def direction(metric: str) -> str:

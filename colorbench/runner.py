@@ -8,7 +8,7 @@ from typing import Any
 from colorbench import tracking
 from colorbench.backbones import build_model
 from colorbench.components import LOSSES
-from colorbench.config import Cell, Experiment, expand
+from colorbench.config import Cell, Experiment, expand, named_baseline
 from colorbench.errors import ConfigError
 from colorbench.lifecycle.cell import CellOutcome, run_cells
 from colorbench.lifecycle.executors import EXECUTORS
@@ -32,11 +32,15 @@ def run_grid(
 ) -> tuple[list[CellOutcome], dict[str, float]]:
     """Train every unfinished cell of `exp` through the cell lifecycle (`lifecycle.cell.run_cells`), its folds on `executor` (`local`,
     `process`, `slurm`, `ray` or a plugin's, see colorbench.lifecycle.executors); return each cell's outcome and the gray baseline's test
-    metrics (of replicate 0's test set). `overrides`, the command line's that made `exp`, are tagged on every run (`tracking.TAG_OVERRIDES`)."""
+    metrics (of replicate 0's test set). `overrides`, the command line's that made `exp`, are tagged on every run (`tracking.TAG_OVERRIDES`);
+    each cell run records its place in the file's order (`tracking.TAG_ORDER`) and the experiment the file's `report.baseline`
+    (`tracking.TAG_BASELINE`)."""
     engine = EXECUTORS.build(executor, executor_options)  # unknown names/options fail here
+    cells = expand(exp)
+    baseline = named_baseline(exp, cells)
     uri = tracking.resolve_tracking_uri(tracking_uri)
     experiment_id = tracking.open_experiment(uri, exp.experiment)
-    cells = expand(exp)
+    tracking.set_experiment_tag(experiment_id, tracking.TAG_BASELINE, baseline or "")  # the grid file run last names the report's baseline
     done = {c.id: runs[0] for c in cells if (runs := tracking.finished_cell_runs(c.id, experiment_id))}  # one query per cell, not per run
     todo = [c for c in cells if c.id not in done]
     if done:
@@ -55,7 +59,8 @@ def run_grid(
             raise ConfigError(f"train.decode: loss {cell.loss.name!r} has no decoding parameter to choose on validation; drop train.decode")
     outcomes = {c.id: CellOutcome(c, run.info.run_id, dict(run.data.metrics), skipped=True) for c in cells if (run := done.get(c.id))}
     gray = {r: gray_baseline(d.test) for r, d in data.items()}
-    outcomes.update(run_cells(engine, todo, splits, experiment_id, uri, data, gray, device, overrides))
+    order = {c.id: i for i, c in enumerate(cells)}  # the file's order, recorded on each cell run: the report's default baseline is the first
+    outcomes.update(run_cells(engine, todo, splits, experiment_id, uri, data, gray, device, overrides, order))
     fill_metrics(outcomes)
     return [outcomes[c.id] for c in cells], gray[0]
 

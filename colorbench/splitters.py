@@ -19,7 +19,7 @@ from colorbench.registry import Registry
 @dataclass(frozen=True)
 class Fold:
     """One train/validation split, as indices into the training pool; `draw` is the redrawn partition it belongs to, `repeat` the
-    training repeat (training seed = `train.seed + repeat`, see `with_repeats`)."""
+    training repeat (its training seed: `training_seed`)."""
 
     index: int  # position among the splitter's folds (unique across draws)
     train: np.ndarray
@@ -131,8 +131,20 @@ class KFold(Splitter):
         return folds
 
 
+SEED_STRIDE = 1000  # training seeds of split i: train.seed + SEED_STRIDE * i + repeat
+
+
+def training_seed(seed: int, fold: Fold) -> int:
+    """A child's training seed (initialisation and batch order), from the config's `train.seed`: `seed + 1000 * split + repeat`.
+
+    Every split gets seeds of its own, so the training randomness varies from split to split and the tests across splits (the unit
+    of a verdict) see it: with one seed on every split, a cell's initialisation would be a constant those tests take for an effect
+    of its configuration. Cells share the seeds of a split, so their comparison on it is paired. Split 0, repeat 0 trains with `seed`."""
+    return seed + SEED_STRIDE * fold.index + fold.repeat
+
+
 def with_repeats(folds: list[Fold], repeats: int) -> list[Fold]:
-    """Each split `repeats` times, as training repeats 0..repeats-1 (split-major): same split, training seed `train.seed + repeat`."""
+    """Each split `repeats` times, as training repeats 0..repeats-1 (split-major): same split, training seed `training_seed`."""
     return [replace(fold, repeat=r) for fold in folds for r in range(repeats)]
 
 

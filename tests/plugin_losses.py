@@ -28,3 +28,12 @@ class FailsInEpoch2(MSE):
         elif self.validated:
             raise RuntimeError(INJECTED)
         return super().__call__(pred, target_ab, weights)
+
+
+@LOSSES.register("plugin-mse-draws")
+class DrawsMSE(MSE):
+    """MSE that first draws `draws` random numbers from torch's global generator. The loss is built after the training seed is set
+    and before the net, so cells that differ only in `draws` differ only in the net's random initialisation: one configuration."""
+
+    def __init__(self, draws: int = 0) -> None:
+        torch.rand(draws)

@@ -10,8 +10,8 @@ from conftest import PHOTOS
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from colorbench.color import nearest_bins, rgb_to_lab
-from colorbench.metrics import METRICS, ColorizationMetrics, Metric, colorfulness, decoded, metric_spec, psnr, ssim
+from colorbench.color import lab_to_rgb, nearest_bins, rgb_to_lab
+from colorbench.metrics import COLOURFUL, METRICS, ColorizationMetrics, Metric, colorfulness, decoded, metric_spec, psnr, ssim
 from colorbench.search.space import ObjectiveConfig, objective_choices
 
 # ab bins on a plain 10-unit lattice: same role as ab_gamut_bins() without its one-off ~10 s gamut scan
@@ -74,6 +74,22 @@ def test_colorfulness_matches_numpy_and_gray_is_zero(rgb: torch.Tensor) -> None:
     np.testing.assert_allclose(colorfulness(rgb).numpy(), sigma + 0.3 * mu, rtol=1e-6)
     gray = rgb.mean(1, keepdim=True).expand(-1, 3, -1, -1)
     np.testing.assert_allclose(colorfulness(gray).numpy(), 0.0, atol=1e-6)
+
+
+def test_colourfulness_ratio_per_image_is_each_images_own_and_empty_for_a_nearly_gray_truth(lab: torch.Tensor, wrong_ab: torch.Tensor) -> None:
+    truth = lab[:, 1:].clone()
+    truth[0] *= 0.05  # a nearly gray photo: colourfulness far below COLOURFUL
+    m = ColorizationMetrics(CENTRES)
+    m.update(lab[:, :1], wrong_ab, truth)
+    rows = m.per_image()
+    x = _np(torch.stack([lab_to_rgb(torch.cat([lab[:, :1], ab], 1)) for ab in (wrong_ab, truth)]).flatten(0, 1)) * 255.0
+    rg, yb = x[..., 0] - x[..., 1], 0.5 * (x[..., 0] + x[..., 1]) - x[..., 2]
+    hasler = np.hypot(rg.std((1, 2)), yb.std((1, 2))) + 0.3 * np.hypot(rg.mean((1, 2)), yb.mean((1, 2)))  # numpy, by hand
+    pred, true = hasler[: len(lab)], hasler[len(lab) :]
+    assert true[0] < COLOURFUL <= true[1:].min()
+    expected = np.where(true >= COLOURFUL, pred / true, np.nan)
+    np.testing.assert_allclose([r["colorfulness_ratio"] for r in rows], expected, rtol=1e-6)
+    assert m.compute()["colorfulness_ratio"] == pytest.approx(pred.mean() / true.mean(), rel=1e-6)  # the set's: ratio of means
 
 
 def test_perfect_prediction(lab: torch.Tensor) -> None:

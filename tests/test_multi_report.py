@@ -51,6 +51,10 @@ def test_a_shared_test_set_is_tested_and_configs_are_matched_across_experiments(
     assert mse["config"].nunique() == 1 and set(mse["experiment"]) == {"A", "B"} and (mse["experiments_with_config"] == 2).all()
     assert (table["not_tested"] == "").all()
     base = table[table["baseline"]].iloc[0]
+    assert base["experiment"] == "A"  # the first experiment's baseline (its first cell in file order), never the best on test
+    assert set(table.loc[~table["baseline"], "verdict"]) == {"undecided"}  # one hold-out split each: no test across splits
+    assert set(table.loc[~table["baseline"], "verdict_note"]) == {"one split: the split's luck is not measured"}
+    assert "verdict" in (tmp_path / "ab" / "summary.md").read_text().splitlines()[2]  # the table's header
     cells = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.`{tracking.TAG_ROLE}` = 'cell'")
     run_of = {(e, c): r for e, c, r in zip(cells["experiment_id"].map(lambda i: mlflow.get_experiment(i).name), cells[f"tags.{tracking.TAG_CELL}"], cells["run_id"], strict=True)}
     b = per_image(run_of[(base["experiment"], base["config"])], tmp_path)["psnr"].to_numpy(float)

@@ -200,7 +200,8 @@ def test_replicated_grid_runs_every_cell_per_replicate_resumes_and_reports_per_r
     assert sorted(table["replicate"]) == [0] * 4 + [1] * 4
     assert sorted(table["rank"]) == [1, 1, 2, 2, 3, 3, 4, 4]  # ranked within a replicate
     base = table.set_index("cell").loc[report.baseline]
-    assert base["replicate"] == 0 and base["rank"] == 1  # default: the best cell of replicate 0
+    assert base["replicate"] == 0 and base["loss"] == "mse" and base["splitter"].startswith("holdout")  # default: replicate 0's first cell
+    assert report.baseline_how == "the first cell in grid-file order"
     stars = table[table["baseline"]]
     assert sorted(stars["replicate"]) == [0, 1] and (stars[["backbone", "loss", "splitter"]].nunique() == 1).all()
     for cid, row in table.set_index("cell").iterrows():  # every comparison within its replicate

@@ -92,6 +92,7 @@ def test_search_logs_every_trial_in_both_stores_and_resumes(tiny_search: dict, t
 
     report = build_report("tiny-search", tmp_path / "report", tracking_uri=tracking_uri)  # one row per trial, plus Optuna's figures
     assert sorted(report.table["cell"]) == sorted([f"trial-{n}" for n in range(5)] + ["gray baseline"])
+    assert report.baseline == "trial-0" and report.baseline_how == "the search's first finished trial (trial 0)"  # not the best
     trial_rows = report.table.set_index("cell").drop(index="gray baseline")
     for trial in study.trials:
         assert trial_rows.loc[f"trial-{trial.number}", "objective"] == pytest.approx(trial.value)

@@ -52,7 +52,8 @@ def children_of(run_id: str) -> pd.DataFrame:
     runs = client.search_runs([client.get_run(run_id).info.experiment_id], filter_string=f"tags.`{tracking.TAG_PARENT}` = '{run_id}'")
     return pd.DataFrame([
         {"run_id": r.info.run_id, "status": r.info.status, "name": r.info.run_name, "fold": int(r.data.tags[tracking.TAG_FOLD]),
-         "repeat": int(r.data.tags[tracking.TAG_REPEAT]), "seed_param": r.data.params["repeat"], **r.data.metrics}
+         "repeat": int(r.data.tags[tracking.TAG_REPEAT]), "seed_param": r.data.params["repeat"], "training_seed": int(r.data.params["training_seed"]),
+         **r.data.metrics}
         for r in runs
     ])
 
@@ -68,6 +69,7 @@ def test_each_split_trains_once_per_repeat_with_its_own_seed(repeated: tuple[str
         counts[outcome.cell.splitter.name] = len(kids)
         assert sorted(zip(kids["fold"], kids["repeat"], strict=True)) == [(f, r) for f in sorted(set(kids["fold"])) for r in (0, 1)]
         assert all(f"repeat {r}" in name for name, r in zip(kids["name"], kids["repeat"], strict=True))
+        assert list(kids["training_seed"]) == list(1000 * kids["fold"] + kids["repeat"])  # train.seed 0: every split its own seeds
         for _, same_split in kids.groupby("fold"):  # another seed: the same split trains to another model
             assert same_split["test_psnr"].nunique() == 2
     assert counts == {"holdout": 2, "kfold": 6}

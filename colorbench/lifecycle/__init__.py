@@ -5,7 +5,8 @@
 3. Train its folds where an executor puts them: each `FoldTask` trains in its own fold run (`fold.run_fold`), in this process
    (`fold.run_here`) or in a worker (`fold.run_task`); `executors` decides where. A search sends each trial whole to the same
    executors (`search.trial.TrialTask`), whose folds train one after another in its worker.
-   Each split trains `train.repeats` times (training seed `train.seed + repeat`): one child run per (split, repeat).
+   Each split trains `train.repeats` times (training seed `train.seed + 1000 x split + repeat`, `splitters.training_seed`): one
+   child run per (split, repeat).
 4. Finish the cell (`cell.CellRun.finish`): means/stds over the children, the variance components (between splits, between training
    seeds, over test images), the gray baseline and the deployed child (best validation score, never a test metric), run FINISHED.
 

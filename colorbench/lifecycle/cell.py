@@ -5,7 +5,7 @@ tasks to an executor, finish it (fold means, variance components, the deployed c
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -63,7 +63,7 @@ def variance_summary(results: dict[ChildKey, dict[str, float]], children: dict[C
     out = {}
     for metric in (c for c in per_image.columns if f"test_{c}" in results[keys[0]]):
         values = np.array([results[k][f"test_{metric}"] for k in keys])
-        parts = variance_components(values, np.array([k[0] for k in keys]), per_image[metric].to_numpy())
+        parts = variance_components(values, np.array([k[0] for k in keys]), per_image[metric].dropna().to_numpy())  # NaN: no value for that image
         out.update({f"test_{metric}_{part}": value for part, value in parts.items()})
     return out
 
@@ -249,11 +249,12 @@ def run_cells(
     gray: dict[int, dict[str, float]],
     device: torch.device,
     overrides: Sequence[str] = (),
+    order: Mapping[str, int] | None = None,
 ) -> dict[str, CellOutcome]:
     """The grid's lifecycle: claim each cell just before `executor` takes its first fold task (a pool as its workers free up), send
     its folds, finish each cell when its last fold reports. A failed fold fails its cell only; Ctrl-C, SIGTERM or a failed store
     end the open cell runs KILLED and stop the grid. `data` and the `gray` baseline's metrics are per replicate. Every run is tagged
-    with the command line's `overrides`."""
+    with the command line's `overrides`, and each cell run with its place in the grid file's `order` of cell ids (`tracking.TAG_ORDER`)."""
     uri = tracking.absolute_uri(tracking_uri)
     outcomes: dict[str, CellOutcome] = {}
     open_cells: dict[str, CellRun] = {}
@@ -272,6 +273,8 @@ def run_cells(
         def tasks() -> Iterator[FoldTask]:
             for cell in cells:
                 tags = {**tracking.cell_tags(cell, data[cell.replicate].fingerprint, overrides), tracking.TAG_ROLE: "cell"}
+                if order is not None:
+                    tags[tracking.TAG_ORDER] = str(order[cell.id])
                 outcome = claim(cell, experiment_id, tags)
                 if outcome.skipped:
                     outcomes[cell.id] = outcome

@@ -30,7 +30,7 @@ from colorbench.losses import Objective
 from colorbench.metrics import decoded
 from colorbench.plots import image_grid, loss_curves
 from colorbench.plugins import load_plugins
-from colorbench.splitters import Fold
+from colorbench.splitters import Fold, training_seed
 from colorbench.train import EpochCallback, FoldResult, Images, autocast_dtype, choose_decoding, evaluate, fit, resolve_device
 from colorbench.ui import progress, quiet_libraries
 
@@ -92,7 +92,7 @@ def train_fold(
     `training_state/<file name>` when its artifact store is remote (`tracking.upload_state`); when one is there already,
     training continues from it: epochs the run has not logged yet are logged first, so each epoch is logged once, at its own step,
     and the saved epochs pass through `after_epoch` again (a search's reporter then scores the fold as if uninterrupted)."""
-    train_cfg = cell.train.model_copy(update={"seed": cell.train.seed + fold.repeat})  # a training repeat: new init and batch order
+    train_cfg = cell.train.model_copy(update={"seed": training_seed(cell.train.seed, fold)})  # per split and repeat: new init and batch order
     if fold.refit_epochs is not None:
         train_cfg = train_cfg.model_copy(update={"epochs": fold.refit_epochs, "patience": None})
     torch.manual_seed(train_cfg.seed)
@@ -100,7 +100,7 @@ def train_fold(
     model = build_model(cell.backbone.name, cell.backbone.options, objective.out_channels).to(device)
     train_images = rows(data.pool.images, fold.train)  # views of the cache's memory map: batches are read as training needs them
     val_images = rows(data.pool.images, fold.val)
-    mlflow.log_params({"fold": fold.index, "draw": fold.draw, "repeat": fold.repeat, "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(data.test)})
+    mlflow.log_params({"fold": fold.index, "draw": fold.draw, "repeat": fold.repeat, "training_seed": train_cfg.seed, "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(data.test)})
     bar.reset(epoch_task, total=train_cfg.epochs, status="")
     run_id = mlflow.active_run().info.run_id
     tracking.log_datasets(run_id, cell.data.model_dump(mode="json"), data.fingerprint)

@@ -8,10 +8,10 @@ Importing it loads neither torch nor Optuna: the registries (to label rows), the
 
 from __future__ import annotations
 
-from colorbench.report.build import build_report
+from colorbench.report.build import build_report, parse_ropes
 from colorbench.report.figures import FIGURES
 from colorbench.report.multi import MultiReport, build_multi_report
 from colorbench.report.render import caption, components_text, decodings_table, terminal_rows
 from colorbench.report.table import GRAY, Report
 
-__all__ = ["FIGURES", "GRAY", "MultiReport", "Report", "build_multi_report", "build_report", "caption", "components_text", "decodings_table", "terminal_rows"]
+__all__ = ["FIGURES", "GRAY", "MultiReport", "Report", "build_multi_report", "build_report", "caption", "components_text", "decodings_table", "parse_ropes", "terminal_rows"]

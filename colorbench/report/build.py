@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
 from colorbench import tracking
 from colorbench.errors import ConfigError
-from colorbench.metrics import badness, direction
+from colorbench.metrics import badness, direction, metric_spec, rope
 from colorbench.report import validation
-from colorbench.report.figures import SAMPLE_COLUMNS, plot_bar, plot_cd, plot_folds, plot_samples, plot_val_loss, study_figures
+from colorbench.report.figures import SAMPLE_COLUMNS, plot_bar, plot_cd, plot_folds, plot_pairs, plot_samples, plot_val_loss, study_figures
 from colorbench.report.render import markdown_table, summary
 from colorbench.report.runs import children, load_runs, sample_predictions, val_loss_curves
 from colorbench.report.table import GRAY, Report, build_table, one_replicate
@@ -24,28 +25,39 @@ def build_report(
     tracking_uri: str | None = None,
     storage: str | None = None,
     correction: str = "holm",
+    ropes: Mapping[str, float] | None = None,
+    all_pairs: bool = False,
 ) -> Report:
     """Read an experiment's runs and write table.csv, table.md, the figures and summary.md into `out_dir`.
 
-    A search experiment has one row per finished trial and gets Optuna's figures too (`storage` overrides the study's storage).
+    The baseline is `baseline` (a cell id prefix), else the one the grid file names, else the first cell in file order
+    (`table.choose_baseline`). `ropes` overrides metrics' regions of practical equivalence (`parse_ropes`); `all_pairs` also
+    compares every pair of cells (pairs.csv, pairs.png). A search experiment has one row per finished trial and gets Optuna's
+    figures too (`storage` overrides the study's storage).
     """
     if correction not in CORRECTIONS:
         raise ConfigError(f"unknown correction {correction!r}; use one of: {', '.join(CORRECTIONS)}")
     tracking.open_store(tracking_uri)
     runs = load_runs(experiment)
-    table, base, baselines, n_images, omnibus, matrix = build_table(runs, metric, baseline, correction)
+    width = rope(metric, ropes)
+    table, base, baselines, n_images, omnibus, matrix, pairs = build_table(runs, metric, baseline, correction, width, all_pairs)
     out = Path(out_dir) if out_dir is not None else Path("results") / experiment
     out.mkdir(parents=True, exist_ok=True)
-    figures = study_figures(runs, out, storage)
-    report = Report(experiment, metric, base, table, out, runs.failed, n_images, runs.pruned, figures, correction, omnibus, baselines=baselines)
+    report = Report(
+        experiment, metric, base.cell, table, out, runs.failed, n_images, runs.pruned, study_figures(runs, out, storage), correction, omnibus,
+        baseline_how=base.how, rope=width, pairs=pairs, baselines=baselines,
+    )  # fmt: skip
     if matrix is not None:
         plot_cd(matrix, table, out / "cd.png")
+    if pairs is not None:
+        pairs.to_csv(out / "pairs.csv", index=False)
+        plot_pairs(pairs, table, metric, out / "pairs.png")
     kids = children(runs, table, metric)
     if validation.needed(kids):
         report.validation = validation.write(kids, metric, partial(badness, metric), direction(metric), out)
     table.to_csv(out / "table.csv", index=False)
     (out / "table.md").write_text(markdown_table(report))
-    shown_runs, cells = one_replicate(runs, table, base)  # the figures show the baseline's replicate
+    shown_runs, cells = one_replicate(runs, table, base.cell)  # the figures show the baseline's replicate
     gray = table[table["cell"] == GRAY].iloc[0]
     plot_bar(cells, gray, metric, out / "bar.png")
     plot_folds(cells, gray, metric, out / "folds.png")
@@ -53,3 +65,22 @@ def build_report(
     plot_samples(sample_predictions(shown_runs, cells["cell"].head(SAMPLE_COLUMNS)), cells.head(SAMPLE_COLUMNS), out / "samples.png")
     (out / "summary.md").write_text(summary(report))
     return report
+
+
+def parse_ropes(texts: Sequence[str]) -> dict[str, float]:
+    """`--rope METRIC=VALUE` options as {metric: width}; a malformed one, an unknown metric or a width <= 0 is a one-line ConfigError."""
+    ropes = {}
+    for text in texts:
+        name, sep, value = text.partition("=")
+        try:
+            width = float(value) if sep else None
+        except ValueError:
+            width = None
+        if width is None:
+            raise ConfigError(f"--rope {text!r}: write METRIC=VALUE, a width in the metric's units, e.g. --rope psnr=0.2")
+        if metric_spec(name) is None:
+            raise ConfigError(f"--rope {text!r}: {name!r} is not in the metric table; colorbench list names the metrics")
+        if not width > 0:
+            raise ConfigError(f"--rope {text!r}: the width must be > 0 (a difference in {name}'s units that does not matter in practice)")
+        ropes[name] = width
+    return ropes

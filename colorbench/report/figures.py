@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 from colorbench.errors import ConfigError
-from colorbench.metrics import direction
+from colorbench.metrics import better, direction, unit
 from colorbench.plots import image_grid
 from colorbench.report.runs import Runs
 from colorbench.report.table import GRAY, label, split_columns
@@ -97,6 +97,38 @@ def plot_cd(matrix: pd.DataFrame, table: pd.DataFrame, path: Path) -> None:
     cd_diagram(matrix.rename(columns=names), ax)
     ax.set_title("mean rank over the test images (1 = best); a bar joins cells the Nemenyi test cannot tell apart", fontsize=9, pad=24)
     fig.savefig(path, dpi=100, bbox_inches="tight")  # the labels reach beyond the axes
+    plt.close(fig)
+
+
+MARKS = {"better": "B", "worse": "W", "equivalent": "=", "undecided": "?"}  # a pair's verdict in its heat-map square, row against column
+MIRROR = {"better": "worse", "worse": "better"}
+
+
+def plot_pairs(pairs: pd.DataFrame, table: pd.DataFrame, metric: str, path: Path) -> None:
+    """pairs.png: every pair of cells (`table.pair_table`) as a heat-map, row against column: the colour is how much better the row
+    is over their paired splits (red: worse, blue: better; empty: not trained on the same splits), the mark its verdict (B better,
+    W worse, = equivalent, ? undecided)."""
+    cells = [c for c in table["cell"] if c != GRAY]
+    index = {c: i for i, c in enumerate(cells)}
+    gain = np.full((len(cells), len(cells)), np.nan)
+    marks = np.full((len(cells), len(cells)), "", dtype=object)
+    sign = 1.0 if better(metric) == "higher" else -1.0  # the tested difference oriented so that positive = the row is better
+    for _, row in pairs.iterrows():
+        a, b = index[row["cell"]], index[row["versus"]]
+        gain[a, b], gain[b, a] = sign * row["diff_splits"], -sign * row["diff_splits"]
+        marks[a, b], marks[b, a] = MARKS[row["verdict"]], MARKS[MIRROR.get(row["verdict"], row["verdict"])]
+    size = 1.2 + 0.55 * len(cells)
+    fig, ax = plt.subplots(figsize=(size + 2.5, size))
+    limit = float(np.nanmax(np.abs(gain))) if np.isfinite(gain).any() else 1.0
+    image = ax.imshow(gain, cmap="RdBu", vmin=-limit, vmax=limit)
+    for (i, j), mark in np.ndenumerate(marks):
+        ax.text(j, i, mark, ha="center", va="center", fontsize=9, fontweight="bold", color="dimgray")
+    names = [f"{label(row)} [{row['cell'][:6]}]" for _, row in table[table["cell"] != GRAY].iterrows()]
+    ax.set_xticks(range(len(cells)), [c[:6] for c in cells], rotation=90, fontsize=7)
+    ax.set_yticks(range(len(cells)), names, fontsize=7)
+    fig.colorbar(image, ax=ax, label=f"row better by ({unit(metric) or metric})", shrink=0.8)
+    ax.set_title(f"{metric}, row vs column over paired splits\nB better, W worse, = equivalent, ? undecided", fontsize=9)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -1,15 +1,16 @@
 """`colorbench report --experiment A --experiment B`: one table over several experiments.
 
 Cells are matched by their config (the cell id hashes the resolved config, never the experiment name) and each row names the
-experiment it came from. A row is tested against the baseline (the best row) only where both were scored on the same test set:
-the same data fingerprint and the same test images; elsewhere the table says why not.
+experiment it came from. The baseline is the first experiment's (`table.choose_baseline`: named in its grid file, else its first cell
+in file order; never chosen by a test metric). A row is tested against it only where both were scored on the same test set: the
+same data fingerprint and the same test images; elsewhere the table says why not.
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +18,10 @@ import pandas as pd
 
 from colorbench import tracking
 from colorbench.errors import ConfigError
-from colorbench.metrics import badness
-from colorbench.report.comparisons import STATISTICS, adjust_report, compare, computed_columns, shown_in
+from colorbench.metrics import badness, rope
+from colorbench.report.comparisons import NOT_COMPARED, STATISTICS, VERDICT, compare, computed_columns, settle, shown_in
 from colorbench.report.runs import ROW, Runs, components, load_runs, metric_names, per_image
-from colorbench.report.table import sample
+from colorbench.report.table import choose_baseline, sample
 from colorbench.stats import CORRECTIONS
 
 FINGERPRINT = f"tags.{tracking.TAG_FINGERPRINT}"
@@ -35,6 +36,7 @@ class MultiReport:
     table: pd.DataFrame
     out_dir: Path
     correction: str
+    baseline_how: str = ""  # how the first experiment's baseline was chosen
 
 
 def untested_reason(row: pd.Series, base: pd.Series, images: dict[int, tuple[list[str], np.ndarray] | None], i: int, b: int) -> str:
@@ -49,10 +51,12 @@ def untested_reason(row: pd.Series, base: pd.Series, images: dict[int, tuple[lis
 
 
 def build_multi_report(
-    experiments: list[str], out_dir: str | Path | None = None, metric: str = "psnr", tracking_uri: str | None = None, correction: str = "holm"
+    experiments: list[str], out_dir: str | Path | None = None, metric: str = "psnr", tracking_uri: str | None = None, correction: str = "holm",
+    ropes: Mapping[str, float] | None = None,
 ) -> MultiReport:
-    """Rank every finished cell of `experiments` in one table, test each against the best where the test set is shared (same data
-    fingerprint and test images), adjust the p-values over the table; write table.csv and summary.md into `out_dir`."""
+    """Rank every finished cell of `experiments` in one table, test each against the first experiment's baseline where the test set
+    is shared (same data fingerprint and test images), settle the p-values and verdicts over the table; write table.csv and
+    summary.md into `out_dir`."""
     if correction not in CORRECTIONS:
         raise ConfigError(f"unknown correction {correction!r}; use one of: {', '.join(CORRECTIONS)}")
     if len(set(experiments)) != len(experiments):
@@ -77,17 +81,18 @@ def build_multi_report(
     table = pd.DataFrame(rows)
     table["experiments_with_config"] = table.groupby("config")["experiment"].transform("nunique")
     table.insert(3, "rank", badness(metric, table[f"test_{metric}_mean"]).rank(method="min").astype("Int64"))
-    b = int(badness(metric, table[f"test_{metric}_mean"]).idxmin())
+    first = loaded[experiments[0]]
+    base = choose_baseline(first.cells, None, first.named_baseline)
+    b = int(table.index[(table["experiment"] == experiments[0]) & (table["cell"] == base.cell)][0])
     table["baseline"] = table.index == b
     table["not_tested"] = [untested_reason(row, table.loc[b], images, i, b) if i != b else "" for i, row in table.iterrows()]
-    compared = {
-        i: compare(samples[i], samples[b], partial(badness, metric)) for i, row in table.iterrows() if i != b and not row["not_tested"]
-    }
+    compared = {i: compare(samples[i], samples[b], metric, rope(metric, ropes)) for i, row in table.iterrows() if i != b and not row["not_tested"]}
     table = pd.concat([table, pd.DataFrame.from_dict(compared, orient="index").reindex(index=table.index, columns=computed_columns())], axis=1)
-    table = adjust_report(table, None, correction).sort_values(["rank", "experiment"])
+    table = settle(table, None, correction, metric).sort_values(["rank", "experiment"])
+    table[VERDICT] = table[VERDICT].astype(object).fillna(NOT_COMPARED)
     out = Path(out_dir) if out_dir is not None else Path("results") / "+".join(experiments)
     out.mkdir(parents=True, exist_ok=True)
-    report = MultiReport(experiments, metric, table, out, correction)
+    report = MultiReport(experiments, metric, table, out, correction, f"{base.how} of {experiments[0]}")
     table.to_csv(out / "table.csv", index=False)
     (out / "summary.md").write_text(summary(report))
     return report
@@ -117,10 +122,11 @@ def summary(report: MultiReport) -> str:
     untested = report.table[report.table["not_tested"] != ""]
     lines += [
         "",
-        (f"Baseline: cell {base['cell']} of {base['experiment']}, the best on test {report.metric}. Cells with the same id have the same "
+        (f"Baseline: cell {base['cell']} of {base['experiment']} ({report.baseline_how}). Cells with the same id have the same "
         "resolved config in different experiments. Each row is tested against the baseline only on the same test set (same data "
-        f"fingerprint and test images): {', '.join(s.caption for s in STATISTICS if s.caption)}, "
-        f"p-values adjusted over the table ({report.correction})."),
+        f"fingerprint and test images): {'; '.join(s.caption for s in STATISTICS if s.caption)}; "
+        f"p-values adjusted over the table within each family ({report.correction}). The verdict comes from the tests over paired "
+        "splits only; the tests over test images are about the trained models."),
     ]
     if len(untested):
         lines += ["", f"Left out of the tests ({len(untested)}):"]

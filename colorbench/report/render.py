@@ -10,12 +10,12 @@ from collections.abc import Mapping
 import mlflow
 import pandas as pd
 
-from colorbench.metrics import DECODING_MARK, badness, decoded, direction, headline_metrics
+from colorbench.metrics import DECODING_MARK, decoded, direction, headline_metrics, unit
 from colorbench.report import validation
-from colorbench.report.comparisons import STATISTICS, UNITS, raw_p_columns, shown_in
+from colorbench.report.comparisons import FAMILIES, STATISTICS, UNITS, VERDICT, family_sizes, models_words, shown_in, undecided_words
 from colorbench.report.figures import FIGURES
 from colorbench.report.table import COMPONENTS, GRAY, Report, label, split_columns
-from colorbench.report.text import ALPHA, fmt_value, p_is
+from colorbench.report.text import fmt_value, p_is
 
 
 def mean_std(row: pd.Series, key: str) -> str:
@@ -82,26 +82,33 @@ def cell_name(report: Report, row: pd.Series) -> str:
     return row["cell"] + (" *" if row["cell"] in report.baselines.values() else "")
 
 
+def rope_words(report: Report) -> str:
+    """The ROPE of the report's metric in words."""
+    if not report.rope > 0:
+        return f"0 (no ROPE for {report.metric}: equivalence is not judged; give one with --rope {report.metric}=VALUE)"
+    return f"{report.rope:g} {unit(report.metric)}".rstrip()
+
+
 def tests_note(report: Report) -> str:
-    """What the comparison columns hold (each statistic's note) and how the p-values were adjusted."""
+    """What the comparison columns hold (each statistic's note) and how the p-values were adjusted, family by family."""
     if report.n_images:
-        images = f"over the {report.n_images} test images' per-image {report.metric}, averaged over each cell's folds"
+        images = f"over the {report.n_images} test images' per-image {report.metric}, averaged over each cell's children"
     else:
         images = f"over test images: not available, {report.metric} is not logged per image"
-    family = int(report.table[raw_p_columns()].notna().to_numpy().sum()) + (report.friedman is not None)
+    sizes = family_sizes(report.table, report.friedman)
     adjusted = "not adjusted (--correction none)" if report.correction == "none" else f"adjusted by {CORRECTION_NAMES[report.correction]}"
-    notes = "; ".join(s.note.format(images=images) for s in STATISTICS if s.note)
+    families = "; ".join(f"{family}: {FAMILIES[family]}, {n} p-values" for family, n in sizes.items())
+    notes = "; ".join(s.note.format(images=images, rope=rope_words(report)) for s in STATISTICS if s.note)
     return (
-        f"Against the baseline cell {report.baseline}{each_replicate(report)}: {notes}. "
-        f"p_adj: the report's {family} p-values (both tests and the Friedman test) {adjusted}; table.csv keeps the raw ones. "
-        "`-`: not applicable.\n"
+        f"Against the baseline cell {report.baseline} ({report.baseline_how}){each_replicate(report)}: {notes}. "
+        f"p_adj: {adjusted} within each family ({families}); table.csv keeps the raw p-values. `-`: not applicable.\n"
     )
 
 
 def caption(correction: str) -> str:
     """The terminal table's caption: what its comparison columns are (each statistic's caption) and how p_adj was adjusted."""
     described = "; ".join(f"{s.header}: {s.caption}" for s in shown_in("terminal") if s.caption)
-    return f"* baseline; {described}; p_adj: adjusted ({correction}); intervals, P(better) and N: summary.md"
+    return f"* baseline; {described}; p_adj: adjusted ({correction}); intervals, P(better), N and the verdicts in words: summary.md"
 
 
 def each_replicate(report: Report) -> str:
@@ -121,30 +128,37 @@ def failed_note(report: Report) -> str:
 
 
 def rank_lines(report: Report) -> list[str]:
-    """The ranking, best first, each with its number of children J."""
+    """The ranking, best first, each with its number of children (splits x training repeats)."""
     cells = report.table[report.table["cell"] != GRAY]
     return [
-        f"{fmt_value(row['rank'])}. `{row['cell']}` {label(row)}{report.in_replicate(row)}: {mean_std(row, f'test_{report.metric}')} (J = {fmt_value(row['n_folds'])})"
+        f"{fmt_value(row['rank'])}. `{row['cell']}` {label(row)}{report.in_replicate(row)}: {mean_std(row, f'test_{report.metric}')} ({fmt_value(row['n_folds'])} children)"
         for _, row in cells.iterrows()
     ]
 
 
+def verdict_words(row: pd.Series, report: Report) -> str:
+    """A comparison's verdict first, in words: better / worse, equivalent within the ROPE, or undecided with why."""
+    value = row[VERDICT]
+    if value == "equivalent":
+        return f"**equivalent** within ±{rope_words(report)}"
+    if value == "undecided":
+        return f"**undecided**: {undecided_words(row, report.metric)}"
+    return f"**{value}**"
+
+
 def significance_lines(report: Report) -> list[str]:
-    """For each non-baseline cell: better/worse than the baseline, and whether each test finds it significant."""
+    """For each non-baseline cell, its verdict first, then the tests over splits that made it and the description over images."""
     table = report.table.set_index("cell")
     lines = []
     compared = [cid for cid, base in report.baselines.items() if cid != base]
     for cid, row in table[table.index.isin(compared)].iterrows():
         value, base = row[f"test_{report.metric}_mean"], table.loc[report.baselines[cid], f"test_{report.metric}_mean"]
-        score, base_score = badness(report.metric, pd.Series([value, base]))
-        verdict = "worse" if score > base_score else "better" if score < base_score else "equal"
         tests = [
-            " ".join([lead.format(fmt_value(row[f"n_{unit}"])), ", ".join(s.phrase(row) for s in STATISTICS if s.unit == unit and s.phrase)])
-            for unit, lead in UNITS.items()
-            if row[f"n_{unit}"] > 0
+            f"{lead.format(fmt_value(row[f'n_{name}']))}: {', '.join(s.phrase(row) for s in STATISTICS if s.unit == name and s.phrase)}"
+            for name, lead in UNITS.items()
+            if row[f"n_{name}"] > (1 if name == "splits" else 0)  # one split: no test across splits, its reason is the verdict's
         ]
-        tested = "; ".join(tests) or "no test applies (other splits and no per-image values)"
-        lines.append(f"- `{cid}` {label(row)}{report.in_replicate(row)}: {report.metric} {value:.3f} vs {base:.3f}, {verdict}; {tested}.")
+        lines.append(f"- `{cid}` {label(row)}{report.in_replicate(row)}: {verdict_words(row, report)}. {report.metric} {value:.3f} vs {base:.3f}; " + "; ".join(tests) + ".")
     return lines
 
 
@@ -153,16 +167,16 @@ def friedman_lines(report: Report) -> list[str]:
     f = report.friedman
     if f is None:
         return []
-    verdict = "the cells differ" if f.p_adj < ALPHA else "no evidence that the cells differ"
     test = (
         f"Friedman test (scipy.stats.friedmanchisquare) over {f.n_cells} cells{report.in_replicate(report.baseline_row)} with the {f.n_images} test images as blocks: "
-        f"chi² = {f.statistic:.1f}, {p_is('p', f.p)}, {p_is('p_adj', f.p_adj)} ({verdict}).\n"
+        f"chi² = {f.statistic:.1f}, {p_is('p', f.p)}, {p_is('p_adj', f.p_adj)} ({models_words(f.p_adj)}). "
+        "Like every test over images, it is about the trained models, not the configurations: it makes no verdict.\n"
     )
     figure = (
         f"![critical-difference diagram](cd.png)\n\n`cd.png`: each cell's mean rank over the test images on {report.metric} (1 = best); "
-        "cells joined by a bar are not significantly different by the Nemenyi post-hoc test at 0.05 (scikit-posthocs; Demšar 2006).\n"
+        "cells joined by a bar cannot be told apart on these images by the Nemenyi post-hoc test at 0.05 (scikit-posthocs; Demšar 2006).\n"
     )
-    return ["## All cells at once: Friedman test and critical-difference diagram\n", test, figure]
+    return ["## All cells at once, over the test images (descriptive): Friedman test and critical-difference diagram\n", test, figure]
 
 
 def colourfulness_words(ratio: float) -> str:
@@ -194,18 +208,26 @@ def command(report: Report) -> str:
     """The command line that reproduces this report."""
     args = ["colorbench", "report", "--experiment", report.experiment, "--tracking-uri", mlflow.get_tracking_uri()]
     args += ["--out", str(report.out_dir), "--metric", report.metric, "--baseline", report.baseline, "--correction", report.correction]
+    args += [f"--rope={report.metric}={report.rope:g}"] * (report.rope > 0) + ["--all-pairs"] * (report.pairs is not None)
     return shlex.join(args)
 
 
 def summary(report: Report) -> str:
-    """summary.md: ranking, significance, comparison with gray, figures, command."""
+    """summary.md: the verdicts first, then the ranking, the pairs, the description over images, gray, figures, command."""
     parts = [
         f"# {report.experiment}: report on test {report.metric}\n",
-        f"## Ranking on test {report.metric} ({direction(report.metric)}; mean ± std over the J children, {report.n_images} test images)\n",
-        *rank_lines(report),
-        f"\n## Differences from the baseline `{report.baseline}` (significant at adjusted p < {ALPHA})\n",
+        f"## Verdicts against the baseline `{report.baseline}` ({report.baseline_how})\n",
+        (
+            "A verdict is about the configurations: it comes only from the tests over the splits both cells were trained on (each "
+            "split's training repeats averaged first), after adjustment, and from the equivalence analysis with the ROPE "
+            f"±{rope_words(report)}. The tests over test images describe these trained models on these photos and make no verdict.\n"
+        ),
         *significance_lines(report),
         "\n" + tests_note(report),
+        f"## Ranking on test {report.metric} ({direction(report.metric)}; mean ± std over each cell's children, {report.n_images} test images; descriptive)\n",
+        *rank_lines(report),
+        "",
+        *pairs_lines(report),
         *friedman_lines(report),
         *(validation.summary_section(report.validation, report.metric, direction(report.metric)) if report.validation is not None else []),
         "## Against a plain gray image (ab = 0)\n",
@@ -218,6 +240,22 @@ def summary(report: Report) -> str:
         f"Produced by:\n\n```\n{command(report)}\n```\n",
     ]
     return "\n".join(parts)
+
+
+def pairs_lines(report: Report) -> list[str]:
+    """--all-pairs: the count of each verdict over the pairs, the heat-map and the table's files."""
+    if report.pairs is None or report.pairs.empty:
+        return []
+    counts = report.pairs[VERDICT].value_counts()
+    found = ", ".join(f"{n} {v}" for v, n in counts.items())
+    return [
+        f"## Every pair of cells ({len(report.pairs)} pairs; --all-pairs)\n",
+        (
+            f"Verdicts: {found}. Each pair is compared as a cell with the baseline is (`cell` - `versus`), its p-values adjusted over "
+            "the pairs within their families. Table: [pairs.csv](pairs.csv).\n"
+        ),
+        "![pairwise verdicts](pairs.png)\n",
+    ]
 
 
 def terminal_rows(report: Report) -> tuple[list[str], list[list[str]]]:

@@ -18,9 +18,7 @@ from colorbench import tracking
 from colorbench.errors import ConfigError
 from colorbench.metrics import METRICS
 from colorbench.registry import Registry
-from colorbench.report.comparisons import (
-    Images,
-)
+from colorbench.report.comparisons import Images
 from colorbench.tracking import TAG_STATE, TAG_TRIAL
 
 ROW = "row"  # a run's row key: the cell id of a grid cell, `trial-N` of a search trial
@@ -34,6 +32,7 @@ class Runs:
     folds: pd.DataFrame
     failed: list[tuple[str, str]]
     pruned: int = 0
+    named_baseline: str | None = None  # the grid file's `report.baseline`, as the last `colorbench run` recorded it
 
     def folds_of(self, cell: pd.Series) -> pd.DataFrame:
         """The fold runs of one cell run, by fold index."""
@@ -42,9 +41,11 @@ class Runs:
 
 
 def load_runs(name: str) -> Runs:
-    """Finished cell runs (latest per cell) or search-trial runs, their finished folds, what failed, how many trials were pruned."""
+    """Finished cell runs (latest per cell) or search-trial runs, their finished folds, what failed, how many trials were pruned, the
+    baseline the grid file names."""
 
-    df = tracking.experiment_runs(tracking.experiment_id(name))  # newest first
+    eid = tracking.experiment_id(name)
+    df = tracking.experiment_runs(eid)  # newest first
     if df.empty:
         raise ConfigError(f"experiment {name!r} has no runs; run `colorbench run` on its grid first")
     role = df[f"tags.{tracking.TAG_ROLE}"]
@@ -59,7 +60,7 @@ def load_runs(name: str) -> Runs:
     failure = failed_runs.get(f"tags.{tracking.TAG_FAILURE}", pd.Series("", index=failed_runs.index)).fillna("")
     failed = [(row[ROW] + ": " + " | ".join(components(row)), reason) for (_, row), reason in zip(failed_runs.iterrows(), failure, strict=True)]
     pruned = int((df.get(f"tags.{TAG_STATE}", pd.Series(dtype=object)) == "PRUNED").sum())
-    return Runs(cells.reset_index(drop=True), folds, failed, pruned)
+    return Runs(cells.reset_index(drop=True), folds, failed, pruned, tracking.experiment_tag(eid, tracking.TAG_BASELINE) or None)
 
 
 def component_label(row: pd.Series, axis: str, registry: Registry, every: bool = False) -> str:

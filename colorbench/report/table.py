@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import tempfile
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,21 +16,31 @@ from colorbench import tracking
 from colorbench.errors import ConfigError
 from colorbench.metrics import badness
 from colorbench.report.comparisons import (
+    NOT_COMPARED,
+    VERDICT,
     Friedman,
     Images,
     Sample,
-    adjust_report,
     compare,
     computed_columns,
     friedman_test,
     rank_matrix,
+    settle,
 )
 from colorbench.report.runs import ROW, Runs, components, metric_names, per_image
-from colorbench.tracking import TAG_SAMPLED
+from colorbench.tracking import TAG_ORDER, TAG_SAMPLED, TAG_TRIAL
 
 GRAY = "gray baseline"
 SPLIT_PARAMS = ("params.seed", "params.test_fraction", "params.data.", "params.test_data", "params.splitter.")  # decide the folds
 SPLIT_COLUMN = re.compile(r"split(\d+)_test_(.+)")  # scikit-learn style per-fold column: fold index, metric
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The cell every other is compared with, and how it was chosen (never by a test metric)."""
+
+    cell: str
+    how: str
 
 
 @dataclass
@@ -50,6 +59,9 @@ class Report:
     correction: str = "holm"  # how the p-values were adjusted (colorbench.stats.CORRECTIONS)
     friedman: Friedman | None = None  # across all cells, test images as blocks
     validation: pd.DataFrame | None = None  # the validation schemes' table (report.validation), when the experiment has one
+    baseline_how: str = ""  # how the baseline was chosen (`Baseline.how`)
+    rope: float = 0.0  # the region of practical equivalence of `metric` used for the verdicts (0: equivalence not judged)
+    pairs: pd.DataFrame | None = None  # --all-pairs: every pair of cells of the baseline's replicate (`pair_table`)
     baselines: dict[str, str] = field(default_factory=dict)  # each cell's baseline: the baseline configuration's cell in its replicate
 
     @property
@@ -67,15 +79,37 @@ class Report:
         return f" (replicate {int(row['replicate'])})" if self.replicates > 1 else ""
 
 
-def resolve_baseline(cell_ids: pd.Series, ranks: pd.Series, baseline: str | None) -> str:
-    """The baseline cell id: a unique prefix of one, or the top-ranked cell."""
-    if baseline is None:
-        return cell_ids[ranks.idxmin()]
-    matches = [c for c in cell_ids if c.startswith(baseline)]
+def match_cell(cell_ids: pd.Series, prefix: str, source: str) -> str:
+    """The one cell id starting with `prefix`; a ConfigError naming `source` (where the prefix came from) otherwise."""
+    matches = [c for c in cell_ids if c.startswith(prefix)]
     if len(matches) != 1:
-        problem = "matches no cell" if not matches else f"is ambiguous ({', '.join(matches)})"
-        raise ConfigError(f"--baseline {baseline!r} {problem}; cells: {', '.join(cell_ids)}")
+        problem = "matches no finished cell" if not matches else f"is ambiguous ({', '.join(matches)})"
+        raise ConfigError(f"{source} {prefix!r} {problem}; cells: {', '.join(cell_ids)}; name one with --baseline")
     return matches[0]
+
+
+def choose_baseline(cells: pd.DataFrame, named: str | None, grid_named: str | None) -> Baseline:
+    """The baseline, named before the data: `--baseline` (`named`), else the grid file's `report.baseline` (`grid_named`), else the
+    first cell in grid-file order (tag `colorbench.order`), or a search's first finished trial; for runs without the order tag, the
+    earliest-started cell, and `how` says so. Never a cell chosen by a test metric."""
+    ids = cells[ROW]
+    if named is not None:
+        return Baseline(match_cell(ids, named, "--baseline"), "named with --baseline")
+    if grid_named:
+        return Baseline(match_cell(ids, grid_named, "the grid file's report.baseline"), "named in the grid file (report.baseline)")
+    replicates = cells.apply(replicate, axis=1)
+    cells = cells[replicates == replicates.min()]  # chosen in the first replicate; the other replicates compare with its configuration
+    trial = cells.get(f"tags.{TAG_TRIAL}", pd.Series(np.nan, index=cells.index))
+    if trial.notna().all():
+        first = cells.loc[trial.astype(int).idxmin()]
+        return Baseline(first[ROW], f"the search's first finished trial (trial {first[f'tags.{TAG_TRIAL}']})")
+    order = cells.get(f"tags.{TAG_ORDER}", pd.Series(np.nan, index=cells.index))
+    if order.notna().all():
+        ranked = cells.assign(order=order.astype(int)).sort_values(["order", "start_time"])
+        finished = "" if ranked["order"].iloc[0] == 0 else " that finished"
+        return Baseline(ranked[ROW].iloc[0], f"the first cell in grid-file order{finished}")
+    first = cells.sort_values("start_time")[ROW].iloc[0]
+    return Baseline(first, "the earliest-started cell: these runs do not record the grid file's order (tag colorbench.order), so the first cell in file order is unknown")
 
 
 def split_key(cell: pd.Series) -> tuple[tuple[str, str], ...]:
@@ -88,19 +122,29 @@ def sample(runs: Runs, cell: pd.Series, metric: str, images: Images | None) -> S
     folds = runs.folds_of(cell)
     share = (folds["params.n_val"].astype(float) / folds["params.n_train"].astype(float)).mean()
     repeat = folds.get(f"tags.{tracking.TAG_REPEAT}", pd.Series(0, index=folds.index)).fillna(0).astype(int)
-    children = folds.assign(repeat=repeat).set_index(["fold", "repeat"]).sort_index()[f"metrics.test_{metric}"]  # J = splits x repeats
+    children = folds.assign(repeat=repeat).set_index(["fold", "repeat"]).sort_index()[f"metrics.test_{metric}"]
     return Sample(children, float(share), split_key(cell), images)
 
 
-def significance(runs: Runs, baselines: dict[str, str], metric: str) -> tuple[pd.DataFrame, dict[str, Images | None]]:
-    """Per cell, its comparison with its baseline `baselines[cell]` (colorbench.report.comparisons.compare); and every cell's per-image
-    values."""
+def samples_of(runs: Runs, metric: str) -> tuple[dict[str, Sample], dict[str, Images | None]]:
+    """Every cell's `Sample` and its per-image values, by row key."""
     by_id = runs.cells.set_index(ROW, drop=False)
     with tempfile.TemporaryDirectory(prefix="colorbench-report-") as tmp:
         images = {cid: per_image(runs.folds_of(cell), metric, Path(tmp)) for cid, cell in by_id.iterrows()}
-    samples = {cid: sample(runs, cell, metric, images[cid]) for cid, cell in by_id.iterrows()}
-    rows = {cid: compare(samples[cid], samples[base], partial(badness, metric)) for cid, base in baselines.items() if cid != base}
-    return pd.DataFrame.from_dict(rows, orient="index").reindex(columns=computed_columns()), images
+    return {cid: sample(runs, cell, metric, images[cid]) for cid, cell in by_id.iterrows()}, images
+
+
+def significance(samples: dict[str, Sample], baselines: dict[str, str], metric: str, rope: float) -> pd.DataFrame:
+    """Per cell, its comparison with its baseline `baselines[cell]` (colorbench.report.comparisons.compare), not yet settled."""
+    rows = {cid: compare(samples[cid], samples[base], metric, rope) for cid, base in baselines.items() if cid != base}
+    return pd.DataFrame.from_dict(rows, orient="index").reindex(columns=computed_columns())
+
+
+def pair_table(samples: dict[str, Sample], cells: list[str], metric: str, rope: float, correction: str) -> pd.DataFrame:
+    """--all-pairs: each cell of `cells` (in table order) against each one before it (`cell` - `versus`), every statistic of a
+    comparison, settled as one report: p-values adjusted over the pairs within their families, a verdict per pair."""
+    rows = [{"cell": a, "versus": b, **compare(samples[a], samples[b], metric, rope)} for i, b in enumerate(cells) for a in cells[i + 1 :]]
+    return settle(pd.DataFrame(rows, columns=["cell", "versus", *computed_columns()]), None, correction, metric)
 
 
 def fold_columns(runs: Runs, cell: pd.Series, metrics: list[str]) -> dict[str, float]:
@@ -154,34 +198,39 @@ def gray_row(cells: pd.DataFrame, metrics: list[str]) -> dict[str, object]:
 
 
 def build_table(
-    runs: Runs, metric: str, baseline: str | None, correction: str = "holm"
-) -> tuple[pd.DataFrame, str, dict[str, str], int, Friedman | None, pd.DataFrame | None]:
-    """Cells in rank order within each replicate with their comparison to the baseline of their replicate (raw and adjusted p-values),
-    then the gray baseline row; also the baseline id (the one named, else the best cell of the first replicate), each cell's baseline
-    (`replicate_baselines`), the test-set size, and over the baseline's replicate the Friedman test and its rank matrix (images x
-    cells)."""
+    runs: Runs, metric: str, baseline: str | None, correction: str = "holm", rope: float = 0.0, all_pairs: bool = False
+) -> tuple[pd.DataFrame, Baseline, dict[str, str], int, Friedman | None, pd.DataFrame | None, pd.DataFrame | None]:
+    """Cells in rank order within each replicate with their comparison to the baseline of their replicate (raw and adjusted p-values,
+    verdicts), then the gray baseline row; also the baseline and how it was chosen, each cell's baseline (`replicate_baselines`), the
+    test-set size, over the baseline's replicate the Friedman test and its rank matrix (images x cells) and, with `all_pairs`, the
+    table of every pair of that replicate's cells (`pair_table`). `rope` is the metric's region of practical equivalence."""
     metrics = metric_names(runs.cells)
     if metric not in metrics:
         raise ConfigError(f"metric {metric!r} is not logged in this experiment; choose one of: {', '.join(metrics)}")
+    base = choose_baseline(runs.cells, baseline, runs.named_baseline)
     table = pd.DataFrame([cell_row(runs, cell, metrics) for _, cell in runs.cells.iterrows()])
     cut = table.columns.get_loc("replicate") + 1
     table.insert(cut, "rank", badness(metric, table[f"test_{metric}_mean"]).groupby(table["replicate"]).rank(method="min").astype("Int64"))
-    base = resolve_baseline(table["cell"], table["rank"].where(table["replicate"] == table["replicate"].min()), baseline)
-    baselines = replicate_baselines(table, base)
-    compared, images = significance(runs, baselines, metric)
+    baselines = replicate_baselines(table, base.cell)
+    samples, images = samples_of(runs, metric)
+    compared = significance(samples, baselines, metric, rope)
     table = pd.concat([table.iloc[:, : cut + 1], compared.reindex(table["cell"]).set_axis(table.index), table.iloc[:, cut + 1 :]], axis=1)
-    shown_runs, shown = one_replicate(runs, table, base)
-    matrix = rank_matrix({cid: values for cid, values in images.items() if cid in set(shown["cell"])}, partial(badness, metric))
+    shown_runs, shown = one_replicate(runs, table, base.cell)
+    matrix = rank_matrix({cid: values for cid, values in images.items() if cid in set(shown["cell"])}, metric)
     omnibus = friedman_test(matrix)
-    table = adjust_report(table, omnibus, correction)
+    table = settle(table, omnibus, correction, metric)
     table.insert(cut + 1, "baseline", table["cell"].isin(set(baselines.values())))
     table = table.sort_values(["replicate", "rank", "cell"], na_position="last")
     splits = {c: m for c in table.columns if (m := SPLIT_COLUMN.fullmatch(c))}
     ordered = sorted(splits, key=lambda c: (metrics.index(splits[c].group(2)), int(splits[c].group(1))))
     table = table[[c for c in table.columns if c not in splits] + ordered]
     table = pd.concat([table, pd.DataFrame([gray_row(shown_runs.cells, metrics)])], ignore_index=True)
-    n_images = len(images[base][0]) if images[base] else 0
-    return table.astype({"n_folds": "Int64", "rank": "Int64", "n_children": "Int64", "n_images": "Int64"}), base, baselines, n_images, omnibus, matrix
+    table[VERDICT] = table[VERDICT].astype(object).fillna(NOT_COMPARED)  # the baselines and the gray row
+    n_images = len(images[base.cell][0]) if images[base.cell] else 0
+    in_order = [c for c in table["cell"].iloc[:-1] if c in set(shown["cell"])]
+    pairs = pair_table(samples, in_order, metric, rope, correction) if all_pairs else None
+    table = table.astype({"n_folds": "Int64", "rank": "Int64", "n_splits": "Int64", "n_images": "Int64"})
+    return table, base, baselines, n_images, omnibus, matrix, pairs
 
 
 def split_columns(table: pd.DataFrame, metric: str) -> list[str]:

@@ -1,12 +1,10 @@
-"""How the report writes numbers: table cells, p-values, intervals and the significance words."""
+"""How the report writes numbers: table cells, p-values and intervals."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 import pandas as pd
-
-ALPHA = 0.05
 
 
 def fmt_value(value: object) -> str:
@@ -35,8 +33,3 @@ def p_is(name: str, p: float) -> str:
     """`name = 0.012`, or `name < 0.001`."""
     shown = fmt_p(p)
     return f"{name} {shown.replace('<', '< ')}" if shown.startswith("<") else f"{name} = {shown}"
-
-
-def p_words(raw: float, adjusted: float) -> str:
-    """`p = raw, p_adj = adjusted (significant|not significant)`: the verdict is on the adjusted p."""
-    return f"{p_is('p', raw)}, {p_is('p_adj', adjusted)} ({'significant' if adjusted < ALPHA else 'not significant'})"

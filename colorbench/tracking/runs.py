@@ -37,7 +37,7 @@ TAG_PARENT = "mlflow.parentRunId"  # MLflow's own: a fold run's cell or trial ru
 TAG_CELL = "colorbench.cell_id"
 TAG_FOLD = "colorbench.fold"
 TAG_DRAW = "colorbench.draw"  # a fold run's redrawn partition (0 for splitters drawn once)
-TAG_REPEAT = "colorbench.repeat"  # a fold run's training repeat (training seed = train.seed + repeat)
+TAG_REPEAT = "colorbench.repeat"  # a fold run's training repeat (training seed: splitters.training_seed)
 TAG_REPLICATE = "colorbench.replicate"  # every run of a cell: its replicate (an independent data set, data seed = seed + replicate)
 TAG_DEPLOYED = "colorbench.deployed"  # a cell or trial run's deployed child run (best validation metric, or the refit child)
 TAG_FAILURE = "colorbench.failure"
@@ -52,6 +52,8 @@ TAG_STATE = "colorbench.trial_state"  # COMPLETE, PRUNED or FAIL, as in Optuna
 TAG_STORAGE = "colorbench.optuna_storage"  # password hidden
 TAG_SAMPLED = "colorbench.sampled"  # the trial's sampled values, `key=value` separated by spaces
 TAG_PARETO = "colorbench.pareto"  # a multi-objective study's finished trials: "true" on the Pareto front, else "false"
+TAG_ORDER = "colorbench.order"  # a grid cell run's position in its grid file's order of cells (0 = first): the default report baseline
+TAG_BASELINE = "colorbench.report.baseline"  # experiment tag: the grid file's `report.baseline` (cell id prefix; empty: none named)
 TAG_CLAIM_HOST = "colorbench.claim.host"  # a cell run's claim: the host and pid of the process training it
 TAG_CLAIM_PID = "colorbench.claim.pid"
 TAG_HEARTBEAT = "colorbench.heartbeat"  # unix time, refreshed every HEARTBEAT_SECONDS while the claim is held
@@ -109,6 +111,16 @@ def experiment_id(name: str) -> str:
 def experiment_name(experiment_id: str) -> str:
     """The name of experiment `experiment_id`."""
     return MlflowClient().get_experiment(experiment_id).name
+
+
+def set_experiment_tag(experiment_id: str, key: str, value: str) -> None:
+    """Set tag `key` of experiment `experiment_id`."""
+    MlflowClient().set_experiment_tag(experiment_id, key, value)
+
+
+def experiment_tag(experiment_id: str, key: str) -> str | None:
+    """Tag `key` of experiment `experiment_id`; None when it is not set."""
+    return MlflowClient().get_experiment(experiment_id).tags.get(key)
 
 
 def experiment_runs(experiment_id: str) -> pd.DataFrame:
