@@ -169,7 +169,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if len(args.experiment) > 1:
         return report_across(args)
     report = build_report(
-        args.experiment[0], args.out, args.metric, args.baseline, args.tracking_uri, args.storage, args.correction, parse_ropes(args.rope), args.all_pairs
+        args.experiment[0], args.out, args.metric, args.baseline, args.tracking_uri, args.storage, args.correction, parse_ropes(args.rope), args.all_pairs,
+        args.top, args.compare,
     )
     header, rows = terminal_rows(report)
     title = f"{report.experiment}: ranked on test {report.metric}, mean ± std over folds; baseline: {report.baseline_how}"
@@ -181,7 +182,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     stdout.print(table)
     for label, reason in report.failed:
         console.print(f"[red]failed[/] {label}: {reason}")
-    console.print(f"Wrote the table, figures and summary.md to {report.out_dir}/")
+    for notice in report.notices:
+        console.print(f"[yellow]note[/] {notice}", highlight=False)
+    console.print(f"Wrote the table, figures, summary.md and report.html to {report.out_dir}/", highlight=False)
+    if report.published:
+        console.print(f"Logged on the experiment's report run: {report.published}", highlight=False, soft_wrap=True)
     return 0
 
 
@@ -194,6 +199,8 @@ def report_across(args: argparse.Namespace) -> int:
         raise ConfigError(
             "--baseline and --all-pairs apply to one experiment; a report across experiments tests against the first experiment's baseline"
         )
+    if args.top is not None or args.compare:
+        raise ConfigError("--top and --compare apply to one experiment's figures and photos; a report across experiments has a table only")
     report = build_multi_report(args.experiment, args.out, args.metric, args.tracking_uri, args.correction, parse_ropes(args.rope))
     header, rows = terminal_rows(report)
     table = Table(title=f"{' + '.join(report.experiments)}: ranked on test {report.metric}", show_edge=False)
@@ -202,7 +209,7 @@ def report_across(args: argparse.Namespace) -> int:
     for row in rows:
         table.add_row(*row)
     stdout.print(table)
-    console.print(f"Wrote table.csv and summary.md to {report.out_dir}/")
+    console.print(f"Wrote table.csv, summary.md and report.html to {report.out_dir}/", highlight=False)
     return 0
 
 
@@ -300,6 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--all-pairs", action="store_true", help="also compare every pair of cells: pairs.csv, pairs.png")
     rep.add_argument("--storage", metavar="URL", help="a search's Optuna storage, for its figures (default: as recorded on its trial runs)")
     rep.add_argument("--correction", choices=("holm", "bh", "none"), default="holm", help="p-value adjustment over the report (default: holm)")
+    rep.add_argument(
+        "--top", type=int, metavar="K", help="draw only the top K cells (and the baseline) in cd.png, bar.png and folds.png (default: 10 when there are more than 15)"
+    )
+    rep.add_argument("--compare", nargs=2, metavar=("A", "B"), help="the two cells (id prefixes) of report.html's photo comparison (default: the top cell and the baseline)")
     rep.set_defaults(func=cmd_report)
     col = sub.add_parser("colorize", parents=[common], help="colorize photos with a trained model")
     col.add_argument("model", metavar="MODEL", help="cell id (its newest finished cell run), MLflow run id (a cell run uses its deployed child), runs:/ or models:/ URI, or checkpoint.pt file")

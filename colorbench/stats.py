@@ -251,9 +251,14 @@ def nemenyi(bad: pd.DataFrame) -> pd.DataFrame:
     return scikit_posthocs.posthoc_nemenyi_friedman(bad.to_numpy(float)).set_axis(bad.columns, axis=0).set_axis(bad.columns, axis=1)
 
 
-def cd_diagram(bad: pd.DataFrame, ax: Axes, alpha: float = 0.05) -> None:
-    """Critical-difference diagram (Demsar 2006) of the columns' mean ranks with Nemenyi crossbars, by scikit-posthocs."""
-    scikit_posthocs.critical_difference_diagram(mean_ranks(bad), nemenyi(bad), ax=ax, alpha=alpha)
+def cd_diagram(bad: pd.DataFrame, ax: Axes, alpha: float = 0.05, shown: list[str] | None = None) -> None:
+    """Critical-difference diagram (Demsar 2006) of the columns' mean ranks with Nemenyi crossbars, by scikit-posthocs; ranks and
+    tests are over every column, `shown` (default: all) are drawn. Ranks are labelled as plain numbers (`12.3`, never `1e+02`)."""
+    shown = list(bad.columns) if shown is None else shown
+    ranks, tests = mean_ranks(bad)[shown], nemenyi(bad).loc[shown, shown]
+    scikit_posthocs.critical_difference_diagram(
+        ranks, tests, ax=ax, alpha=alpha, label_fmt_left="{label} ({rank:.1f})", label_fmt_right="({rank:.1f}) {label}"
+    )
 
 
 def kendall_tau(x: np.ndarray, y: np.ndarray) -> float:

@@ -140,16 +140,19 @@ def headless_chromium(binary: str, profile: Path) -> Iterator[str]:
 
 
 class DevTools:
-    """Commands to one page over the Chrome DevTools protocol."""
+    """Commands to one page over the Chrome DevTools protocol; the events it sends meanwhile are kept in `events`."""
 
     def __init__(self, socket: aiohttp.ClientWebSocketResponse) -> None:
         self.socket, self.ids = socket, itertools.count(1)
+        self.events: list[dict[str, Any]] = []
 
     async def call(self, method: str, **params: Any) -> dict[str, Any]:
         number = next(self.ids)
         await self.socket.send_json({"id": number, "method": method, "params": params})
         async for message in self.socket:
             reply = json.loads(message.data)
+            if "method" in reply:
+                self.events.append(reply)
             if reply.get("id") == number:
                 if "error" in reply:
                     raise RuntimeError(f"{method}: {reply['error']}")

@@ -27,7 +27,7 @@ from colorbench.search.space import ObjectiveConfig, objective_choices
 AB_MAX = Metric("ab_max", "lower", "largest per-pixel ab error of an image", per_image=lambda b: b.sq_err.flatten(1).amax(1).sqrt(), rope=1.0)
 MEDIAN_DIFF = Statistic(
     ("median_diff",), "images", "median Δ (images)", lambda row: fmt_value(row.get("median_diff")),
-    compute=lambda pair: {"median_diff": float(np.median(pair.units["images"][0] - pair.units["images"][1]))},
+    compute=lambda pair: {"median_diff": float(np.median(pair.images[0] - pair.images[1]))},
     shown=frozenset({"markdown", "terminal", "multi"}), phrase=lambda row: f"median Δ = {row['median_diff']:+.3f}",
 )  # fmt: skip
 

@@ -166,9 +166,9 @@ print(" ".join(sorted(LOSSES)), "|", " ".join(heavy))
 
 
 def test_every_loss_registers_whatever_is_imported_first_and_loading_a_model_stays_light() -> None:
-    """In a fresh process: the losses module alone lists all four losses (bg-weighted too), and the checkpoint loader pulls in
+    """In a fresh process: the losses module alone lists all six losses (bg-weighted and the hybrids too), and the checkpoint loader pulls in
     neither Optuna nor scikit-learn."""
     done = subprocess.run([sys.executable, "-c", IMPORT_PROBE], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     losses, heavy = done.stdout.strip().split("|")
-    assert losses.split() == ["bg-weighted", "ce", "ce-rebalanced", "mse"] and heavy.split() == []
+    assert losses.split() == ["bg-weighted", "ce", "ce-mse", "ce-rebalanced", "mse", "rebalanced-mse"] and heavy.split() == []

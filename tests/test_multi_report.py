@@ -64,6 +64,9 @@ def test_a_shared_test_set_is_tested_and_configs_are_matched_across_experiments(
         expected = stats.wilcoxon(c, b).pvalue if np.any(c != b) else 1.0
         assert row["p_wilcoxon_images"] == pytest.approx(expected)
     assert "Left out of the tests" not in (tmp_path / "ab" / "summary.md").read_text()
+    page = (tmp_path / "ab" / "report.html").read_text()  # the same table as one page, each row linked to its run
+    assert page.count(' data-cell="') == len(table)
+    assert all(f"/runs/{run_of[(row['experiment'], row['config'])]}\"" in page for _, row in table.iterrows())
 
 
 def test_another_test_set_is_left_out_of_the_tests_with_the_reason(store: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

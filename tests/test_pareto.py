@@ -67,6 +67,9 @@ def test_a_two_objective_study_prints_and_tags_its_non_dominated_front(
     assert set(table.loc[table["pareto"], "trial"]) == expected and len(table) == 4
     assert (tmp_path / "report" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     assert "pareto.png" in report.study_figures
+    page = (tmp_path / "report" / "report.html").read_text()  # the front in report.html: its trials, each linked to its run
+    front = page[page.index('id="pareto-table"') : page.index("</table>", page.index('id="pareto-table"'))]
+    assert {n for n in numbers if f"/runs/{runs[n].info.run_id}\"" in front} == expected and "Pareto front" in page
 
 
 def test_pruning_is_refused_for_several_objectives_and_objective_stays_single() -> None:

@@ -1,9 +1,10 @@
 """`colorbench report`: an experiment's runs read through `colorbench.tracking` (`runs`), ranked and compared with a baseline
-(`table`, `comparisons`), the validation schemes judged (`validation`), written as text (`render`) and figures (`figures`) by
-`build.build_report`; `multi` ranks several experiments in one table.
+(`table`, `comparisons`), the validation schemes judged (`validation`), written as text (`render`), figures (`figures`) and one
+page (`html`, with the test photos of `photos`) by `build.build_report`, and logged on the experiment's report run (`publish`);
+`multi` ranks several experiments in one table.
 
-Importing it loads neither torch nor Optuna: the registries (to label rows), the search (for a study's figures) and the images
-(for samples.png) are imported inside the functions that need them.
+Importing it loads neither torch nor Optuna: the registries (to label rows), the search (for a study's figures), the images
+(for samples.png) and the data and models (for report.html's photos) are imported inside the functions that need them.
 """
 
 from __future__ import annotations

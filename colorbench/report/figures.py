@@ -25,18 +25,34 @@ from colorbench.ui import console
 
 FIGURES = {"bar.png": "bar chart", "folds.png": "per-fold spread", "val_loss.png": "validation loss", "samples.png": "test samples"}
 SAMPLE_COLUMNS = 8  # cells (best first) shown in samples.png
+TOP, ALL_UP_TO = 10, 15  # cd.png, bar.png and folds.png draw every cell up to ALL_UP_TO cells, else the top TOP and the baseline
 
 
-def plot_bar(cells: pd.DataFrame, gray: pd.Series, metric: str, path: Path) -> None:
+def shown_cells(cells: pd.DataFrame, baseline: str, top: int | None = None) -> tuple[pd.DataFrame, str]:
+    """The cells (rows in rank order) a per-cell figure draws, and what its title says about them: every cell up to `ALL_UP_TO`,
+    else the top `TOP`; a `top` given draws the top `top` whenever there are more. The baseline is always drawn."""
+    k = top if top is not None else TOP if len(cells) > ALL_UP_TO else len(cells)
+    if len(cells) <= k:
+        return cells, ""
+    shown = cells[(np.arange(len(cells)) < k) | (cells["cell"] == baseline).to_numpy()]
+    return shown, f"top {k} of {len(cells)} cells" + (" and the baseline" if len(shown) > k else "") + "; every cell: table.md"
+
+
+def titled(title: str, note: str) -> str:
+    """A figure's title with the note on which cells it draws."""
+    return f"{title}\n({note})" if note else title
+
+
+def plot_bar(cells: pd.DataFrame, gray: pd.Series, metric: str, path: Path, note: str = "") -> None:
     """bar.png: the metric per cell with std error bars and the gray baseline dashed."""
     fig, ax = plt.subplots(figsize=(max(5, 2.2 * len(cells)), 4.5))
     x = np.arange(len(cells))
     ax.bar(x, cells[f"test_{metric}_mean"], yerr=cells[f"test_{metric}_std"].fillna(0), capsize=4, color="tab:blue")
     add_gray_line(ax, gray, metric)
-    finish(fig, ax, cells, f"test {metric}, mean ± std over folds ({direction(metric)})", path)
+    finish(fig, ax, cells, titled(f"test {metric}, mean ± std over folds ({direction(metric)})", note), path)
 
 
-def plot_folds(cells: pd.DataFrame, gray: pd.Series, metric: str, path: Path) -> None:
+def plot_folds(cells: pd.DataFrame, gray: pd.Series, metric: str, path: Path, note: str = "") -> None:
     """folds.png: every fold's value per cell (k-fold spread vs one hold-out value) and the fold mean."""
     fig, ax = plt.subplots(figsize=(max(5, 2.2 * len(cells)), 4.5))
     for i, (_, row) in enumerate(cells.iterrows()):
@@ -44,7 +60,7 @@ def plot_folds(cells: pd.DataFrame, gray: pd.Series, metric: str, path: Path) ->
         ax.scatter(np.full(len(vals), i) + np.linspace(-0.12, 0.12, len(vals)) * (len(vals) > 1), vals, color="tab:blue", zorder=3)
         ax.hlines(np.mean(vals), i - 0.25, i + 0.25, color="black", label="fold mean" if i == 0 else None)
     add_gray_line(ax, gray, metric)
-    finish(fig, ax, cells, f"test {metric} of each fold (dots) and their mean (line)", path)
+    finish(fig, ax, cells, titled(f"test {metric} of each fold (dots) and their mean (line)", note), path)
 
 
 def add_gray_line(ax: plt.Axes, gray: pd.Series, metric: str) -> None:
@@ -61,7 +77,7 @@ def finish(fig: plt.Figure, ax: plt.Axes, cells: pd.DataFrame, title: str, path:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, metadata={"Title": title})
     plt.close(fig)
 
 
@@ -90,13 +106,16 @@ def plot_samples(samples: list[dict[str, np.ndarray]], cells: pd.DataFrame, path
     image_grid(rows, titles, path, [str(n) for n in samples[0]["names"]])
 
 
-def plot_cd(matrix: pd.DataFrame, table: pd.DataFrame, path: Path) -> None:
-    """cd.png: the critical-difference diagram of the cells' per-image ranks (colorbench.stats.cd_diagram)."""
-    names = {row["cell"]: f"{label(row)} [{row['cell']}]" for _, row in table.iterrows() if row["cell"] in matrix}
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * matrix.shape[1]))
-    cd_diagram(matrix.rename(columns=names), ax)
-    ax.set_title("mean rank over the test images (1 = best); a bar joins cells the Nemenyi test cannot tell apart", fontsize=9, pad=24)
-    fig.savefig(path, dpi=100, bbox_inches="tight")  # the labels reach beyond the axes
+def plot_cd(matrix: pd.DataFrame, cells: pd.DataFrame, path: Path, note: str = "") -> None:
+    """cd.png: the critical-difference diagram of the cells' per-image ranks (colorbench.stats.cd_diagram): ranks and tests over
+    every cell of `matrix`, the `cells` among them drawn."""
+    names = {row["cell"]: f"{label(row)} [{row['cell']}]" for _, row in cells.iterrows() if row["cell"] in matrix}
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * len(names)))
+    cd_diagram(matrix.rename(columns=names), ax, shown=list(names.values()))
+    ranked = f"mean rank among all {matrix.shape[1]} cells" if note else "mean rank"
+    title = titled(f"{ranked} over the test images (1 = best); a bar joins cells the Nemenyi test cannot tell apart", note)
+    ax.set_title(title, fontsize=9, pad=24)
+    fig.savefig(path, dpi=100, bbox_inches="tight", metadata={"Title": title})  # the labels reach beyond the axes
     plt.close(fig)
 
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 
@@ -20,6 +21,7 @@ from colorbench import tracking
 from colorbench.errors import ConfigError
 from colorbench.metrics import badness, rope
 from colorbench.report.comparisons import NOT_COMPARED, STATISTICS, VERDICT, compare, computed_columns, settle, shown_in
+from colorbench.report.html import run_links, write_multi
 from colorbench.report.runs import ROW, Runs, components, load_runs, metric_names, per_image
 from colorbench.report.table import choose_baseline, sample
 from colorbench.stats import CORRECTIONS
@@ -55,8 +57,8 @@ def build_multi_report(
     ropes: Mapping[str, float] | None = None,
 ) -> MultiReport:
     """Rank every finished cell of `experiments` in one table, test each against the first experiment's baseline where the test set
-    is shared (same data fingerprint and test images), settle the p-values and verdicts over the table; write table.csv and
-    summary.md into `out_dir`."""
+    is shared (same data fingerprint and test images), settle the p-values and verdicts over the table; write table.csv, summary.md
+    and report.html into `out_dir`."""
     if correction not in CORRECTIONS:
         raise ConfigError(f"unknown correction {correction!r}; use one of: {', '.join(CORRECTIONS)}")
     if len(set(experiments)) != len(experiments):
@@ -95,6 +97,7 @@ def build_multi_report(
     report = MultiReport(experiments, metric, table, out, correction, f"{base.how} of {experiments[0]}")
     table.to_csv(out / "table.csv", index=False)
     (out / "summary.md").write_text(summary(report))
+    write_multi(report, {(name, key): link for name, runs in loaded.items() for key, link in run_links(runs, mlflow.get_tracking_uri()).items()})
     return report
 
 

@@ -209,6 +209,8 @@ def command(report: Report) -> str:
     args = ["colorbench", "report", "--experiment", report.experiment, "--tracking-uri", mlflow.get_tracking_uri()]
     args += ["--out", str(report.out_dir), "--metric", report.metric, "--baseline", report.baseline, "--correction", report.correction]
     args += [f"--rope={report.metric}={report.rope:g}"] * (report.rope > 0) + ["--all-pairs"] * (report.pairs is not None)
+    args += ["--top", str(report.top)] if report.top is not None else []
+    args += ["--compare", *report.compare] if report.compare else []
     return shlex.join(args)
 
 
@@ -232,7 +234,7 @@ def summary(report: Report) -> str:
         *(validation.summary_section(report.validation, report.metric, direction(report.metric)) if report.validation is not None else []),
         "## Against a plain gray image (ab = 0)\n",
         *gray_lines(report),
-        "\nThe full table, with every metric and each fold: [table.md](table.md), [table.csv](table.csv).",
+        "\nThe full table, with every metric and each fold: [table.md](table.md), [table.csv](table.csv); as one page with the test photos side by side: [report.html](report.html).",
         failed_note(report),
         f"## Figures{report.in_replicate(report.baseline_row)}\n",
         *(f"![{title}]({name})\n" for name, title in FIGURES.items()),

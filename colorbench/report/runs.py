@@ -90,12 +90,18 @@ def metric_names(cells: pd.DataFrame) -> list[str]:
     return [m for m in METRICS if m in found] + sorted(found - set(METRICS))
 
 
+def per_image_values(folds: pd.DataFrame, tmp: Path) -> pd.DataFrame:
+    """Every per-image test metric averaged over folds (their `test_per_image.csv`), one row per test image in test-set order, with
+    the image names in column `image`."""
+    return tracking.per_image_mean(list(folds["run_id"]), tmp).reset_index()
+
+
 def per_image(folds: pd.DataFrame, metric: str, tmp: Path) -> Images | None:
     """Test image names and the per-image `metric` averaged over folds; None when it is not logged per image."""
-    table = tracking.per_image_mean(list(folds["run_id"]), tmp)
-    if metric not in table.columns:
+    values = per_image_values(folds, tmp)
+    if metric not in values.columns:
         return None
-    return table.index.tolist(), table[metric].to_numpy(float)
+    return values["image"].tolist(), values[metric].to_numpy(float)
 
 
 def children(runs: Runs, table: pd.DataFrame, metric: str) -> pd.DataFrame:

@@ -63,6 +63,10 @@ class Report:
     rope: float = 0.0  # the region of practical equivalence of `metric` used for the verdicts (0: equivalence not judged)
     pairs: pd.DataFrame | None = None  # --all-pairs: every pair of cells of the baseline's replicate (`pair_table`)
     baselines: dict[str, str] = field(default_factory=dict)  # each cell's baseline: the baseline configuration's cell in its replicate
+    top: int | None = None  # --top: the cells drawn in the per-cell figures (figures.shown_cells)
+    compare: tuple[str, str] | None = None  # --compare: the photo comparison's two cells, when chosen
+    published: str = ""  # report.html in the MLflow UI (the experiment's report run), when logged
+    notices: list[str] = field(default_factory=list)  # what the report could not do (photos, logging), one line each
 
     @property
     def replicates(self) -> int:
@@ -79,12 +83,13 @@ class Report:
         return f" (replicate {int(row['replicate'])})" if self.replicates > 1 else ""
 
 
-def match_cell(cell_ids: pd.Series, prefix: str, source: str) -> str:
-    """The one cell id starting with `prefix`; a ConfigError naming `source` (where the prefix came from) otherwise."""
+def match_cell(cell_ids: pd.Series, prefix: str, source: str, option: str = "--baseline") -> str:
+    """The one cell id starting with `prefix`; a ConfigError naming `source` (where the prefix came from) and the `option` that
+    names a cell otherwise."""
     matches = [c for c in cell_ids if c.startswith(prefix)]
     if len(matches) != 1:
         problem = "matches no finished cell" if not matches else f"is ambiguous ({', '.join(matches)})"
-        raise ConfigError(f"{source} {prefix!r} {problem}; cells: {', '.join(cell_ids)}; name one with --baseline")
+        raise ConfigError(f"{source} {prefix!r} {problem}; cells: {', '.join(cell_ids)}; name one with {option}")
     return matches[0]
 
 

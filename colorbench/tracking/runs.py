@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,8 +31,10 @@ if TYPE_CHECKING:
     from colorbench.config import Cell
 
 
-TAG_ROLE = "colorbench.role"  # "cell" or "trial" (parent run), "fold" (child run)
+TAG_ROLE = "colorbench.role"  # "cell" or "trial" (parent run), "fold" (child run), "report" (the experiment's `colorbench report`)
 PARENT_ROLES = ("cell", "trial")  # runs whose children are fold runs: a grid cell, a search trial
+REPORT_ROLE = "report"
+TAG_NOTE = "mlflow.note.content"  # MLflow's own: an experiment's description (markdown), shown above its runs
 TAG_PARENT = "mlflow.parentRunId"  # MLflow's own: a fold run's cell or trial run
 TAG_CELL = "colorbench.cell_id"
 TAG_FOLD = "colorbench.fold"
@@ -328,6 +330,24 @@ def create_run(experiment_id: str, name: str, tags: dict[str, str], params: dict
     run_id = client.create_run(experiment_id, tags=resolve_tags(tags), run_name=name).info.run_id
     log_params(run_id, params)
     return run_id
+
+
+def report_run(experiment_id: str) -> str:
+    """The experiment's report run (role `report`, FINISHED, no children): the newest, created the first time."""
+    with store_lock():
+        found = find_runs([experiment_id], {TAG_ROLE: REPORT_ROLE}, max_results=1, order_by=["attributes.start_time DESC"])
+        if found:
+            return found[0].info.run_id
+        run_id = create_run(experiment_id, REPORT_ROLE, {TAG_ROLE: REPORT_ROLE}, {})
+        close_run(run_id, RunStatus.to_string(RunStatus.FINISHED))
+        return run_id
+
+
+def log_artifacts(run_id: str, files: Iterable[Path]) -> None:
+    """Log `files` at the top of run `run_id`'s artifacts (which need not be active), replacing files of the same name."""
+    client = MlflowClient()
+    for path in files:
+        client.log_artifact(run_id, str(path))
 
 
 def log_params(run_id: str, params: dict[str, Any]) -> None:

@@ -145,6 +145,16 @@ def runs_url(experiment_id: str, address: str = UI_ADDRESS) -> str:
     return f"{address}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
+def ui_address(uri: str) -> str:
+    """Where store `uri`'s runs are seen in a browser: the server itself for an http(s) URI, else where `mlflow ui` serves it."""
+    return uri.rstrip("/") if urlparse(uri).scheme in ("http", "https") else UI_ADDRESS
+
+
+def run_url(experiment_id: str, run_id: str, address: str = UI_ADDRESS, artifact: str | None = None) -> str:
+    """A run's page in the MLflow UI at `address`; with `artifact`, that artifact shown in the run's artifact view."""
+    return f"{address}/#/experiments/{experiment_id}/runs/{run_id}" + (f"/artifactPath/{artifact}" if artifact else "")
+
+
 def ui_hint(uri: str, experiment: str) -> str:
     """How to see experiment `experiment` of store `uri` in the browser: the `mlflow ui` command and its training-runs URL."""
     found = MlflowClient(uri).get_experiment_by_name(experiment)
