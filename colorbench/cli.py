@@ -26,7 +26,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         "metrics (report --metric; search objective val_<name>)": METRICS,
         "samplers (search)": SAMPLERS,
         "pruners (search)": PRUNERS,
-        "executors (run --executor)": EXECUTORS,
+        "executors (run and search --executor)": EXECUTORS,
     }
     for title, registry in listed.items():
         table = Table(title=title, title_justify="left", show_edge=False)
@@ -52,6 +52,13 @@ def executor_flags() -> dict[str, str]:
         for key, text in option_help(name).items():
             flags.setdefault(key, []).append(f"{name}: {text}")
     return {key: "; ".join(texts) for key, texts in flags.items()}
+
+
+def add_executor_flags(parser: argparse.ArgumentParser, what: str) -> None:
+    """`--executor` and every executor's option flags (`colorbench run` and `colorbench search` share them)."""
+    parser.add_argument("--executor", default="local", choices=list(EXECUTORS), help=f"where {what} run (default: local)")
+    for key, text in executor_flags().items():
+        parser.add_argument(f"--{key.replace('_', '-')}", dest=key, metavar=key.upper(), help=text)
 
 
 def executor_options(args: argparse.Namespace) -> dict[str, object]:
@@ -120,7 +127,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.dry_run:
         print_config(search.config)
         return 0
-    outcome = run_search(search, args.n_trials, args.timeout, args.storage, args.study, args.n_workers, args.tracking_uri, args.out)
+    executor, options = args.executor, executor_options(args)
+    if args.n_workers is not None:  # the flag from before the one pool: W worker processes
+        console.print(f"[yellow]warning:[/] --n-workers is deprecated; use --executor process --workers {args.n_workers}", highlight=False)
+        executor, options = ("local", {}) if args.n_workers == 1 else ("process", {"workers": args.n_workers})
+    outcome = run_search(search, args.n_trials, args.timeout, args.storage, args.study, executor, options, args.tracking_uri, args.out)
     counts = ", ".join(f"{n} {state.lower()}" for state, n in outcome.counts.items() if n)
     stdout.print(f"Study {outcome.study_name!r} ({outcome.storage}): {counts or 'no trials'}.")
     if outcome.front is not None and len(outcome.front):
@@ -264,9 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     run.add_argument("--dry-run", action="store_true", help="print the resolved config, the cells and fold count; train nothing")
-    run.add_argument("--executor", default="local", choices=list(EXECUTORS), help="where fold trainings run (default: local)")
-    for key, text in executor_flags().items():
-        run.add_argument(f"--{key.replace('_', '-')}", dest=key, metavar=key.upper(), help=text)
+    add_executor_flags(run, "fold trainings")
     run.set_defaults(func=cmd_run)
     sea = sub.add_parser("search", parents=[common], help="run (or continue) an Optuna study over a search file's space")
     sea.add_argument("file", help="search YAML file, e.g. configs/search.yaml")
@@ -276,9 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     sea.add_argument("--timeout", type=float, metavar="S", help="stop starting new trials after S seconds")
     sea.add_argument("--storage", metavar="URL", help="Optuna storage: sqlite:///optuna.db, postgresql://..., or journal:FILE (default: beside the MLflow store)")
     sea.add_argument("--study", metavar="NAME", help="study name (default: the file's experiment name)")
-    sea.add_argument("--n-workers", type=int, default=1, metavar="W", help="worker processes sharing the study (default: 1)")
+    sea.add_argument("--n-workers", type=int, metavar="W", help="deprecated: --executor process --workers W")
     sea.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     sea.add_argument("--out", metavar="DIR", help="folder for Optuna's figures (default: results/EXPERIMENT)")
+    add_executor_flags(sea, "trials")
     sea.set_defaults(func=cmd_search)
     rep = sub.add_parser("report", parents=[common], help="rank an experiment's cells, test the differences, write tables and plots")
     rep.add_argument(

@@ -167,6 +167,21 @@ class Setup(BaseModel):
             raise ValueError("subsample draws the training pool (data.subsample); a test_data set is used whole, the same in every replicate")
         return value
 
+    def cell(self, backbone: Component, loss: Component, splitter: Component, train: TrainConfig | None = None, replicate: int = 0) -> Cell:
+        """The resolved cell of these components on this file's data, test set and training settings (or `train`), in `replicate`
+        (data seed `seed + replicate`)."""
+        return Cell(
+            data=self.data,
+            test_data=self.test_data,
+            seed=self.seed + replicate,
+            test_fraction=self.test_fraction,
+            train=train or self.train,
+            backbone=backbone,
+            loss=loss,
+            splitter=splitter,
+            replicate=replicate,
+        )
+
 
 SetupT = TypeVar("SetupT", bound=Setup)
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -340,16 +355,6 @@ def expand(exp: Experiment) -> list[Cell]:
     cells: dict[str, Cell] = {}
     for replicate in range(exp.replicates):
         for backbone, loss, splitter in itertools.product(exp.grid.backbone, exp.grid.loss, exp.grid.splitter):
-            cell = Cell(
-                data=exp.data,
-                test_data=exp.test_data,
-                seed=exp.seed + replicate,
-                test_fraction=exp.test_fraction,
-                train=exp.train,
-                backbone=backbone,
-                loss=loss,
-                splitter=splitter,
-                replicate=replicate,
-            )
+            cell = exp.cell(backbone, loss, splitter, replicate=replicate)
             cells.setdefault(cell.id, cell)
     return list(cells.values())

@@ -21,9 +21,5 @@ class TrialPruned(ColorbenchError):
     """A search trial was stopped early by the pruner (its runs end KILLED, the Optuna trial PRUNED)."""
 
 
-class CellFailed(ColorbenchError):
-    """A fold of a cell or search trial failed: the cell's run ended FAILED with the reason, and the grid or search goes on."""
-
-
 class StoreError(ColorbenchError):
     """The tracking store failed in the middle of a grid or search (disk full, server gone, database locked)."""

@@ -98,6 +98,22 @@ GridSize = Annotated[float, Field(gt=0)]
 Stride = Annotated[int, Field(ge=1)]
 
 
+ObjectiveT = TypeVar("ObjectiveT", bound=type)
+
+
+def with_options_of(parent: Callable[..., Objective]) -> Callable[[ObjectiveT], ObjectiveT]:
+    """Class decorator: the class's options are its own keyword options followed by those of `parent` (which its `__init__` takes
+    as `**options` and hands on), so the registry validates, lists and labels them all without repeating `parent`'s list."""
+
+    def wrap(cls: ObjectiveT) -> ObjectiveT:
+        own = [p for p in inspect.signature(cls.__init__, eval_str=True).parameters.values() if p.kind is p.POSITIONAL_OR_KEYWORD][1:]
+        inherited = [p for p in inspect.signature(parent, eval_str=True).parameters.values() if p.name not in {q.name for q in own}]
+        cls.__signature__ = inspect.Signature([p.replace(kind=p.KEYWORD_ONLY) for p in own + inherited])
+        return cls
+
+    return wrap
+
+
 @LOSSES.register("ce")
 class CrossEntropy(Objective):
     """Cross-entropy over quantised ab bins with soft-encoded targets (Zhang et al. 2016), no class rebalancing.
@@ -178,6 +194,7 @@ def rebalancing_weights(train_rgb: torch.Tensor, centres: torch.Tensor, lambda_:
 
 
 @LOSSES.register("ce-rebalanced")
+@with_options_of(CrossEntropy)
 class RebalancedCrossEntropy(CrossEntropy):
     """Cross-entropy over ab bins with class rebalancing: pixels weighted by 1 / ((1 - lambda) * prior + lambda / Q).
 
@@ -185,17 +202,8 @@ class RebalancedCrossEntropy(CrossEntropy):
     normalised so that their prior-weighted mean is 1, and each pixel takes the weight of its nearest bin.
     """
 
-    def __init__(
-        self,
-        lambda_: Rebalance = 0.5,
-        temperature: Temperature = 0.38,
-        sigma: Sigma = 5.0,
-        neighbours: Neighbours = 5,
-        grid: GridSize = 10.0,
-        rim: bool = False,
-        loss_stride: Stride = 1,
-    ) -> None:
-        super().__init__(temperature, sigma, neighbours, grid, rim, loss_stride)
+    def __init__(self, lambda_: Rebalance = 0.5, **options: Any) -> None:  # and CrossEntropy's options (`with_options_of`)
+        super().__init__(**options)
         self.lambda_ = lambda_
         self.prior: torch.Tensor | None = None  # (Q,) smoothed bin prior, sums to 1
         self.bin_weights: torch.Tensor | None = None  # (Q,) rebalancing weight per bin
@@ -210,22 +218,6 @@ class RebalancedCrossEntropy(CrossEntropy):
         if self.bin_weights.device != nearest.device:
             self.bin_weights = self.bin_weights.to(nearest.device)
         return self.bin_weights[nearest]
-
-
-ObjectiveT = TypeVar("ObjectiveT", bound=type)
-
-
-def with_options_of(parent: Callable[..., Objective]) -> Callable[[ObjectiveT], ObjectiveT]:
-    """Class decorator: the class's options are its own keyword options followed by those of `parent` (which its `__init__` takes
-    as `**options` and hands on), so the registry validates, lists and labels them all without repeating `parent`'s list."""
-
-    def wrap(cls: ObjectiveT) -> ObjectiveT:
-        own = [p for p in inspect.signature(cls.__init__, eval_str=True).parameters.values() if p.kind is p.POSITIONAL_OR_KEYWORD][1:]
-        inherited = [p for p in inspect.signature(parent, eval_str=True).parameters.values() if p.name not in {q.name for q in own}]
-        cls.__signature__ = inspect.Signature([p.replace(kind=p.KEYWORD_ONLY) for p in own + inherited])
-        return cls
-
-    return wrap
 
 
 @LOSSES.register("ce-mse")

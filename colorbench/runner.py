@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import pandas as pd
-
 from colorbench import tracking
 from colorbench.backbones import build_model
 from colorbench.components import LOSSES
@@ -43,8 +41,7 @@ def run_grid(
     uri = tracking.resolve_tracking_uri(tracking_uri)
     experiment_id = tracking.open_experiment(uri, exp.experiment)
     tracking.set_experiment_tag(experiment_id, tracking.TAG_BASELINE, baseline or "")  # the grid file run last names the report's baseline
-    finished = tracking.cell_runs(experiment_id, "FINISHED")
-    done = dict(zip(finished.get(f"tags.{tracking.TAG_CELL}", []), finished.get("run_id", []), strict=False))
+    done = {c.id: runs[0] for c in cells if (runs := tracking.finished_cell_runs(c.id, experiment_id))}  # one query per cell, not per run
     todo = [c for c in cells if c.id not in done]
     if done:
         console.print(f"Skipping {len(cells) - len(todo)} finished cell(s) already in experiment {exp.experiment!r}.")
@@ -60,11 +57,11 @@ def run_grid(
         build_model(cell.backbone.name, cell.backbone.options, objective.out_channels)
         if cell.train.decode is not None and objective.tuning is None:
             raise ConfigError(f"train.decode: loss {cell.loss.name!r} has no decoding parameter to choose on validation; drop train.decode")
-    outcomes = {c.id: CellOutcome(c, run_id=done[c.id], skipped=True) for c in cells if c.id in done}
+    outcomes = {c.id: CellOutcome(c, run.info.run_id, dict(run.data.metrics), skipped=True) for c in cells if (run := done.get(c.id))}
     gray = {r: gray_baseline(d.test) for r, d in data.items()}
     order = {c.id: i for i, c in enumerate(cells)}  # the file's order, recorded on each cell run: the report's default baseline is the first
     outcomes.update(run_cells(engine, todo, splits, experiment_id, uri, data, gray, device, overrides, order))
-    fill_metrics(experiment_id, outcomes)
+    fill_metrics(outcomes)
     return [outcomes[c.id] for c in cells], gray[0]
 
 
@@ -74,10 +71,8 @@ def replicate_data(cells: list[Cell]) -> dict[int, PreparedData]:
     return {r: prepare_data(first[r]) for r in sorted(first)}
 
 
-def fill_metrics(experiment_id: str, outcomes: dict[str, CellOutcome]) -> None:
-    """Read skipped cells' fold means/stds back from their finished parent runs."""
-    finished = tracking.cell_runs(experiment_id, "FINISHED")
-    for _, row in finished.iterrows():
-        outcome = outcomes.get(row.get(f"tags.{tracking.TAG_CELL}"))
-        if outcome is not None and outcome.skipped and row["run_id"] == outcome.run_id:
-            outcome.metrics = {k[len("metrics.") :]: v for k, v in row.items() if k.startswith("metrics.") and pd.notna(v)}
+def fill_metrics(outcomes: dict[str, CellOutcome]) -> None:
+    """Read the fold means/stds of the cells another process trained meanwhile back from their runs, once FINISHED."""
+    for outcome in outcomes.values():
+        if outcome.skipped and not outcome.metrics and (run := tracking.get_run(outcome.run_id)).info.status == "FINISHED":
+            outcome.metrics = dict(run.data.metrics)

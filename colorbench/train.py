@@ -23,6 +23,7 @@ from colorbench.losses import Objective
 from colorbench.metrics import ColorizationMetrics, badness, decoded
 
 EpochCallback = Callable[[dict[str, float]], None]
+MAX_AB_RMSE = 1000.0  # Lab units: real colours lie within about 260 of each other in ab, so a larger error means the model blew up
 TrainingState = dict[str, Any]  # what `fit` needs to continue a fold: plain data and tensors only (loads with weights_only=True)
 SaveState = Callable[[TrainingState], None]
 Images = HostImages | torch.Tensor  # uint8 (N,H,W,3): rows on the host (an array, the cache's memory map, rows of it) or a tensor
@@ -221,6 +222,17 @@ def evaluate(
     return metrics, meters[variants[0]].per_image()
 
 
+def check_divergence(record: dict[str, float], lr: float) -> None:
+    """Raise DivergedError if an epoch's record shows divergence: a loss that is not finite, or a validation ab error beyond any real
+    colour's. `fit` checks the training loss alone before validating (a blown-up model is not evaluated), then the whole record."""
+    shown = {"train_loss": "train loss", "val_loss": "val loss", "val_ab_rmse": "val ab RMSE"}
+    values = {key: record[key] for key in shown if key in record}
+    if all(math.isfinite(v) for v in values.values()) and values.get("val_ab_rmse", 0.0) <= MAX_AB_RMSE:
+        return
+    found = ", ".join(f"{shown[key]} {value:.3g}" for key, value in values.items())
+    raise DivergedError(f"diverged at epoch {int(record['epoch'])}: {found}; lower train.lr (now {lr})")
+
+
 def pick_decoding(scores: dict[float, dict[str, float]], rule: DecodeRule) -> float:
     """The candidate `rule` picks from {candidate: its validation metrics}: among those with a colourfulness ratio of at least
     `rule.min_colorfulness_ratio` (all when unset), the best by `rule.choose`; when none reaches it, the most colourful. Ties go to the
@@ -281,7 +293,8 @@ def fit(
     On CUDA the images move to GPU memory when they fit (`stage`); otherwise, and on a CPU, each batch is read from the host
     (the cache's memory map) while the previous one trains, so a fold is never loaded whole. The loss is summed on the device and checked once
     per epoch, so the host never waits for the GPU mid-epoch. Each epoch's record includes its training throughput,
-    `train_images_per_s`.
+    `train_images_per_s`; it goes to `on_epoch`, then through `check_divergence` (the training loss alone is checked before
+    validation).
 
     Every `cfg.checkpoint_every` epochs, after the last one and when stopping early, `save_state` gets the training state
     (`training_state`); `resume`, such a state, continues after its epoch exactly as the uninterrupted run would have (same
@@ -323,14 +336,14 @@ def fit(
             total += loss.detach().double() * len(L)
             seen += len(L)
         train_loss = total.item() / max(seen, 1)
-        if not math.isfinite(train_loss):
-            raise DivergedError(f"training loss became {train_loss} in epoch {epoch}; lower train.lr (now {cfg.lr})")
+        check_divergence({"epoch": epoch, "train_loss": train_loss}, cfg.lr)
         rate = seen / (time.perf_counter() - epoch_started)
         val, _ = evaluate(model, objective, val_images, cfg.batch_size, amp=amp)
         record = {"epoch": epoch, "train_loss": train_loss, "train_images_per_s": rate, **{f"val_{k}": v for k, v in val.items()}}
         history.append(record)
         if on_epoch:
             on_epoch(record)
+        check_divergence(record, cfg.lr)
         if val["loss"] < best_loss or keep_last:
             best_loss, best_epoch = val["loss"], epoch
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}

@@ -129,6 +129,14 @@ def test_lambda_one_gives_unit_weights_and_plain_cross_entropy() -> None:
     assert objective(z, ab).item() == pytest.approx(LOSSES.build("ce")(z, ab).item(), rel=1e-6)
 
 
+def test_rebalanced_cross_entropy_takes_every_cross_entropy_option_after_its_own() -> None:
+    assert list(LOSSES.options("ce-rebalanced")) == ["lambda", *LOSSES.options("ce")]  # declared once, on CrossEntropy
+    objective = LOSSES.build("ce-rebalanced", {"lambda": 0.3, "temperature": 0.5, "rim": True})
+    assert (objective.lambda_, objective.temperature, objective.out_channels) == (0.3, 0.5, LOSSES.build("ce", {"rim": True}).out_channels)
+    with pytest.raises(ConfigError, match="'ce-rebalanced' has no option 'temprature' .did you mean 'temperature'"):
+        LOSSES.build("ce-rebalanced", {"temprature": 0.5})
+
+
 def test_loss_stride_scores_the_subsampled_grid() -> None:
     strided = RebalancedCrossEntropy(loss_stride=4)
     full = RebalancedCrossEntropy()

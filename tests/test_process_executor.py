@@ -6,10 +6,13 @@ scale-out group, tests/scaleout/test_executors.py, which imports `store_cells` f
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from mlflow.tracking import MlflowClient
 
 from colorbench import tracking
+from colorbench.lifecycle.executors import stream
 from colorbench.resolve import parse_experiment
 from colorbench.runner import run_grid
 
@@ -39,3 +42,26 @@ def test_process_executor_matches_local(tiny_grid: dict, tracking_uri: str) -> N
     for a, b in zip(local, pooled, strict=True):
         for key in METRICS:
             assert b.metrics[key] == pytest.approx(a.metrics[key], rel=1e-3), key
+
+
+def test_a_pool_takes_the_next_task_only_when_one_ends() -> None:
+    """The body every pool shares (`executors.stream`): at most `room()` tasks submitted, the next pulled only when one ends, so a grid
+    claims each cell just before it trains and a search samples each trial as late as it can."""
+    pulled: list[int] = []
+    in_flight: list[int] = []
+
+    def tasks() -> Iterator[int]:
+        for task in range(5):
+            pulled.append(task)
+            yield task
+
+    def ended(handles: list[int]) -> list[int]:
+        in_flight.append(len(handles))
+        return [min(handles)]
+
+    results = stream(tasks(), lambda: 2, lambda task: task, ended, lambda handle: handle * 10)
+    assert next(results) == (0, 0) and pulled == [0, 1]  # two started, none more until one ends
+    assert next(results) == (1, 10) and pulled == [0, 1, 2]
+    assert list(results) == [(2, 20), (3, 30), (4, 40)] and max(in_flight) == 2
+    everything = stream(iter(range(3)), lambda: None, lambda task: task, lambda handles: handles, lambda handle: handle)
+    assert list(everything) == [(0, 0), (1, 1), (2, 2)]  # no room limit: all submitted at once

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,9 +18,9 @@ from mlflow.tracking import MlflowClient
 
 from colorbench import tracking
 from colorbench.cli import main
-from colorbench.errors import ConfigError
+from colorbench.errors import ConfigError, StoreError
 from colorbench.report import build_report
-from colorbench.search.optimize import open_study, run_search
+from colorbench.search.optimize import TrialContext, close_orphan_runs, end_trial, enqueue_interrupted, open_study, run_search, start_trial
 from colorbench.search.space import parse_search
 from colorbench.search.storage import USER_ATTR_RUN, open_storage
 from colorbench.tracking import TAG_STATE, TAG_STUDY, TAG_TRIAL
@@ -128,7 +131,7 @@ def test_two_worker_processes_share_one_study(tiny_search: dict, tracking_uri: s
     tiny_search["train"]["epochs"] = 1
     given = ["train.epochs=1"]  # as the command line would pass them: each worker process tags its runs with them
     search = replace(parse_search(tiny_search), overrides=tuple(given))  # what load_search keeps
-    outcome = run_search(search, n_trials=4, n_workers=2, tracking_uri=tracking_uri, out_dir=tmp_path)
+    outcome = run_search(search, n_trials=4, executor="process", executor_options={"workers": 2}, tracking_uri=tracking_uri, out_dir=tmp_path)
     journal = tmp_path / "optuna-journal.log"
     assert outcome.storage == f"journal:{journal}" and journal.is_file()  # SQLite would lock under two writers
     study = optuna.load_study(study_name="tiny-search", storage=open_storage(f"journal:{journal}"))
@@ -189,3 +192,51 @@ def test_the_shipped_default_search_is_valid() -> None:
     search = parse_search(yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "search.yaml").read_text()))
     assert [p.key for p in search.params] == ["backbone", "loss", "train.lr", "loss.temperature"]
     assert search.config.objective.metric.startswith("val_")
+
+
+def test_search_takes_the_executor_flags_and_n_workers_is_their_deprecated_alias(
+    tiny_search: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "search.yaml").write_text(yaml.safe_dump(tiny_search))
+    assert main(["search", "search.yaml", "--executor", "process", "--partition", "gpu"]) == 2  # the process pool takes no partition
+    assert "executor 'process' has no option 'partition'" in capsys.readouterr().err
+    assert main(["search", "search.yaml", "--n-workers", "0"]) == 2  # read as --executor process --workers 0
+    err = capsys.readouterr().err
+    assert "--n-workers is deprecated; use --executor process --workers 0" in err and "executor 'process', option 'workers'" in err
+    assert not (tmp_path / "mlflow.db").exists()  # both refused before touching any store
+
+
+def test_the_next_search_fails_a_killed_trial_and_closes_its_run(tiny_search: dict, tracking_uri: str, tmp_path: Path) -> None:
+    """Trials sent to executors record no Optuna heartbeat: a trial left RUNNING by a process that is gone is failed by the next search,
+    from its MLflow run's claim, and the run closed KILLED; a trial held by a live process is left alone."""
+    study = open_study(parse_search(tiny_search), f"sqlite:///{tmp_path / 'optuna.db'}", "killed")
+    experiment_id = tracking.open_experiment(tracking_uri, "tiny-search")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    runs = {}
+    for pid in (gone.pid, os.getppid()):  # a process that ended, and a live one (the one that started this test)
+        trial = study.ask()
+        claim = {tracking.TAG_CLAIM_HOST: tracking.HOST, tracking.TAG_CLAIM_PID: str(pid), tracking.TAG_HEARTBEAT: str(time.time())}
+        tags = {tracking.TAG_ROLE: "trial", TAG_STUDY: "killed", TAG_TRIAL: str(trial.number), tracking.TAG_CELL: f"cell-{trial.number}", **claim}
+        runs[trial.number] = tracking.create_run(experiment_id, f"trial {trial.number}", tags, {})
+    assert enqueue_interrupted(experiment_id, study) == 0  # no saved training state: nothing to continue
+    assert [t.state.name for t in study.trials] == ["FAIL", "RUNNING"]
+    assert close_orphan_runs(experiment_id, study) == 1
+    assert [tracking.get_run(runs[n]).info.status for n in (0, 1)] == ["KILLED", "RUNNING"]
+
+
+def test_a_trial_whose_worker_was_lost_fails_and_its_run_is_closed(tiny_search: dict, tracking_uri: str, tmp_path: Path) -> None:
+    """What the search does with an exception instead of a trial's end (a lost worker, an error outside the folds): the trial FAILs,
+    its still-open run ends FAILED with the reason, and the search goes on; a failed store stops it."""
+    search = parse_search(tiny_search)
+    study = open_study(search, f"sqlite:///{tmp_path / 'optuna.db'}", "lost")
+    where = TrialContext("lost", "sqlite:///optuna.db", tracking.open_experiment(tracking_uri, "tiny-search"), tracking_uri, "data", [], {})
+    task = start_trial(study.ask(), search, where)
+    assert tracking.get_run(task.run_id).info.status == "RUNNING"
+    ended = end_trial(study, task, RuntimeError("worker lost"))
+    run = tracking.get_run(task.run_id)
+    assert ended.state == optuna.trial.TrialState.FAIL and ended.user_attrs[USER_ATTR_RUN] == task.run_id
+    assert (run.info.status, run.data.tags[TAG_STATE], run.data.tags[tracking.TAG_FAILURE]) == ("FAILED", "FAIL", "RuntimeError: worker lost")
+    with pytest.raises(StoreError):
+        end_trial(study, start_trial(study.ask(), search, where), StoreError("the store failed"))

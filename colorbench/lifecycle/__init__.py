@@ -3,7 +3,8 @@
 1. Prepare the data once (`prepare.prepare_data`; the decode-once cache makes it cheap in a worker too) and the gray baseline.
 2. Hold the cell's parent run: claimed for a grid cell (`cell.claim`), created for a search trial (`cell.CellRun`).
 3. Train its folds where an executor puts them: each `FoldTask` trains in its own fold run (`fold.run_fold`), in this process
-   (`fold.run_here`) or in a worker (`fold.run_fold_task`); `executors` decides where.
+   (`fold.run_here`) or in a worker (`fold.run_task`); `executors` decides where. A search sends each trial whole to the same
+   executors (`search.trial.TrialTask`), whose folds train one after another in its worker.
    Each split trains `train.repeats` times (training seed `train.seed + 1000 x split + repeat`, `splitters.training_seed`): one
    child run per (split, repeat).
 4. Finish the cell (`cell.CellRun.finish`): means/stds over the children, the variance components (between splits, between training

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import pandas as pd
 import torch
 
 from colorbench import tracking
@@ -60,8 +59,7 @@ def variance_summary(results: dict[ChildKey, dict[str, float]], children: dict[C
     (`stats.variance_components`), the per-image values averaged over the children (their `test_per_image.csv`)."""
     keys = sorted(results)
     with tempfile.TemporaryDirectory(prefix="colorbench-") as tmp:
-        tables = [pd.read_csv(tracking.download(children[k], "test_per_image.csv", Path(tmp) / str(i))).set_index("image") for i, k in enumerate(keys)]
-    per_image = sum(tables) / len(tables)
+        per_image = tracking.per_image_mean([children[k] for k in keys], Path(tmp))
     out = {}
     for metric in (c for c in per_image.columns if f"test_{c}" in results[keys[0]]):
         values = np.array([results[k][f"test_{metric}"] for k in keys])
@@ -253,7 +251,7 @@ def run_cells(
     overrides: Sequence[str] = (),
     order: Mapping[str, int] | None = None,
 ) -> dict[str, CellOutcome]:
-    """The grid's lifecycle: claim each cell just before `executor` takes its first fold task (a pool takes them all at once), send
+    """The grid's lifecycle: claim each cell just before `executor` takes its first fold task (a pool as its workers free up), send
     its folds, finish each cell when its last fold reports. A failed fold fails its cell only; Ctrl-C, SIGTERM or a failed store
     end the open cell runs KILLED and stop the grid. `data` and the `gray` baseline's metrics are per replicate. Every run is tagged
     with the command line's `overrides`, and each cell run with its place in the grid file's `order` of cell ids (`tracking.TAG_ORDER`)."""

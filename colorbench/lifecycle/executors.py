@@ -1,28 +1,32 @@
-"""Where fold trainings run: `local` (this process, the default), `process` (a local pool), `slurm` (submitit), `ray`.
+"""Where tasks run: `local` (this process, the default), `process` (a local pool), `slurm` (submitit), `ray`.
 
-The lifecycle (`colorbench.lifecycle.run_cells`) claims each cell and writes its parent run in the local process; an executor
-only runs fold tasks, each writing its own child run to the same tracking store, and yields their test metrics. Executors are a
-registry like the components, so a plugin can add one; the CLI builds `--executor` and its option flags from it. This module
-imports the training stack only when a task runs, so the CLI can read the registry quickly.
+The one pool of `colorbench run` and `colorbench search`. A grid (`colorbench.lifecycle.run_cells`) claims each cell and writes its
+parent run in the local process and sends fold tasks, each writing its own child run to the same tracking store; a search
+(`colorbench.search.optimize`) samples each trial here and sends it whole (its folds one after another, for the pruner), the
+study's storage shared. Executors are a registry like the components, so a plugin can add one; the CLI builds `--executor` and
+its option flags from it. This module imports the training stack only when a task runs, so the CLI can read the registry quickly.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import itertools
 import multiprocessing
 import os
 import time
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import Field
 
 from colorbench.errors import ConfigError
 from colorbench.registry import Registry
 
 if TYPE_CHECKING:
-    from colorbench.lifecycle.fold import Executor, FoldTask, TaskResult, Workbench
+    from colorbench.lifecycle.fold import Executor, TaskResult, TaskT, Workbench
 
 EXECUTORS: Registry[Executor] = Registry("executor")
 
@@ -43,12 +47,34 @@ def option_help(name: str) -> dict[str, str]:
     return helps
 
 
+def stream(
+    tasks: Iterable[TaskT],
+    room: Callable[[], int | None],
+    submit: Callable[[TaskT], Any],
+    ended: Callable[[list[Any]], Iterable[Any]],
+    outcome: Callable[[Any], TaskResult],
+) -> Iterator[tuple[TaskT, TaskResult]]:
+    """The body of every pool: keep up to `room()` tasks submitted (None: all of them at once), taking the next from `tasks` only
+    when one ends; yield each task with its `outcome` (its result, or the exception it raised) as `ended` (which blocks until one
+    has) finds it ended. `submit` returns a hashable handle of the task."""
+    pending: dict[Any, TaskT] = {}
+    todo = iter(tasks)
+    while True:
+        limit = room()
+        for task in itertools.islice(todo, None if limit is None else max(0, limit - len(pending))):
+            pending[submit(task)] = task
+        if not pending:
+            return
+        for handle in ended(list(pending)):
+            yield pending.pop(handle), outcome(handle)
+
+
 @EXECUTORS.register("local")
 @dataclass
 class LocalExecutor:
-    """This process, one fold after another (the default)."""
+    """This process, one task after another (the default)."""
 
-    def run(self, tasks: Iterable[FoldTask], bench: Workbench) -> Iterator[tuple[FoldTask, TaskResult]]:
+    def run(self, tasks: Iterable[TaskT], bench: Workbench) -> Iterator[tuple[TaskT, TaskResult]]:
         from colorbench.lifecycle.fold import run_here
 
         return run_here(tasks, bench)
@@ -83,33 +109,38 @@ def pin_gpu(counter: Any, workers: int) -> None:
 class ProcessExecutor:
     """A pool of `workers` local processes (several GPUs or CPU cores on one machine); they share the decode-once cache."""
 
-    workers: int = option(2, "number of worker processes")
+    workers: Annotated[int, Field(ge=1)] = option(2, "number of worker processes")
 
-    def run(self, tasks: Iterable[FoldTask], bench: Workbench) -> Iterator[tuple[FoldTask, TaskResult]]:
-        from colorbench.lifecycle.fold import run_fold_task
+    def run(self, tasks: Iterable[TaskT], bench: Workbench) -> Iterator[tuple[TaskT, TaskResult]]:
+        from colorbench.lifecycle.fold import run_task
 
         context = multiprocessing.get_context("spawn")
         counter = context.Value("i", 0)
         with ProcessPoolExecutor(self.workers, mp_context=context, initializer=pin_gpu, initargs=(counter, self.workers)) as pool:
-            futures = {pool.submit(run_fold_task, task): task for task in tasks}
-            for future in as_completed(futures):
-                yield futures[future], future.exception() or future.result()
+            yield from stream(
+                tasks,
+                lambda: self.workers,
+                lambda task: pool.submit(run_task, task),
+                lambda futures: wait(futures, return_when=FIRST_COMPLETED).done,
+                lambda future: future.exception() or future.result(),
+            )
 
 
 @EXECUTORS.register("slurm")
 @dataclass
 class SlurmExecutor:
-    """One Slurm job per fold through submitit (`cluster: local` runs the same code path as local processes, without Slurm)."""
+    """One Slurm job per task through submitit (`cluster: local` runs the same code path as local processes, without Slurm)."""
 
     partition: str | None = option(None, "partition")
-    gpus_per_task: int = option(0, "GPUs per fold job")
-    cpus_per_task: int = option(2, "CPUs per fold job")
-    time: int = option(120, "time limit per fold job, minutes")
+    gpus_per_task: int = option(0, "GPUs per job")
+    cpus_per_task: int = option(2, "CPUs per job")
+    time: int = option(120, "time limit per job, minutes")
     folder: str = option("slurm-logs", "folder of the job logs")
     cluster: str | None = option(None, "submitit cluster, e.g. local to run the jobs as local processes (default: Slurm)")
+    max_jobs: int | None = option(None, "jobs queued or running at once (default: every task at once; a search samples a trial when it queues it)")
 
-    def run(self, tasks: Iterable[FoldTask], bench: Workbench) -> Iterator[tuple[FoldTask, TaskResult]]:
-        from colorbench.lifecycle.fold import run_fold_task
+    def run(self, tasks: Iterable[TaskT], bench: Workbench) -> Iterator[tuple[TaskT, TaskResult]]:
+        from colorbench.lifecycle.fold import run_task
 
         submitit = require("submitit", "slurm")
         executor = submitit.AutoExecutor(folder=self.folder, cluster=self.cluster)
@@ -117,45 +148,61 @@ class SlurmExecutor:
         if self.partition:
             params["slurm_partition"] = self.partition
         executor.update_parameters(**params)
-        pending = {executor.submit(run_fold_task, task): task for task in tasks}
-        while pending:
-            for job in [job for job in pending if job.done()]:
-                task = pending.pop(job)
-                try:
-                    yield task, job.result()
-                except Exception as err:  # noqa: BLE001 - a failed job fails its cell, not the grid
-                    yield task, err
-            time.sleep(0.5)
+
+        def ended(jobs: list[Any]) -> list[Any]:
+            while not (done := [job for job in jobs if job.done()]):
+                time.sleep(0.5)
+            return done
+
+        def outcome(job: Any) -> TaskResult:
+            try:
+                return job.result()
+            except Exception as err:  # noqa: BLE001 - a failed job fails its cell or trial, not the rest
+                return err
+
+        yield from stream(tasks, lambda: self.max_jobs, lambda task: executor.submit(run_task, task), ended, outcome)
 
 
 @EXECUTORS.register("ray")
 @dataclass
 class RayExecutor:
-    """Plain Ray tasks (not Ray Tune): `address` None starts a local Ray, `auto` joins the running cluster, or ray://HOST:10001."""
+    """Plain Ray tasks (not Ray Tune): `address` None starts a local Ray, `auto` joins the running cluster, or ray://HOST:10001. As
+    many tasks are in flight as the cluster has CPUs (and GPUs) for, so a search samples a trial when it can start it."""
 
     address: str | None = option(None, "auto (running cluster), ray://HOST:10001, or omit to start a local Ray")
-    gpus_per_trial: float = option(0.0, "GPUs per fold task, fractions allowed")
-    cpus_per_task: float = option(1.0, "CPUs per fold task")
-    max_retries: int = option(3, "re-runs of a task whose worker died (its earlier attempt's run is closed KILLED)")
+    gpus_per_trial: float = option(0.0, "GPUs per task, fractions allowed")
+    cpus_per_task: float = option(1.0, "CPUs per task")
+    max_retries: int = option(3, "re-runs of a task whose worker died (its earlier attempt's runs are closed KILLED or continued)")
     num_cpus: int | None = option(None, "CPUs of a local Ray started here")
 
-    def run(self, tasks: Iterable[FoldTask], bench: Workbench) -> Iterator[tuple[FoldTask, TaskResult]]:
-        from colorbench.lifecycle.fold import run_fold_task
+    def run(self, tasks: Iterable[TaskT], bench: Workbench) -> Iterator[tuple[TaskT, TaskResult]]:
+        from colorbench.lifecycle.fold import run_task
 
         ray = require("ray", "ray")
         if not ray.is_initialized():
             local = {"num_cpus": self.num_cpus, "include_dashboard": False} if self.address is None else {}
             ray.init(address=self.address, log_to_driver=False, **local)
-        remote = ray.remote(num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_trial, max_retries=self.max_retries)(run_fold_task)
-        pending = {remote.remote(task): task for task in tasks}
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            task = pending.pop(done[0])
+        remote = ray.remote(num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_trial, max_retries=self.max_retries)(run_task)
+
+        def outcome(ref: Any) -> TaskResult:
             try:
-                yield task, ray.get(done[0])
+                return ray.get(ref)
             except ray.exceptions.RayTaskError as err:
-                yield task, err.cause if isinstance(err.cause, BaseException) else err
+                return err.cause if isinstance(err.cause, BaseException) else err
             except ray.exceptions.RayError as err:  # worker lost past its retries, or the cluster went away
-                yield task, err
+                return err
 
+        yield from stream(
+            tasks,
+            lambda: self.room(ray.cluster_resources()),
+            lambda task: remote.options(name=f"run_{task.kind}_task").remote(task),  # the worker's title: ray::run_fold_task, ...
+            lambda refs: ray.wait(refs, num_returns=1)[0],
+            outcome,
+        )
 
+    def room(self, resources: dict[str, float]) -> int | None:
+        """Tasks the cluster's `resources` can run at once (None: no limit, when a task asks for neither CPUs nor GPUs)."""
+        slots = [resources.get("CPU", 0.0) / self.cpus_per_task] if self.cpus_per_task else []
+        if self.gpus_per_trial:
+            slots.append(resources.get("GPU", 0.0) / self.gpus_per_trial)
+        return max(1, int(min(slots))) if slots else None

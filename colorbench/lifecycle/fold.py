@@ -1,15 +1,15 @@
 """Step 3 of a cell's lifecycle: one fold task trained in its own fold run, in this process (`run_here`) or in a worker
-(`run_fold_task`), continuing from its saved training state when it has one; the `Executor` protocol that runs fold tasks.
+(`run_task`), continuing from its saved training state when it has one; the `Task` protocol (a fold, or a whole search trial)
+and the `Executor` protocol that runs tasks.
 """
 
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import mlflow
 import numpy as np
@@ -23,7 +23,6 @@ from colorbench.checkpoints import save_checkpoint
 from colorbench.color import lab_to_rgb
 from colorbench.components import LOSSES
 from colorbench.config import Cell
-from colorbench.errors import DivergedError
 from colorbench.images import ImageSet, gray_rgb, lab_batch, rows
 from colorbench.lifecycle import states
 from colorbench.lifecycle.prepare import PreparedData, prepare_data
@@ -36,7 +35,6 @@ from colorbench.train import EpochCallback, FoldResult, Images, autocast_dtype, 
 from colorbench.ui import progress, quiet_libraries
 
 SAMPLE_IMAGES = 6  # test images shown in panels and kept as test_samples.npz
-MAX_AB_RMSE = 1000.0  # Lab units: real colours lie within about 260 of each other in ab, so a larger error means the model blew up
 
 
 @torch.no_grad()
@@ -89,7 +87,7 @@ def train_fold(
 ) -> dict[str, float]:
     """Train one fold inside its (active) MLflow run; return its test metrics.
 
-    After each epoch the record is logged, passed to `after_epoch` (e.g. a search's pruner), then checked for divergence. With a
+    After each epoch the record is logged and passed to `after_epoch` (e.g. a search's pruner); `fit` then checks it for divergence. With a
     `state` file, the training state is saved there (`states.save_state`), and also as the run's artifact
     `training_state/<file name>` when its artifact store is remote (`tracking.upload_state`); when one is there already,
     training continues from it: epochs the run has not logged yet are logged first, so each epoch is logged once, at its own step,
@@ -120,7 +118,6 @@ def train_fold(
         bar.update(epoch_task, advance=1, status=f"train {record['train_loss']:.4f} val {record['val_loss']:.4f}")
         if after_epoch:
             after_epoch(record)
-        check_divergence(record, cell.train.lr)
 
     remote = state is not None and tracking.remote_artifacts(run_id)
 
@@ -155,21 +152,34 @@ def choose_fold_decoding(
     return {objective.tuning: value}, {objective.tuning: value, **{f"val_{decoded(k, 'chosen')}": v for k, v in scores[value].items()}}
 
 
-def check_divergence(record: dict[str, float], lr: float) -> None:
-    """After an epoch: raise DivergedError if its losses are not finite or its validation ab error is beyond any real colour's."""
-    losses = [record["train_loss"], record["val_loss"]]
-    if all(math.isfinite(v) for v in losses) and record["val_ab_rmse"] <= MAX_AB_RMSE:
-        return
-    raise DivergedError(
-        f"diverged at epoch {int(record['epoch'])}: train loss {losses[0]:.3g}, val loss {losses[1]:.3g}, val ab RMSE {record['val_ab_rmse']:.3g}; "
-        f"lower train.lr (now {lr})"
-    )
+class Task(Protocol):
+    """Work an executor runs, self-contained so it can run in another process or on another machine: one fold of a cell
+    (`FoldTask`) or a whole search trial (`colorbench.search.trial.TrialTask`)."""
+
+    kind: ClassVar[str]  # "fold", "trial": Ray names its tasks `run_<kind>_task`
+    cell: Cell  # whose data a worker prepares and whose device it trains on
+    experiment_id: str
+    tracking_uri: str
+    plugins: tuple[str, ...]  # plugin modules a worker imports first
+
+    def run(self, bench: Workbench) -> Any:
+        """Do the work in a process that has the data (`bench`); return what the executor yields with the task."""
+        ...
+
+    def retried(self) -> None:
+        """In a worker, before `run`: close what an earlier attempt of this task left open (its worker was lost)."""
+        ...
+
+
+TaskT = TypeVar("TaskT", bound=Task)
+TaskResult = Any  # what the task's `run` returned, or the exception it raised
 
 
 @dataclass(frozen=True)
 class FoldTask:
-    """One fold training of a held cell, self-contained so it can run in another process or on another machine."""
+    """One fold training of a held cell."""
 
+    kind: ClassVar[str] = "fold"
     cell: Cell
     fold: Fold
     n_folds: int
@@ -178,15 +188,19 @@ class FoldTask:
     tracking_uri: str
     name: str  # the fold run is named "<name> | fold <index>" (" | repeat <r>" added with train.repeats > 1)
     tags: dict[str, str]  # the cell or trial run's tags, which the fold run carries too (`tracking.fold_tags`)
-    plugins: tuple[str, ...] = ()  # plugin modules the worker imports first
+    plugins: tuple[str, ...] = ()
 
+    def run(self, bench: Workbench) -> dict[str, float]:
+        """Train the fold in its fold run (`run_fold`); its test metrics."""
+        return run_fold(self, bench)
 
-TaskResult = dict[str, float] | BaseException
+    def retried(self) -> None:
+        close_earlier_attempts(self)
 
 
 @dataclass
 class Workbench:
-    """What a fold needs to train in this process: the prepared data, the device, the progress display and, for a search trial,
+    """What a task needs to run in this process: the prepared data, the device, the progress display and, for a search trial,
     the pruner's per-epoch callback."""
 
     data: PreparedData
@@ -202,10 +216,11 @@ class Workbench:
 
 
 class Executor(Protocol):
-    """Runs fold tasks somewhere and yields each with its metrics (or the exception it raised) as it completes. It may consume
-    `tasks` lazily (one after another in this process: each cell is claimed just before it trains) or at once (a pool)."""
+    """Runs tasks somewhere and yields each with its result (or the exception it raised) as it completes. It takes a task from
+    `tasks` only when it can start it (one after another in this process; as a worker frees up in a pool), so a grid claims each
+    cell just before it trains and a search samples each trial as late as it can."""
 
-    def run(self, tasks: Iterable[FoldTask], bench: Workbench) -> Iterator[tuple[FoldTask, TaskResult]]: ...
+    def run(self, tasks: Iterable[TaskT], bench: Workbench) -> Iterator[tuple[TaskT, TaskResult]]: ...
 
 
 def fold_state(task: FoldTask) -> tuple[Path, str | None]:
@@ -237,13 +252,13 @@ def run_fold(task: FoldTask, bench: Workbench) -> dict[str, float]:
             return train_fold(task.cell, fold, bench.data_of(task.cell), bench.device, bench.bar, bench.epoch_task, bench.after_epoch, state)
 
 
-def run_here(tasks: Iterable[FoldTask], bench: Workbench) -> Iterator[tuple[FoldTask, TaskResult]]:
-    """Train each task in this process, one after another: a fold's exception is its result (KeyboardInterrupt and SystemExit end
+def run_here(tasks: Iterable[TaskT], bench: Workbench) -> Iterator[tuple[TaskT, TaskResult]]:
+    """Run each task in this process, one after another: a task's exception is its result (KeyboardInterrupt and SystemExit end
     everything)."""
     for task in tasks:
         try:
-            result: TaskResult = run_fold(task, bench)
-        except Exception as err:  # noqa: BLE001 - a failed fold fails its cell, not the grid
+            result: TaskResult = task.run(bench)
+        except Exception as err:  # noqa: BLE001 - a failed fold fails its cell (a failed trial its trial), not the grid or the study
             result = err
         yield task, result
 
@@ -258,15 +273,15 @@ def close_earlier_attempts(task: FoldTask) -> None:
         tracking.close_run(run.info.run_id, "KILLED", "interrupted: its worker was lost; the task was retried")
 
 
-def run_fold_task(task: FoldTask) -> dict[str, float]:
-    """Worker side (another process or machine): import the plugins, load the data (the decode-once cache makes this cheap),
-    train the fold; return its test metrics."""
+def run_task(task: Task) -> TaskResult:
+    """Worker side (another process or machine): import the plugins, load the data (the decode-once cache makes this cheap), close
+    what an earlier attempt left open, run the task; return its result."""
     quiet_libraries()
     load_plugins(task.plugins)
     data = prepare_data(task.cell)
     with tracking.store_guard(task.tracking_uri):
         mlflow.set_tracking_uri(task.tracking_uri)
         mlflow.set_experiment(experiment_id=task.experiment_id)
-        close_earlier_attempts(task)
+        task.retried()
     with progress(False) as bar:
-        return run_fold(task, Workbench(data, resolve_device(task.cell.train.device), bar))
+        return task.run(Workbench(data, resolve_device(task.cell.train.device), bar))

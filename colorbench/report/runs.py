@@ -93,9 +93,7 @@ def metric_names(cells: pd.DataFrame) -> list[str]:
 def per_image_values(folds: pd.DataFrame, tmp: Path) -> pd.DataFrame:
     """Every per-image test metric averaged over folds (their `test_per_image.csv`), one row per test image in test-set order, with
     the image names in column `image`."""
-    frames = [pd.read_csv(tracking.download(run_id, "test_per_image.csv", tmp / run_id)) for run_id in folds["run_id"]]
-    values = sum(f.drop(columns="image") for f in frames) / len(frames)
-    return values.assign(image=frames[0]["image"])
+    return tracking.per_image_mean(list(folds["run_id"]), tmp).reset_index()
 
 
 def per_image(folds: pd.DataFrame, metric: str, tmp: Path) -> Images | None:

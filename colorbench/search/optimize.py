@@ -1,15 +1,15 @@
-"""`colorbench search`: an Optuna study over the grid's components and options; every trial is an MLflow run."""
+"""`colorbench search`: an Optuna study over the grid's components and options. This process samples every trial (ask), holds its MLflow
+run and sends it to an executor (`trial.TrialTask`), which trains it and reports its epochs to the shared storage; this process tells
+the study how it ended."""
 
 from __future__ import annotations
 
-import multiprocessing
-import statistics
-import sys
+import itertools
 import time
-import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -17,21 +17,23 @@ import pandas as pd
 from mlflow.entities import Run
 
 from colorbench import tracking
-from colorbench.errors import CellFailed, ColorbenchError, ConfigError, TrialPruned
-from colorbench.lifecycle.cell import CellRun, abort_all, resumable
-from colorbench.lifecycle.fold import Workbench, run_here
-from colorbench.lifecycle.prepare import PreparedData, gray_baseline, prepare_data, report_skipped
-from colorbench.plugins import load_plugins, loaded_plugins
+from colorbench.errors import ConfigError, StoreError
+from colorbench.lifecycle.cell import abort_all, resumable
+from colorbench.lifecycle.executors import EXECUTORS
+from colorbench.lifecycle.fold import Executor, TaskResult, Workbench
+from colorbench.lifecycle.prepare import gray_baseline, prepare_data, report_skipped
+from colorbench.plugins import loaded_plugins
 from colorbench.resolve import cell_labels
-from colorbench.search.engines import PRUNERS, SAMPLERS
+from colorbench.search.engines import SAMPLERS
 from colorbench.search.figures import save_study_figures
 from colorbench.search.pareto import OBJECTIVES_ATTR, front_table, objective_names, tag_front
 from colorbench.search.space import Search
 from colorbench.search.storage import USER_ATTR_RESUMES, USER_ATTR_RUN, default_storage, open_storage, shown
+from colorbench.search.trial import TrialEnd, TrialTask
 from colorbench.splitters import SPLITTERS, Fold
-from colorbench.tracking import TAG_SAMPLED, TAG_STORAGE, TAG_STUDY, TAG_TRIAL
+from colorbench.tracking import TAG_SAMPLED, TAG_STATE, TAG_STORAGE, TAG_STUDY, TAG_TRIAL
 from colorbench.train import resolve_device
-from colorbench.ui import console, progress, quiet_libraries
+from colorbench.ui import console, progress
 
 
 def open_study(search: Search, storage: str, study_name: str) -> optuna.Study:
@@ -52,108 +54,11 @@ def open_study(search: Search, storage: str, study_name: str) -> optuna.Study:
     return study
 
 
-class FoldAveragedReporter:
-    """Tracks a trial's objectives and reports the running one after every epoch, comparable across trials and folds.
-
-    Step = fold index * epochs + epoch. Value = mean over the finished folds' values and the current fold's value so far,
-    where a fold's value is the metric at its best checkpoint (lowest validation loss) so far. At the last step it equals
-    the trial's objective, so the pruner compares like with like although every fold restarts at epoch 1. With several
-    objectives nothing is reported: Optuna does not prune multi-objective studies.
-    """
-
-    def __init__(self, trial: optuna.Trial, metrics: list[str], epochs: int, run_id: str) -> None:
-        self.trial, self.metrics, self.epochs, self.run_id = trial, metrics, epochs, run_id
-        self.finished: list[list[float]] = []
-        self.best_loss, self.current = float("inf"), [float("nan")] * len(metrics)
-
-    def __call__(self, record: dict[str, float]) -> None:
-        if record["val_loss"] < self.best_loss:
-            self.best_loss, self.current = record["val_loss"], [record[m] for m in self.metrics]
-        if len(self.metrics) > 1:
-            return
-        step = len(self.finished) * self.epochs + int(record["epoch"])
-        running = statistics.fmean([*(done[0] for done in self.finished), self.current[0]])
-        self.trial.report(running, step)
-        tracking.log_metric(self.run_id, "objective_running", running, step)
-        if self.trial.should_prune():
-            raise TrialPruned(f"pruned at fold {len(self.finished)} epoch {int(record['epoch'])}: running {self.metrics[0]} {running:.4f}")
-
-    def end_fold(self) -> None:
-        self.finished.append(self.current)
-        self.best_loss, self.current = float("inf"), [float("nan")] * len(self.metrics)
-
-    @property
-    def values(self) -> list[float]:
-        """The trial's objectives: each metric's mean over folds."""
-        return [statistics.fmean(column) for column in zip(*self.finished, strict=True)]
-
-    def logged(self) -> dict[str, float]:
-        """The objectives as MLflow metrics: `objective`, or `objective_<metric>` for each of several."""
-        if len(self.metrics) == 1:
-            return {"objective": self.values[0]}
-        return {f"objective_{m}": v for m, v in zip(self.metrics, self.values, strict=True)}
-
-
-@dataclass
-class TrialContext:
-    """What every trial of one worker shares: the search, its study and stores, the data, the fixed folds, the workbench."""
-
-    search: Search
-    study_name: str
-    storage: str
-    experiment_id: str
-    tracking_uri: str
-    folds: list[Fold]
-    gray: dict[str, float]
-    bench: Workbench
-
-    @property
-    def data(self) -> PreparedData:
-        return self.bench.data
-
-
-def run_trial(trial: optuna.Trial, ctx: TrialContext) -> float | list[float]:
-    """One sampled configuration through the cell lifecycle: a trial run (a cell run that is not claimed), one child run per fold
-    trained here, then the cell's summary and model; returns its objective (a list for several). A failed fold raises CellFailed (the trial FAILs, the
-    study goes on); a pruned one TrialPruned."""
-    values = ctx.search.sample(trial)
-    cell = ctx.search.cell(values)
-    tags = {
-        **tracking.cell_tags(cell, ctx.data.fingerprint, ctx.search.overrides),
-        tracking.TAG_ROLE: "trial",
-        TAG_STUDY: ctx.study_name,
-        TAG_TRIAL: str(trial.number),
-        TAG_STORAGE: shown(ctx.storage),
-        TAG_SAMPLED: format_values(values),
-    }
-    name = f"trial {trial.number}"
-    with tracking.store_guard(ctx.tracking_uri):
-        title = f"{name} | {' | '.join(cell_labels(cell))}"
-        run_id = continue_run(trial, title) or tracking.create_run(ctx.experiment_id, title, {**tags, **tracking.claim_tags()}, cell.flat_params())
-        trial.set_user_attr(USER_ATTR_RUN, run_id)
-        goals = ctx.search.config.goals
-        held = CellRun(cell, run_id, name, tags, ctx.folds, maximize=goals[0].direction == "maximize")  # deploys by the first objective
-        held.held.enter_context(tracking.heartbeat(run_id))  # a killed search's trial run goes stale: the next search continues it
-        reporter = FoldAveragedReporter(trial, [g.metric for g in goals], cell.train.epochs, run_id)
-        try:
-            for task, result in run_here(held.tasks(ctx.experiment_id, ctx.tracking_uri), replace(ctx.bench, after_epoch=reporter)):
-                held.record(task, result, reporter.current[0])  # the child's (first) objective value picks the deployed child
-                reporter.end_fold()
-            held.finish(ctx.gray, ctx.bench, reporter.logged() if held.error is None else None)
-        except BaseException as err:
-            abort_all([held], err)
-            raise
-    if isinstance(held.error, TrialPruned):
-        raise held.error
-    if held.error is not None:
-        raise CellFailed(held.failure)
-    values = reporter.values
-    return values[0] if len(values) == 1 else values
-
-
 def interrupted(run: Run, now: float, timeout: float) -> bool:
-    """Whether a trial run was interrupted: KILLED, or RUNNING with its process gone (`tracking.is_stale`)."""
-    return run.info.status == "KILLED" or (run.info.status == "RUNNING" and tracking.is_stale(run, now, timeout))
+    """Whether a trial run was interrupted: KILLED but not pruned, or RUNNING with its process gone (`tracking.is_stale`)."""
+    if run.info.status == "KILLED":
+        return run.data.tags.get(TAG_STATE) != "PRUNED"
+    return run.info.status == "RUNNING" and tracking.is_stale(run, now, timeout)
 
 
 def continue_run(trial: optuna.Trial, title: str) -> str | None:
@@ -169,18 +74,6 @@ def continue_run(trial: optuna.Trial, title: str) -> str | None:
     tracking.set_tag(run_id, TAG_TRIAL, str(trial.number))
     tracking.set_tag(run_id, "mlflow.runName", title)
     return run_id
-
-
-def trial_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float | list[float]]:
-    """The function Optuna calls: pruned trials become `optuna.TrialPruned` (their MLflow runs are already KILLED)."""
-
-    def objective(trial: optuna.Trial) -> float | list[float]:
-        try:
-            return run_trial(trial, ctx)
-        except TrialPruned as err:
-            raise optuna.TrialPruned(str(err)) from None
-
-    return objective
 
 
 def format_values(values: dict[str, object]) -> str:
@@ -211,108 +104,130 @@ def close_orphan_runs(experiment_id: str, study: optuna.Study) -> int:
 
 
 def enqueue_interrupted(experiment_id: str, study: optuna.Study) -> int:
-    """Enqueue again, with the same sampled values, each interrupted trial (its process gone) whose folds saved training states;
-    its Optuna trial is failed if it was left RUNNING. The new trial continues in the interrupted trial's run and fold runs
-    (`continue_run`). Returns how many."""
+    """Fail the Optuna trial of each interrupted trial run (its process gone) that was left RUNNING, and enqueue it again, with the
+    same sampled values, when its folds saved training states: the new trial continues in the interrupted trial's run and fold runs
+    (`continue_run`). Returns how many were enqueued."""
     trials = study.get_trials(deepcopy=False)
     by_number = {t.number: t for t in trials}
     queued = {t.user_attrs.get(USER_ATTR_RESUMES) for t in trials if t.state == optuna.trial.TrialState.WAITING}
     now, timeout, enqueued = time.time(), tracking.stale_after(), 0
-    for run in tracking.study_runs(experiment_id, study.study_name, role="trial"):
+    for run in tracking.study_runs(experiment_id, study.study_name, role="trial", status=("RUNNING", "KILLED")):
         trial = by_number.get(int(run.data.tags.get(TAG_TRIAL, -1)))
         if trial is None or run.info.run_id in queued or not interrupted(run, now, timeout):
             continue
-        if not resumable(run.data.tags[tracking.TAG_CELL], run.info.run_id):
-            continue
-        if trial.state == optuna.trial.TrialState.RUNNING:
+        if trial.state == optuna.trial.TrialState.RUNNING:  # its process recorded no end (and, through an executor, no Optuna heartbeat)
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={USER_ATTR_RESUMES: run.info.run_id})
-        enqueued += 1
+        if resumable(run.data.tags[tracking.TAG_CELL], run.info.run_id):
+            study.enqueue_trial(trial.params, user_attrs={USER_ATTR_RESUMES: run.info.run_id})
+            enqueued += 1
     return enqueued
 
 
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of a search shares: the study and its storage, the MLflow experiment, the data's fingerprint, the folds, the
+    gray baseline."""
+
+    study_name: str
+    storage: str
+    experiment_id: str
+    tracking_uri: str
+    fingerprint: str
+    folds: list[Fold]
+    gray: dict[str, float]
+
+
+def start_trial(trial: optuna.Trial, search: Search, where: TrialContext) -> TrialTask:
+    """Sample `trial`'s values and hold its trial run (an interrupted trial's that it was enqueued to continue, else a new one, tagged
+    with this process's claim); the task that trains it."""
+    values = search.sample(trial)
+    cell = search.cell(values)
+    tags = {
+        **tracking.cell_tags(cell, where.fingerprint, search.overrides),
+        tracking.TAG_ROLE: "trial",
+        TAG_STUDY: where.study_name,
+        TAG_TRIAL: str(trial.number),
+        TAG_STORAGE: shown(where.storage),
+        TAG_SAMPLED: format_values(values),
+    }
+    name = f"trial {trial.number}"
+    title = f"{name} | {' | '.join(cell_labels(cell))}"
+    run_id = continue_run(trial, title) or tracking.create_run(where.experiment_id, title, {**tags, **tracking.claim_tags()}, cell.flat_params())
+    trial.set_user_attr(USER_ATTR_RUN, run_id)
+    return TrialTask(
+        search=search,
+        cell=cell,
+        trial_id=trial._trial_id,  # what optuna.trial.Trial takes to rebuild it in a worker
+        number=trial.number,
+        run_id=run_id,
+        tags=tags,
+        folds=tuple(where.folds),
+        gray=where.gray,
+        study_name=where.study_name,
+        storage=where.storage,
+        experiment_id=where.experiment_id,
+        tracking_uri=where.tracking_uri,
+        plugins=tuple(loaded_plugins()),
+    )
+
+
+def end_trial(study: optuna.Study, task: TrialTask, result: TaskResult) -> optuna.trial.FrozenTrial:
+    """Tell the study how a trial ended. An exception instead of a `TrialEnd` (its worker was lost, or it failed outside its folds)
+    fails the trial and closes its run FAILED if it is still open; a failed store ends the search."""
+    if isinstance(result, StoreError):
+        raise result
+    if isinstance(result, BaseException):
+        console.print(f"  [red]{task.name} failed[/]: {tracking.failure_reason(result)}", highlight=False)
+        if tracking.get_run(task.run_id).info.status == "RUNNING":
+            task.held().abort(result)
+        result = TrialEnd("FAIL")
+    return study.tell(task.number, result.values, state=optuna.trial.TrialState[result.state], skip_if_finished=True)
+
+
 def optimize(
-    search: Search,
-    storage: str,
-    study_name: str,
-    n_trials: int | None,
-    timeout: float | None,
-    tracking_uri: str,
-    worker: int = 0,
-    interactive: bool = True,
+    search: Search, storage: str, study_name: str, n_trials: int | None, timeout: float | None, tracking_uri: str, executor: Executor
 ) -> None:
-    """One worker: load the data and the study, then run `n_trials` trials (or until `timeout` seconds)."""
+    """Load the data and the study, then sample each trial here when `executor` can start it and send it there (all its folds in one
+    task), until `n_trials` trials (None: no limit) or `timeout` seconds (no trial starts after it); tell the study how each ended.
+    Ctrl-C, SIGTERM or a failed store fail the trials in flight (their runs end KILLED) and stop the search."""
     cfg = search.config
     experiment_id = tracking.open_experiment(tracking_uri, cfg.experiment)
     study = open_study(search, storage, study_name)
-    seed = int(np.random.SeedSequence([cfg.seed, worker, len(study.trials)]).generate_state(1)[0])  # new samples on resume
+    seed = int(np.random.SeedSequence([cfg.seed, 0, len(study.trials)]).generate_state(1)[0])  # new samples on resume (0: as before one pool)
     study.sampler = SAMPLERS.build(cfg.sampler.name, cfg.sampler.options)(seed, search.params)
-    study.pruner = PRUNERS.build(cfg.pruner.name, cfg.pruner.options)
     closed = close_orphan_runs(experiment_id, study)
-    if closed and interactive:
+    if closed:
         console.print(f"Closed {closed} MLflow run(s) of interrupted trials as KILLED.")
     data = prepare_data(cfg)
     folds = SPLITTERS.build(cfg.splitter.name, cfg.splitter.options).split(data.pool, cfg.seed)
     device = resolve_device(cfg.train.device)
-    if interactive:
-        report_skipped(data.skipped)
-        console.print(f"Data: {len(data.pool)} training-pool images, {len(data.test)} test images; {len(folds)} fold(s); device {device}.")
-    with progress(interactive) as bar:
-        bench = Workbench(data, device, bar)
-        uri = tracking.absolute_uri(tracking_uri)
-        ctx = TrialContext(search, study_name, storage, experiment_id, uri, folds, gray_baseline(data.test), bench)
-        trials_bar = bar.add_task("trials", total=n_trials, status="")
+    report_skipped(data.skipped)
+    console.print(f"Data: {len(data.pool)} training-pool images, {len(data.test)} test images; {len(folds)} fold(s); device {device}.")
+    uri = tracking.absolute_uri(tracking_uri)
+    where = TrialContext(study_name, storage, experiment_id, uri, data.fingerprint, folds, gray_baseline(data.test))
+    in_flight: dict[int, TrialTask] = {}
+    started = time.monotonic()
 
-        def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-            bar.advance(trials_bar)
-            trial_line(study, trial)
+    def tasks() -> Iterator[TrialTask]:
+        for _ in itertools.count() if n_trials is None else range(n_trials):
+            if timeout is not None and time.monotonic() - started > timeout:
+                return
+            task = start_trial(study.ask(), search, where)
+            in_flight[task.number] = task
+            yield task
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.optimize(trial_objective(ctx), n_trials=n_trials, timeout=timeout, catch=(CellFailed,), callbacks=[after_trial])
-
-
-def worker_main(
-    search: Search,
-    storage: str,
-    study_name: str,
-    n_trials: int,
-    timeout: float | None,
-    tracking_uri: str,
-    worker: int,
-    plugins: list[str],
-) -> None:
-    """Entry point of a worker process (spawned, so CUDA and MLflow start fresh): the parent's plugins first, errors as one line."""
-    quiet_libraries()
-    try:
-        load_plugins(plugins)
-        optimize(search, storage, study_name, n_trials, timeout, tracking_uri, worker, interactive=False)
-    except ColorbenchError as err:
-        console.print(f"[red]error:[/] worker {worker}: {err}", highlight=False, soft_wrap=True)
-        sys.exit(1)
-
-
-def run_workers(
-    search: Search, storage: str, study_name: str, n_trials: int, timeout: float | None, tracking_uri: str, n_workers: int
-) -> None:
-    """`n_workers` processes on one study, sharing `n_trials` between them exactly (no trial lost or run twice)."""
-    shares = [n_trials // n_workers + (w < n_trials % n_workers) for w in range(n_workers)]
-    context = multiprocessing.get_context("spawn")
-    workers = [
-        context.Process(
-            target=worker_main, args=(search, storage, study_name, share, timeout, tracking_uri, w, loaded_plugins()),
-            name=f"colorbench-worker-{w}",
-        )
-        for w, share in enumerate(shares)
-        if share
-    ]
-    for process in workers:
-        process.start()
-    for process in workers:
-        process.join()
-    failed = [p.name for p in workers if p.exitcode != 0]
-    if failed:
-        raise ConfigError(f"worker process(es) {', '.join(failed)} failed (see their messages above); run the same command again to continue the study")
+    with progress() as bar:
+        trials_bar = bar.add_task("trials", total=n_trials, status=type(executor).__name__)
+        try:
+            with tracking.store_guard(uri):
+                for task, result in executor.run(tasks(), Workbench(data, device, bar)):
+                    trial_line(study, end_trial(study, in_flight.pop(task.number), result))
+                    bar.advance(trials_bar)
+        except BaseException as err:
+            abort_all([task.held() for task in in_flight.values()], err)
+            for number in in_flight:
+                study.tell(number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            raise
 
 
 @dataclass
@@ -336,33 +251,31 @@ def run_search(
     timeout: float | None = None,
     storage: str | None = None,
     study_name: str | None = None,
-    n_workers: int = 1,
+    executor: str = "local",
+    executor_options: dict[str, Any] | None = None,
     tracking_uri: str | None = None,
     out_dir: str | Path | None = None,
 ) -> SearchOutcome:
-    """Add `n_trials` trials (default: the file's `n_trials`) to the study, in `n_workers` processes; save Optuna's figures."""
-    if n_workers < 1:
-        raise ConfigError(f"--n-workers must be at least 1, got {n_workers}")
+    """Add `n_trials` trials (default: the file's `n_trials`) to the study, each run on `executor` (`local`, `process`, `slurm`,
+    `ray` or a plugin's, as `colorbench run`'s folds); save Optuna's figures."""
+    engine = EXECUTORS.build(executor, executor_options)  # unknown names/options fail here
     cfg = search.config
     uri = tracking.resolve_tracking_uri(tracking_uri)
-    experiment_id = tracking.open_experiment(uri, cfg.experiment)  # a bad store fails here, before any worker starts
-    storage = storage or default_storage(uri, n_workers)
+    experiment_id = tracking.open_experiment(uri, cfg.experiment)  # a bad store fails here, before any trial starts
+    storage = storage or default_storage(uri, shared=executor != "local")
     study_name = study_name or cfg.experiment
-    resumed = enqueue_interrupted(experiment_id, open_study(search, storage, study_name))  # once, before the workers start
+    resumed = enqueue_interrupted(experiment_id, open_study(search, storage, study_name))
     if resumed:
         console.print(f"Continuing {resumed} interrupted trial(s) from their folds' saved training states, in their MLflow runs.")
     n_trials = n_trials or cfg.n_trials
     timeout = timeout or cfg.timeout
-    console.print(f"Study {study_name!r} in {shown(storage)}: adding {n_trials} trial(s) with {n_workers} worker(s).")
+    console.print(f"Study {study_name!r} in {shown(storage)}: adding {n_trials} trial(s), run by executor {executor}.")
     if any(g.metric == "val_loss" for g in cfg.goals) and any(p.key == "loss" for p in search.params):
         console.print(
             "[yellow]warning:[/] the space varies the loss but the objective is val_loss, whose scale differs between losses; "
             "consider objective: {metric: val_auc_rebalanced, direction: maximize}"
         )
-    if n_workers == 1:
-        optimize(search, storage, study_name, n_trials, timeout, uri)
-    else:
-        run_workers(search, storage, study_name, n_trials, timeout, uri, n_workers)
+    optimize(search, storage, study_name, n_trials, timeout, uri, engine)
     study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
     counts = {state.name: len(study.get_trials(deepcopy=False, states=(state,))) for state in optuna.trial.TrialState}
     several = len(cfg.goals) > 1

@@ -149,15 +149,7 @@ class Search:
         cfg = self.config
         axes = {axis: component_with(getattr(cfg, axis), axis, values) for axis in COMPONENT_AXES}
         train = cfg.train.model_copy(update={k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("train.")})
-        return Cell(
-            data=cfg.data,
-            test_data=cfg.test_data,
-            seed=cfg.seed,
-            test_fraction=cfg.test_fraction,
-            train=train,
-            splitter=cfg.splitter,
-            **axes,
-        )
+        return cfg.cell(axes["backbone"], axes["loss"], cfg.splitter, train)
 
 
 def registry_of(axis: str) -> Registry:

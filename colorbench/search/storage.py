@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import warnings
 from pathlib import Path
 
 import optuna
@@ -18,16 +17,17 @@ USER_ATTR_RESUMES = "resumes_mlflow_run"  # an enqueued trial's user attribute: 
 JOURNAL_PREFIX = "journal:"
 
 
-def default_storage(tracking_uri: str, n_workers: int) -> str:
-    """Beside the MLflow SQLite file (else in the working directory): `optuna.db`, or a journal file for several workers.
+def default_storage(tracking_uri: str, shared: bool) -> str:
+    """Beside the MLflow SQLite file (else in the working directory): `optuna.db`, or a journal file when trials run in other
+    processes (`shared`: an executor other than `local`).
 
     SQLite under concurrent writers fails with "database is locked"; Optuna's journal file takes file locks instead.
-    An existing journal file keeps being used, so a study started with several workers resumes with one.
+    An existing journal file keeps being used, so a study started on a pool resumes in one process.
     """
     db = tracking.sqlite_path(tracking_uri)
     folder = db.parent if db is not None else Path(".")
     journal = folder / "optuna-journal.log"
-    if n_workers > 1 or journal.exists():
+    if shared or journal.exists():
         return f"{JOURNAL_PREFIX}{journal}"
     return f"sqlite:///{folder / 'optuna.db'}"
 
@@ -43,16 +43,15 @@ def shown(storage: str) -> str:
 
 
 def rdb_storage(url: str, attempts: int = 3) -> optuna.storages.RDBStorage:
-    """An RDB storage with trial heartbeats (a process killed mid-trial stops beating; the next start fails that trial).
+    """An RDB storage. It records no trial heartbeats (Optuna's only beat inside `Study.optimize`): a trial whose process was killed
+    is failed by the next search, which sees its MLflow run's heartbeat stop (`optimize.enqueue_interrupted`).
 
     Machines starting together on an empty database race to create Optuna's tables; the loser retries and finds them.
     """
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
 
     def connect() -> optuna.storages.RDBStorage:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=60, grace_period=180)
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
 
     for attempt in range(attempts - 1):
         try:
@@ -63,7 +62,7 @@ def rdb_storage(url: str, attempts: int = 3) -> optuna.storages.RDBStorage:
 
 
 def open_storage(storage: str) -> optuna.storages.BaseStorage:
-    """`journal:PATH` (or a `.log` path) -> a journal file; `dialect://...` -> an RDB storage with trial heartbeats."""
+    """`journal:PATH` (or a `.log` path) -> a journal file; `dialect://...` -> an RDB storage."""
     try:
         if storage.startswith(JOURNAL_PREFIX) or storage.endswith(".log"):
             path = Path(storage.removeprefix(JOURNAL_PREFIX)).expanduser()

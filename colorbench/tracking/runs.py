@@ -80,6 +80,9 @@ def log_datasets(run_id: str, source: dict[str, Any], fingerprint: str, contexts
             MlflowClient().log_inputs(run_id, datasets=inputs)  # the dataset rows exist now; this only links them to the run
 
 
+Status = str | tuple[str, ...] | None  # a run status (RUNNING, FINISHED, FAILED, KILLED), one of several, or any
+
+
 def run_filter(tags: Mapping[str, object], status: str | None = None) -> str:
     """The MLflow filter string of runs whose `tags` have these values (and, given, this status): every run query's filter."""
     parts = [f"tags.`{key}` = '{value}'" for key, value in tags.items()]
@@ -87,11 +90,14 @@ def run_filter(tags: Mapping[str, object], status: str | None = None) -> str:
 
 
 def find_runs(
-    experiment_ids: list[str], tags: Mapping[str, object], status: str | None = None, max_results: int = 10_000, order_by: list[str] | None = None
+    experiment_ids: list[str], tags: Mapping[str, object], status: Status = None, max_results: int = 10_000, order_by: list[str] | None = None
 ) -> list[Run]:
-    """The (not deleted) runs of `experiment_ids` with these tag values and status (`run_filter`)."""
+    """The (not deleted) runs of `experiment_ids` with these tag values and status, or any of several statuses (one query each: MLflow
+    filters a status by equality only) (`run_filter`)."""
     if not experiment_ids:
         return []
+    if isinstance(status, tuple):
+        return [run for one in status for run in find_runs(experiment_ids, tags, one, max_results, order_by)]
     return MlflowClient().search_runs(experiment_ids, filter_string=run_filter(tags, status), max_results=max_results, order_by=order_by)
 
 
@@ -124,11 +130,6 @@ def experiment_runs(experiment_id: str) -> pd.DataFrame:
     return mlflow.search_runs([experiment_id], max_results=50000)
 
 
-def cell_runs(experiment_id: str, status: str | None = None) -> pd.DataFrame:
-    """The experiment's cell (parent) runs, optionally of one status."""
-    return mlflow.search_runs([experiment_id], filter_string=run_filter({TAG_ROLE: "cell"}, status), max_results=50000)
-
-
 def cell_parent_runs(experiment_id: str, cell_id: str) -> list[Run]:
     """Every (not deleted) cell run of `cell_id`, whatever its status."""
     return find_runs([experiment_id], {TAG_CELL: cell_id, TAG_ROLE: "cell"})
@@ -139,14 +140,14 @@ def runs_of_cell(experiment_id: str, cell_id: str) -> list[Run]:
     return find_runs([experiment_id], {TAG_CELL: cell_id})
 
 
-def finished_cell_runs(cell_id: str) -> list[Run]:
-    """The FINISHED cell runs of `cell_id` in every experiment of the store, newest first."""
-    experiments = [e.experiment_id for e in MlflowClient().search_experiments()]
+def finished_cell_runs(cell_id: str, experiment_id: str | None = None) -> list[Run]:
+    """The FINISHED cell runs of `cell_id` in experiment `experiment_id` (default: in every experiment of the store), newest first."""
+    experiments = [experiment_id] if experiment_id else [e.experiment_id for e in MlflowClient().search_experiments()]
     return find_runs(experiments, {TAG_CELL: cell_id, TAG_ROLE: "cell"}, "FINISHED", max_results=1000, order_by=["attributes.start_time DESC"])
 
 
-def study_runs(experiment_id: str, study: str, role: str | None = None, status: str | None = None) -> list[Run]:
-    """The runs of Optuna study `study` (its trial runs with `role` = trial), optionally of one status."""
+def study_runs(experiment_id: str, study: str, role: str | None = None, status: Status = None) -> list[Run]:
+    """The runs of Optuna study `study` (its trial runs with `role` = trial), optionally of one status or of several."""
     return find_runs([experiment_id], {TAG_STUDY: study, **({TAG_ROLE: role} if role else {})}, status)
 
 
@@ -386,6 +387,13 @@ def download(run_id: str, path: str, dst: Path | None = None) -> Path:
     """One artifact of a run (into `dst`, else a temporary folder), without MLflow's progress bar."""
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=None if dst is None else str(dst)))
+
+
+def per_image_mean(run_ids: Sequence[str], folder: Path) -> pd.DataFrame:
+    """The fold runs' `test_per_image.csv` (downloaded into `folder`) averaged image by image: one row per test image (the index),
+    one column per per-image metric."""
+    tables = [pd.read_csv(download(run_id, "test_per_image.csv", folder / run_id)).set_index("image") for run_id in run_ids]
+    return sum(tables) / len(tables)
 
 
 @contextmanager
