@@ -221,6 +221,7 @@ def test_search_trial_trains_and_validates_on_the_fold_rows_only(spy: Spy, track
     check_logged_counts(cfg.experiment, len(expected.data), len(expected.test), n_folds=2)
 
 
+@pytest.mark.processes  # worker processes: run with `pytest -m processes`, kept out of the 10-minute suite
 def test_process_executor_trains_and_validates_on_the_fold_rows_only(tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     grid = copy.deepcopy(TINY_GRID)
     grid["train"]["epochs"] = 1

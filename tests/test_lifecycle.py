@@ -51,6 +51,7 @@ def assert_failed_by_the_injected_error(uri: str, runs: list[Run], parent: Run) 
         assert PLUGIN in tracking.plugins_of(run.data.tags)
 
 
+@pytest.mark.processes  # worker processes: run with `pytest -m processes`, kept out of the 10-minute suite
 def test_a_failing_fold_fails_its_cell_alike_here_and_in_worker_processes(tiny_grid: dict, tracking_uri: str, tmp_path: Path) -> None:
     tiny_grid["grid"]["loss"] = [FAILING, "plugin-mse"]
     tiny_grid["grid"]["splitter"] = [{"name": "holdout", "val_fraction": 0.3}]

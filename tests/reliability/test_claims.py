@@ -103,6 +103,7 @@ time.sleep(max(0.0, float((Path(folder) / "until").read_text()) - time.time())) 
 """
 
 
+@pytest.mark.processes  # worker processes: run with `pytest -m processes`, kept out of the 10-minute suite
 def test_of_many_simultaneous_claimers_exactly_one_wins(experiment_id: str, tracking_uri: str, tmp_path: Path) -> None:
     n = 3
     claimers = [
