@@ -57,6 +57,20 @@ def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def run_grids_in_store(folder: Path, empty_store: Path, *grids: dict) -> tuple[str, list]:
+    """Each grid trained into a copy of the empty store in `folder` (the working directory meanwhile, MLFLOW_TRACKING_URI unset):
+    the store's URI and each grid's `run_grid` result."""
+    from colorbench.resolve import parse_experiment
+    from colorbench.runner import run_grid
+
+    shutil.copy(empty_store, folder / "mlflow.db")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        return uri, [run_grid(parse_experiment(grid), uri) for grid in grids]
+
+
 @pytest.fixture
 def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_store: Path) -> str:
     """A fresh temporary SQLite MLflow store; the working directory moves to tmp_path so nothing lands in the repo."""

@@ -15,7 +15,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY_GRID
+from conftest import TINY_GRID, run_grids_in_store
 from mlflow.tracking import MlflowClient
 from PIL import Image
 from scipy import stats
@@ -47,19 +47,12 @@ class NanLoss(MSE):
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory, empty_store: Path) -> str:
     """One real grid (2 backbones x holdout/kfold k=2, 2 epochs at 32 px) plus one failing cell, in a module-wide store."""
-    folder = tmp_path_factory.mktemp("report-store")
-    shutil.copy(empty_store, folder / "mlflow.db")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
     grid = copy.deepcopy(TINY_GRID) | {"experiment": EXPERIMENT}
     grid["grid"]["backbone"] = ["resnet18-6", "resnet18-7"]
     failing = copy.deepcopy(grid)
     failing["grid"] = {"backbone": ["resnet18-6"], "loss": ["test-report-nan"], "splitter": [{"name": "holdout", "val_fraction": 0.3}]}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(folder)
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        outcomes, _ = run_grid(parse_experiment(grid), uri)
-        assert [o.failure for o in outcomes] == [None] * 4
-        run_grid(parse_experiment(failing), uri)
+    uri, ((outcomes, _), _) = run_grids_in_store(tmp_path_factory.mktemp("report-store"), empty_store, grid, failing)
+    assert [o.failure for o in outcomes] == [None] * 4
     return uri
 
 

@@ -16,7 +16,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY_GRID
+from conftest import TINY_GRID, run_grids_in_store
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -26,8 +26,6 @@ from colorbench.colorize import gray_image, load
 from colorbench.errors import ConfigError
 from colorbench.report import GRAY, Report, build_report
 from colorbench.report.comparisons import STATISTICS
-from colorbench.resolve import parse_experiment
-from colorbench.runner import run_grid
 
 EXPERIMENT = "tiny-html"
 
@@ -50,17 +48,10 @@ class Page(HTMLParser):
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory, empty_store: Path) -> str:
     """Four real cells (2 backbones x holdout / 2-fold, one epoch at 32 px) on the bundled photos."""
-    folder = tmp_path_factory.mktemp("html-store")
-    shutil.copy(empty_store, folder / "mlflow.db")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
     grid = copy.deepcopy(TINY_GRID) | {"experiment": EXPERIMENT}
     grid["train"]["epochs"] = 1
     grid["grid"]["backbone"] = ["resnet18-6", "resnet18-7"]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(folder)
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        run_grid(parse_experiment(grid), uri)
-    return uri
+    return run_grids_in_store(tmp_path_factory.mktemp("html-store"), empty_store, grid)[0]
 
 
 @pytest.fixture(scope="module")

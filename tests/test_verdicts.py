@@ -5,18 +5,16 @@ must not call any of them better or worse, and the baseline is the first cell in
 from __future__ import annotations
 
 import copy
-import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import TINY_GRID
+from conftest import TINY_GRID, run_grids_in_store
 
 from colorbench.config import expand
 from colorbench.plugins import load_plugins
 from colorbench.report import Report, build_report
 from colorbench.resolve import parse_experiment
-from colorbench.runner import run_grid
 
 EXPERIMENT = "init-only"
 DRAWS = (0, 1, 2)  # random numbers drawn before the net is built: three initialisations of one configuration
@@ -27,17 +25,11 @@ def reported(tmp_path_factory: pytest.TempPathFactory, empty_store: Path) -> tup
     """The grid trained (1 epoch at 32 px, 3 folds of the 6 pool photos) and reported with --all-pairs; and its file's first cell."""
     load_plugins(["plugin_losses"])
     folder = tmp_path_factory.mktemp("init-only")
-    shutil.copy(empty_store, folder / "mlflow.db")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
     grid = copy.deepcopy(TINY_GRID) | {"experiment": EXPERIMENT}
     grid["train"]["epochs"] = 1
     grid["grid"] = {"backbone": ["resnet18-6"], "loss": [{"name": "plugin-mse-draws", "draws": k} for k in DRAWS], "splitter": [{"name": "kfold", "k": 3}]}
-    exp = parse_experiment(grid)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(folder)
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        run_grid(exp, uri)
-    return build_report(EXPERIMENT, folder / "results", tracking_uri=uri, all_pairs=True), expand(exp)[0].id
+    uri, _ = run_grids_in_store(folder, empty_store, grid)
+    return build_report(EXPERIMENT, folder / "results", tracking_uri=uri, all_pairs=True), expand(parse_experiment(grid))[0].id
 
 
 def test_no_verdict_calls_one_initialisation_better_or_worse_than_another(reported: tuple[Report, str]) -> None:
