@@ -28,6 +28,7 @@ BETTER_WORDS = {"higher": "higher is better", "lower": "lower is better", "one":
 COLOURFUL = 15.0  # truth colourfulness (Hasler & Suesstrunk's 8-bit scale) from which an image's colourfulness ratio is defined
 DECODING_MARK = "."  # `psnr.mode`: MLflow names allow letters, digits and _ - . / space (not @), and `_mean`/`_std` are fold statistics
 DEFAULT_DECODING = "default"
+CHOSEN = "chosen"  # `val_psnr.chosen`: a validation metric at the decoding `train.decode` chose
 METRIC_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 

@@ -4,10 +4,13 @@ config (cell ids unchanged without it, clear errors)."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import TINY_GRID
+from mlflow.tracking import MlflowClient
+from test_search import TINY_SEARCH, trial_runs
 
 from colorbench.backbones import build_model
 from colorbench.config import DecodeRule, expand
@@ -15,6 +18,8 @@ from colorbench.data import SOURCES
 from colorbench.errors import ConfigError
 from colorbench.losses import LOSSES
 from colorbench.resolve import parse_experiment
+from colorbench.search.optimize import run_search
+from colorbench.search.space import parse_search
 from colorbench.train import choose_decoding, evaluate, pick_decoding
 
 TINY_IDS = ["17c83d286fc1", "9000afadfe8a"]  # TINY_GRID's cell ids before train.decode existed
@@ -100,3 +105,20 @@ def test_bg_weighted_tunes_its_base() -> None:
     assert objective.tuning == "decode_temperature"
     objective.tune(0.2)
     assert objective.base.temperature == 0.2
+
+
+def test_a_search_optimizes_the_validation_metrics_at_the_chosen_decoding(tracking_uri: str, tmp_path: Path) -> None:
+    raw = copy.deepcopy(TINY_SEARCH)
+    raw.pop("objective"), raw.pop("pruner")
+    goals = ["val_psnr", "val_colorfulness_ratio"]
+    raw |= {"experiment": "decode-search", "objectives": [{"metric": m, "direction": "maximize"} for m in goals], "sampler": "random"}
+    raw["splitter"] = {"name": "kfold", "k": 2}
+    raw["train"] |= {"epochs": 1, "decode": {"temperatures": [0.9], "chroma_scales": [1.7]}}  # never the default decoding
+    run_search(parse_search(raw), n_trials=2, tracking_uri=tracking_uri, out_dir=tmp_path / "figures")
+    client = MlflowClient()
+    for trial in trial_runs("decode-search").values():
+        folds = client.search_runs([trial.info.experiment_id], f"tags.`mlflow.parentRunId` = '{trial.info.run_id}'")
+        assert len(folds) == 2
+        for metric in goals:
+            chosen = [fold.data.metrics[f"{metric}.chosen"] for fold in folds]
+            assert trial.data.metrics[f"objective_{metric}"] == pytest.approx(sum(chosen) / 2, rel=1e-9)

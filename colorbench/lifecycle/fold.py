@@ -27,7 +27,7 @@ from colorbench.images import ImageSet, gray_rgb, lab_batch, rows
 from colorbench.lifecycle import states
 from colorbench.lifecycle.prepare import PreparedData, prepare_data
 from colorbench.losses import Objective
-from colorbench.metrics import decoded
+from colorbench.metrics import CHOSEN, decoded
 from colorbench.plots import image_grid, loss_curves
 from colorbench.plugins import load_plugins
 from colorbench.splitters import Fold, training_seed
@@ -149,7 +149,7 @@ def choose_fold_decoding(
         return {}, {}
     value, scores = choose_decoding(model, objective, val_images, rule, cell.train.batch_size, autocast_dtype(cell.train.precision, device))
     mlflow.log_param(objective.tuning, value)
-    return {objective.tuning: value}, {objective.tuning: value, **{f"val_{decoded(k, 'chosen')}": v for k, v in scores[value].items()}}
+    return {objective.tuning: value}, {objective.tuning: value, **{f"val_{decoded(k, CHOSEN)}": v for k, v in scores[value].items()}}
 
 
 class Task(Protocol):

@@ -14,6 +14,7 @@ from colorbench.config import Cell
 from colorbench.errors import TrialPruned
 from colorbench.lifecycle.cell import CellRun, abort_all
 from colorbench.lifecycle.fold import Workbench, close_earlier_attempts, run_here
+from colorbench.metrics import CHOSEN, decoded
 from colorbench.search.engines import PRUNERS
 from colorbench.search.space import Search
 from colorbench.search.storage import open_storage
@@ -46,8 +47,11 @@ class FoldAveragedReporter:
         if self.trial.should_prune():
             raise TrialPruned(f"pruned at fold {len(self.finished)} epoch {int(record['epoch'])}: running {self.metrics[0]} {running:.4f}")
 
-    def end_fold(self) -> None:
-        self.finished.append(self.current)
+    def end_fold(self, summary: object) -> None:
+        """Close a fold. Its values are the validation metrics at the decoding the fold chose (`val_<metric>.chosen`, with
+        `train.decode`), else at its best checkpoint; `summary` is the fold's result (an exception when it failed)."""
+        chosen = summary if isinstance(summary, dict) else {}
+        self.finished.append([chosen.get(decoded(m, CHOSEN), value) for m, value in zip(self.metrics, self.current, strict=True)])
         self.best_loss, self.current = float("inf"), [float("nan")] * len(self.metrics)
 
     @property
@@ -116,8 +120,8 @@ class TrialTask:
             try:
                 reporter = FoldAveragedReporter(self.trial(), [g.metric for g in self.search.config.goals], self.cell.train.epochs, self.run_id)
                 for task, result in run_here(held.tasks(self.experiment_id, self.tracking_uri), replace(bench, after_epoch=reporter)):
-                    held.record(task, result, reporter.current[0])  # the child's (first) objective value picks the deployed child
-                    reporter.end_fold()
+                    reporter.end_fold(result)
+                    held.record(task, result, reporter.finished[-1][0])  # the child's (first) objective value picks the deployed child
                 held.finish(self.gray, bench, reporter.logged() if held.error is None else None)
             except BaseException as err:
                 abort_all([held], err)
