@@ -46,6 +46,8 @@ def test_a_two_objective_study_prints_and_tags_its_non_dominated_front(
     path.write_text(yaml.safe_dump(raw))
     assert main(["search", str(path), "--n-trials", "4", "--tracking-uri", tracking_uri, "--out", str(tmp_path / "figs")]) == 0
     printed = capsys.readouterr().out
+    assert "skipped optuna_history.png" not in printed and (tmp_path / "figs" / "optuna_history.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "figs" / "optuna_intermediate.png").exists()  # nothing is reported without pruning
     runs = trial_runs("tiny-pareto")
     assert len(runs) == 4
     numbers = sorted(runs)

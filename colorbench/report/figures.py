@@ -174,7 +174,8 @@ def study_figures(runs: Runs, out: Path, storage: str | None) -> list[str]:
     written, _ = save_study_figures(study, out)
     figures = [path.name for path in written]
     if len(study.directions) > 1:
-        from colorbench.search.pareto import objective_names, write_pareto
+        from colorbench.search.pareto import write_pareto
+        from colorbench.search.storage import objective_names
 
         trials = runs.cells.iloc[0]
         gray = {name: trials.get(f"metrics.gray_test_{name.removeprefix('val_')}") for name in objective_names(study)}

@@ -24,6 +24,7 @@ from colorbench.report.comparisons import NOT_COMPARED, STATISTICS, VERDICT, com
 from colorbench.report.html import run_links, write_multi
 from colorbench.report.runs import ROW, Runs, components, load_runs, metric_names, per_image
 from colorbench.report.table import choose_baseline, sample
+from colorbench.report.text import markdown_rows
 from colorbench.stats import CORRECTIONS
 
 FINGERPRINT = f"tags.{tracking.TAG_FINGERPRINT}"
@@ -119,8 +120,7 @@ def summary(report: MultiReport) -> str:
     """summary.md: the table, the baseline, and which rows were left out of the tests and why."""
     header, rows = terminal_rows(report)
     lines = [f"# {' + '.join(report.experiments)}: test {report.metric} across experiments", ""]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += markdown_rows(header, rows)
     base = report.table[report.table["baseline"]].iloc[0]
     untested = report.table[report.table["not_tested"] != ""]
     lines += [

@@ -15,7 +15,7 @@ from colorbench.report import validation
 from colorbench.report.comparisons import FAMILIES, STATISTICS, UNITS, VERDICT, family_sizes, models_words, shown_in, undecided_words
 from colorbench.report.figures import FIGURES
 from colorbench.report.table import COMPONENTS, GRAY, Report, label, split_columns
-from colorbench.report.text import fmt_value, p_is
+from colorbench.report.text import fmt_value, markdown_rows, p_is
 
 
 def mean_std(row: pd.Series, key: str) -> str:
@@ -43,19 +43,19 @@ def markdown_table(report: Report) -> str:
     replicate = ["replicate"] if report.replicates > 1 else []
     header = ["cell", *trials, "backbone", "loss", "splitter", *replicate, "rank", *(s.header for s in compared), *metrics, f"{report.metric} SDs / SE",
               "best epoch", "train s", *splits]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for _, row in report.table.iterrows():
         values = [cell_name(report, row), *(fmt_value(row.get(c)) for c in trials), row["backbone"], row["loss"], row["splitter"]]
         values += [fmt_value(row["replicate"]) for _ in replicate]
         values += [fmt_value(row.get("rank")), *(s.cell(row) for s in compared), *(mean_std(row, f"test_{m}") for m in metrics)]
         values += [components_text(row, f"test_{report.metric}")]
         values += [mean_std(row, "best_epoch"), mean_std(row, "train_seconds"), *(fmt_value(row.get(c)) for c in splits)]
-        lines.append("| " + " | ".join(values) + " |")
+        rows.append(values)
     ranking = (
         f"Ranked on test {report.metric} ({direction(report.metric)}); mean ± std over folds; * = baseline; `SDs / SE`: SD between splits, "
         "SD between training seeds, bootstrap SE over test images. "
     )
-    return "\n".join(lines) + "\n\n" + ranking + tests_note(report) + failed_note(report) + decodings_table(report)
+    return "\n".join(markdown_rows(header, rows)) + "\n\n" + ranking + tests_note(report) + failed_note(report) + decodings_table(report)
 
 
 DECODINGS = {"annealed mean (the loss's temperature)": "default", "mode (T -> 0)": "mode", "plain mean (T = 1)": "T1"}  # see losses.CrossEntropy
@@ -69,12 +69,12 @@ def decodings_table(report: Report) -> str:
     rows = report.table[report.table[marker].notna()]
     shown = headline_metrics()
     header = ["cell", "loss", "decoding", *shown]
-    lines = ["\n## Test metrics per decoding\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for _, row in rows.iterrows():
-        for name, decoding in DECODINGS.items():
-            values = [row["cell"], row["loss"], name, *(mean_std(row, f"test_{decoded(m, decoding)}") for m in shown)]
-            lines.append("| " + " | ".join(values) + " |")
-    return "\n".join(lines) + "\n"
+    values = [
+        [row["cell"], row["loss"], name, *(mean_std(row, f"test_{decoded(m, decoding)}") for m in shown)]
+        for _, row in rows.iterrows()
+        for name, decoding in DECODINGS.items()
+    ]
+    return "\n".join(["\n## Test metrics per decoding\n", *markdown_rows(header, values)]) + "\n"
 
 
 def cell_name(report: Report, row: pd.Series) -> str:

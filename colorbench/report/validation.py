@@ -20,6 +20,7 @@ from scipy import stats
 from statsmodels.stats.proportion import proportion_confint
 
 from colorbench.report.comparisons import Bad
+from colorbench.report.text import markdown_rows
 from colorbench.stats import kendall_tau
 
 COLUMNS = ("splitter", "n_configurations", "n_children", "bias", "abs_error", "spread", "kendall_tau", "regret", "picks_best")
@@ -168,8 +169,7 @@ def markdown(table: pd.DataFrame, metric: str, direction: str) -> str:
     def cell(row: pd.Series, column: str) -> str:
         return with_interval(row, column) if column in INTERVALS else f"{row[column]:g}" if column in counts else fmt(row[column])
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row, c) for c in columns) + " |" for _, row in table.iterrows()]
+    lines = markdown_rows(columns, ([cell(row, c) for c in columns] for _, row in table.iterrows()))
     n = int(table["n_replicates"].max())
     return "\n".join(answer(table, metric)) + "\n\n" + "\n".join(lines) + f"""
 

@@ -8,12 +8,27 @@ from pathlib import Path
 import numpy as np
 import optuna
 
+from colorbench.search.storage import objective_names
+
 STUDY_FIGURES = {
     "optuna_history.png": "plot_optimization_history",
     "optuna_importances.png": "plot_param_importances",
     "optuna_parallel.png": "plot_parallel_coordinate",
     "optuna_intermediate.png": "plot_intermediate_values",
 }
+
+
+def figure_options(study: optuna.Study) -> dict[str, dict]:
+    """The figures' arguments: with several objectives, the history follows the first (Optuna needs a `target`) and there are no
+    intermediate values to plot (nothing is reported: multi-objective studies are not pruned)."""
+    if len(study.directions) == 1:
+        return {function: {} for function in STUDY_FIGURES.values()}
+    first = objective_names(study)[0]
+    return {
+        "plot_optimization_history": {"target": lambda trial: trial.values[0], "target_name": first},
+        "plot_param_importances": {},
+        "plot_parallel_coordinate": {"target": lambda trial: trial.values[0], "target_name": first},
+    }
 
 
 def save_study_figures(study: optuna.Study, out_dir: Path) -> tuple[list[Path], dict[str, str]]:
@@ -26,11 +41,14 @@ def save_study_figures(study: optuna.Study, out_dir: Path) -> tuple[list[Path], 
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written, skipped = [], {}
+    options = figure_options(study)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for filename, function in STUDY_FIGURES.items():
+            if function not in options:
+                continue
             try:
-                axes = getattr(plots, function)(study)
+                axes = getattr(plots, function)(study, **options[function])
             except (ValueError, RuntimeError, ZeroDivisionError) as err:
                 skipped[filename] = str(err).splitlines()[0] if str(err) else type(err).__name__
                 continue

@@ -26,9 +26,17 @@ from colorbench.plugins import loaded_plugins
 from colorbench.resolve import cell_labels
 from colorbench.search.engines import SAMPLERS
 from colorbench.search.figures import save_study_figures
-from colorbench.search.pareto import OBJECTIVES_ATTR, front_table, objective_names, tag_front
+from colorbench.search.pareto import front_table, tag_front
 from colorbench.search.space import Search
-from colorbench.search.storage import USER_ATTR_RESUMES, USER_ATTR_RUN, default_storage, open_storage, shown
+from colorbench.search.storage import (
+    OBJECTIVES_ATTR,
+    USER_ATTR_RESUMES,
+    USER_ATTR_RUN,
+    default_storage,
+    objective_names,
+    open_storage,
+    shown,
+)
 from colorbench.search.trial import TrialEnd, TrialTask
 from colorbench.splitters import SPLITTERS, Fold
 from colorbench.tracking import TAG_SAMPLED, TAG_STATE, TAG_STORAGE, TAG_STUDY, TAG_TRIAL

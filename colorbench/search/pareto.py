@@ -8,17 +8,7 @@ import optuna
 import pandas as pd
 
 from colorbench import tracking
-from colorbench.search.storage import USER_ATTR_RUN
-
-OBJECTIVES_ATTR = "objective_metric"  # study user attribute: the objective's metric, or the list of metrics of several
-
-
-def objective_names(study: optuna.Study) -> list[str]:
-    """The study's objective metrics, in order (`objective_k` where none is recorded)."""
-    recorded = study.user_attrs.get(OBJECTIVES_ATTR)
-    if isinstance(recorded, list):
-        return recorded
-    return [recorded] if recorded else [f"objective_{k}" for k in range(len(study.directions))]
+from colorbench.search.storage import USER_ATTR_RUN, objective_names
 
 
 def front_table(study: optuna.Study) -> pd.DataFrame:

@@ -13,6 +13,7 @@ from colorbench import tracking
 from colorbench.errors import ConfigError
 
 USER_ATTR_RUN = "mlflow_run_id"  # an Optuna trial's user attribute: the id of its MLflow run
+OBJECTIVES_ATTR = "objective_metric"  # study user attribute: the objective's metric, or the list of metrics of several
 USER_ATTR_RESUMES = "resumes_mlflow_run"  # an enqueued trial's user attribute: the interrupted trial run it continues
 JOURNAL_PREFIX = "journal:"
 
@@ -77,3 +78,11 @@ def open_storage(storage: str) -> optuna.storages.BaseStorage:
     except Exception as err:  # noqa: BLE001 - missing driver, unreachable server, bad URL: one line before any training
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"cannot open Optuna storage {shown(storage)}: {first}") from None
+
+
+def objective_names(study: optuna.Study) -> list[str]:
+    """The study's objective metrics, in order (`objective_k` where none is recorded)."""
+    recorded = study.user_attrs.get(OBJECTIVES_ATTR)
+    if isinstance(recorded, list):
+        return recorded
+    return [recorded] if recorded else [f"objective_{k}" for k in range(len(study.directions))]

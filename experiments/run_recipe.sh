@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Issue 28's study, reproduced into results/recipe/ (run from the repository root, with ../shared/data present; about 80 minutes
+# on a 2-core CPU). STORE (default sqlite:///recipe.db) holds the MLflow runs, and optuna.db beside it the study. Give step numbers
+# to run only those (`bash experiments/run_recipe.sh 2 3`); by default all three. Steps 2 and 3 resume if interrupted; step 1 run
+# again adds 24 more trials to the same study.
+set -euo pipefail
+STORE=${STORE:-sqlite:///recipe.db}
+OUT=results/recipe
+STEPS=${*:-1 2 3}
+step() { [[ " $STEPS " == *" $1 "* ]]; }
+
+# 1. The two-objective search (validation PSNR, validation colourfulness ratio), 24 trials.
+if step 1; then
+    colorbench search experiments/recipe-search.yaml --tracking-uri "$STORE" --out "$OUT/search"
+    colorbench report --experiment recipe-search --tracking-uri "$STORE" --out "$OUT/search"
+fi
+
+# 2. The verdict grid: the seed recipe (the baseline, named here before any data) and the search front's candidates that reach a
+# validation colourfulness ratio of 0.6, from the most faithful to the most colourful, each with its trial's settings, under the
+# same 5-fold splits with 2 training repeats per split. Two workers of one thread each.
+DECODE='train.decode={choose: val_psnr, min_colorfulness_ratio: 0.6}'
+CANDIDATES=(recipe-seed recipe-mse-calibrated recipe-rebalanced-mse recipe-rebalanced-mse-colourful recipe-ce-rebalanced)
+run() { OMP_NUM_THREADS=1 colorbench run experiments/recipe-verdict.yaml --tracking-uri "$STORE" --executor process --workers 2 "$@"; }
+if step 2; then
+    run                                                                                                      # recipe-seed: mse, lr 1e-3, 12 epochs
+    run experiment=recipe-mse-calibrated "$DECODE" train.lr=0.00085 train.epochs=12                          # trial 6
+    run experiment=recipe-rebalanced-mse "$DECODE" 'grid.loss=[{name: rebalanced-mse, lambda: 0.747}]' train.lr=0.00115 train.epochs=8   # trial 0
+    run experiment=recipe-rebalanced-mse-colourful "$DECODE" 'grid.loss=[{name: rebalanced-mse, lambda: 0.386}]' train.lr=0.0018 train.epochs=4   # trial 5
+    run experiment=recipe-ce-rebalanced "$DECODE" 'grid.loss=[{name: ce-rebalanced, lambda: 0.366}]' train.lr=0.00115 train.epochs=8  # trial 14
+    for metric in psnr colorfulness_ratio auc_rebalanced; do
+        colorbench report "${CANDIDATES[@]/#/--experiment=}" --metric "$metric" --tracking-uri "$STORE" --out "$OUT/verdict-$metric"
+    done
+fi
+
+# 3. Which cells and trials are both faithful (test PSNR above gray) and colourful (ratio >= 0.6), and how far the others miss.
+if step 3; then
+    python experiments/recipe_target.py --tracking-uri "$STORE" recipe-search "${CANDIDATES[@]}" > "$OUT/target.md"
+fi
