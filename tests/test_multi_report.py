@@ -79,3 +79,10 @@ def test_another_test_set_is_left_out_of_the_tests_with_the_reason(store: str, t
     summary = (tmp_path / "ac" / "summary.md").read_text()
     assert "Left out of the tests (1):" in summary and "different test set" in summary
     assert "different test set" in capsys.readouterr().out
+
+
+def test_a_metric_not_logged_per_image_is_still_tested_over_the_splits(store: str, tmp_path: Path) -> None:
+    table = build_multi_report(["A", "B"], tmp_path / "auc", "auc_rebalanced", store).table
+    others = table[~table["baseline"]]
+    assert (table["not_tested"] == "").all() and others["p_wilcoxon_images"].isna().all()  # the fingerprint covers the test rows
+    assert set(others["verdict_note"]) == {"one split: the split's luck is not measured"}  # a verdict over splits, not "not compared"
