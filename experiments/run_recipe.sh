@@ -37,5 +37,5 @@ fi
 
 # 3. Which cells and trials are both faithful (test PSNR above gray) and colourful (ratio >= 0.6), and how far the others miss.
 if step 3; then
-    python experiments/recipe_target.py --tracking-uri "$STORE" recipe-search "${CANDIDATES[@]}" > "$OUT/target.md"
+    python experiments/recipe_target.py --tracking-uri "$STORE" recipe-search "${CANDIDATES[@]}" --figure "$OUT/target.png" > "$OUT/target.md"
 fi
