@@ -26,7 +26,8 @@ class FoldAveragedReporter:
 
     Step = fold index * epochs + epoch. Value = mean over the finished folds' values and the current fold's value so far,
     where a fold's value is the metric at its best checkpoint (lowest validation loss) so far. At the last step it equals
-    the trial's objective, so the pruner compares like with like although every fold restarts at epoch 1. With several
+    the trial's objective, so the pruner compares like with like although every fold restarts at epoch 1 (with
+    `train.decode`, a finished fold counts at the decoding it chose, the running one at its default until it ends). With several
     objectives nothing is reported: Optuna does not prune multi-objective studies.
     """
 
