@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 28's study, reproduced into results/recipe/ (run from the repository root, with ../shared/data present; about 80 minutes
+# Issue 28's study, reproduced into results/recipe/ (run from the repository root, with ../shared/data present; about 70 minutes
 # on a 2-core CPU). STORE (default sqlite:///recipe.db) holds the MLflow runs, and optuna.db beside it the study. Give step numbers
 # to run only those (`bash experiments/run_recipe.sh 2 3`); by default all three. Steps 2 and 3 resume if interrupted; step 1 run
 # again adds 24 more trials to the same study.
