@@ -23,12 +23,8 @@ def figure_options(study: optuna.Study) -> dict[str, dict]:
     intermediate values to plot (nothing is reported: multi-objective studies are not pruned)."""
     if len(study.directions) == 1:
         return {function: {} for function in STUDY_FIGURES.values()}
-    first = objective_names(study)[0]
-    return {
-        "plot_optimization_history": {"target": lambda trial: trial.values[0], "target_name": first},
-        "plot_param_importances": {},
-        "plot_parallel_coordinate": {"target": lambda trial: trial.values[0], "target_name": first},
-    }
+    first = {"target": lambda trial: trial.values[0], "target_name": objective_names(study)[0]}
+    return {"plot_optimization_history": first, "plot_param_importances": {}, "plot_parallel_coordinate": first}
 
 
 def save_study_figures(study: optuna.Study, out_dir: Path) -> tuple[list[Path], dict[str, str]]:
