@@ -24,7 +24,7 @@ import pandas as pd
 from colorbench.config import Cell, expand
 from colorbench.metrics import rope, unit
 from colorbench.report.comparisons import VERDICT, Sample, compare, computed_columns, settle, undecided_words
-from colorbench.report.text import fmt_ci, fmt_p
+from colorbench.report.text import fmt_ci, fmt_p, markdown_rows
 from colorbench.resolve import cell_labels, load_experiment
 from colorbench.splitters import SPLITTERS
 
@@ -114,20 +114,17 @@ def markdown(folder: Path, metric: str, photos: int, correction: str) -> str:
     ]
     for against, group in settled.groupby("against", sort=False):
         base = group["versus"].iloc[0]
-        lines += [
-            f"## Against {against}: `{base}` {names[base]}\n",
-            f"| cell | configuration | verdict | J splits | Δ splits ({u}) | p | p_adj | P(worse / equiv. / better) | MDD ({u}) | P(better) splits |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
+        header = ["cell", "configuration", "verdict", "J splits", f"Δ splits ({u})", "p", "p_adj", "P(worse / equiv. / better)", f"MDD ({u})", "P(better) splits"]
+        rows = []
         for _, row in group.iterrows():
             words = row[VERDICT] if row[VERDICT] != "undecided" else f"undecided: {undecided_words(row, metric)}"
             probs = " / ".join(f"{row[f'prob_{k}']:.2f}" for k in ("worse", "equivalent", "better")) if pd.notna(row["prob_worse"]) else "-"
             diff = f"{row['diff_splits']:+.3f}" if pd.notna(row["diff_splits"]) else "-"
-            lines.append(
-                f"| `{row['cell']}` | {names[row['cell']]} | {words} | {int(row['n_splits'])} | {diff} | {fmt_p(row['p_ttest_corrected'])} | "
-                f"{fmt_p(row['p_adj_ttest_corrected'])} | {probs} | {row['mdd']:.3f} | {fmt_ci(row, 'p_better_splits', 'p_better_splits_ci')} |"
-            )
-        lines.append("")
+            rows.append([
+                f"`{row['cell']}`", names[row["cell"]], words, str(int(row["n_splits"])), diff, fmt_p(row["p_ttest_corrected"]),
+                fmt_p(row["p_adj_ttest_corrected"]), probs, f"{row['mdd']:.3f}", fmt_ci(row, "p_better_splits", "p_better_splits_ci"),
+            ])  # fmt: skip
+        lines += [f"## Against {against}: `{base}` {names[base]}\n", *markdown_rows(header, rows), ""]
     counts = settled[VERDICT].value_counts()
     lines.append("Verdicts in this file: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".\n")
     return "\n".join(lines)
