@@ -22,12 +22,10 @@ from colorbench.errors import ConfigError
 from colorbench.metrics import badness, rope
 from colorbench.report.comparisons import NOT_COMPARED, STATISTICS, VERDICT, compare, computed_columns, settle, shown_in
 from colorbench.report.html import run_links, write_multi
-from colorbench.report.runs import ROW, Runs, components, load_runs, metric_names, per_image
+from colorbench.report.runs import FINGERPRINT, ROW, Runs, components, load_runs, metric_names, per_image
 from colorbench.report.table import choose_baseline, sample
 from colorbench.report.text import markdown_rows
 from colorbench.stats import CORRECTIONS
-
-FINGERPRINT = f"tags.{tracking.TAG_FINGERPRINT}"
 
 
 @dataclass

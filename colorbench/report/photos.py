@@ -25,7 +25,7 @@ from colorbench import tracking
 from colorbench.atomic import atomic_path
 from colorbench.errors import ColorbenchError, ConfigError
 from colorbench.metrics import badness
-from colorbench.report.runs import ROW, Runs, per_image_values
+from colorbench.report.runs import FINGERPRINT, ROW, Runs, per_image_values
 from colorbench.report.table import GRAY, match_cell
 
 if TYPE_CHECKING:
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 FOLDER = "report_photos"  # beside the report
 EACH_END = 12  # photos of the comparison: where A beats B most, and where it loses most
 STRIP_CELLS, STRIP_PHOTOS = 6, 6  # the strip: the top cells on a few test photos
-FINGERPRINT = f"tags.{tracking.TAG_FINGERPRINT}"
 
 
 @dataclass

@@ -22,6 +22,7 @@ from colorbench.report.comparisons import Images
 from colorbench.tracking import TAG_STATE, TAG_TRIAL
 
 ROW = "row"  # a run's row key: the cell id of a grid cell, `trial-N` of a search trial
+FINGERPRINT = f"tags.{tracking.TAG_FINGERPRINT}"  # the column of a run's data fingerprint (its pool and test rows)
 
 
 @dataclass
