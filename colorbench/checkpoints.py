@@ -107,7 +107,8 @@ def load_run(run_id: str, device: str | torch.device = "cpu") -> TrainedModel:
     plugin modules the run recorded (its components may come from them)."""
     child = tracking.deployed_run(run_id)
     load_plugins(tracking.plugins_of(tracking.run_tags(child)))
-    return load_checkpoint(tracking.download(child, "checkpoint.pt"), device)
+    with tempfile.TemporaryDirectory(prefix="colorbench-") as tmp:
+        return load_checkpoint(tracking.download(child, "checkpoint.pt", Path(tmp)), device)
 
 
 IMAGES = TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -11,7 +12,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from colorbench import cli
+from colorbench import cli, tracking
 from colorbench.checkpoints import load_run
 from colorbench.lifecycle.prepare import prepare_data
 from colorbench.losses import LOSSES, MSE
@@ -50,7 +51,7 @@ def runs(uri: str, experiment: str = "tiny"):
     return mlflow.search_runs(experiment_names=[experiment], max_results=1000)
 
 
-def test_grid_logs_parent_and_fold_runs(tiny_grid: dict, tracking_uri: str) -> None:
+def test_grid_logs_parent_and_fold_runs(tiny_grid: dict, tracking_uri: str, tmp_path: Path) -> None:
     outcomes, gray = run_grid(parse_experiment(tiny_grid), tracking_uri)
     assert [o.failure for o in outcomes] == [None, None]
     df = runs(tracking_uri)
@@ -75,17 +76,20 @@ def test_grid_logs_parent_and_fold_runs(tiny_grid: dict, tracking_uri: str) -> N
     assert [m.step for m in client.get_metric_history(child_id, "val_loss")] == [1, 2]
     artifacts = {a.path for a in client.list_artifacts(child_id)}
     assert {"loss_curve.png", "test_panel.png", "checkpoint.pt", "config.yaml", "test_per_image.csv"} <= artifacts
-    checkpoint = torch.load(mlflow.artifacts.download_artifacts(run_id=child_id, artifact_path="checkpoint.pt"), weights_only=False)
+    checkpoint = torch.load(tracking.download(child_id, "checkpoint.pt", tmp_path), weights_only=False)
     assert checkpoint["backbone"]["name"] == "resnet18-6" and "state_dict" in checkpoint
     assert 0 < gray["colorfulness_ratio"] < 0.01  # ab = 0 has no colour
     assert parents["metrics.gray_test_psnr"].tolist() == pytest.approx([gray["psnr"]] * 2)
 
 
-def test_logged_checkpoint_reproduces_the_logged_test_metrics(tiny_grid: dict, tracking_uri: str) -> None:
+def test_logged_checkpoint_reproduces_the_logged_test_metrics(tiny_grid: dict, tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tiny_grid["grid"]["splitter"] = [{"name": "kfold", "k": 2}]
     exp = parse_experiment(tiny_grid)
     outcome = run_grid(exp, tracking_uri)[0][0]
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "temp"))
+    (tmp_path / "temp").mkdir()
     trained = load_run(outcome.run_id)  # a cell run loads its deployed child
+    assert not list((tmp_path / "temp").iterdir())  # the downloaded checkpoint is not left behind in the temporary folder
     best = runs(tracking_uri).query("`tags.colorbench.role` == 'fold'")["metrics.test_psnr"].max()
     test = prepare_data(outcome.cell).test
     metrics, _ = evaluate(trained.model, trained.objective, test.images, batch_size=8)

@@ -383,10 +383,11 @@ def log_history(history: list[dict[str, float]]) -> None:
         log_epoch(record)
 
 
-def download(run_id: str, path: str, dst: Path | None = None) -> Path:
-    """One artifact of a run (into `dst`, else a temporary folder), without MLflow's progress bar."""
+def download(run_id: str, path: str, dst: Path) -> Path:
+    """One artifact of a run, into the folder `dst` (the caller's: MLflow's own default is a temporary folder nobody removes),
+    without MLflow's progress bar."""
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=None if dst is None else str(dst)))
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst)))
 
 
 def per_image_mean(run_ids: Sequence[str], folder: Path) -> pd.DataFrame:
