@@ -125,19 +125,19 @@ def test_cli_colorize_exit_status_and_summary(trained: dict[str, str], tmp_path:
     assert cli.main([*args, "--temperature", "0.2"]) == 2  # an mse model has no temperature
 
 
-def test_cell_run_logs_a_pyfunc_model(trained: dict[str, str]) -> None:
+def test_cell_run_logs_a_pyfunc_model(trained: dict[str, str], tmp_path: Path) -> None:
     batch = np.stack([photo(45, 61, seed=s) for s in range(3)])
-    out = mlflow.pyfunc.load_model(f"runs:/{trained['cell']}/model").predict(batch)
+    out = mlflow.pyfunc.load_model(f"runs:/{trained['cell']}/model", dst_path=str(tmp_path)).predict(batch)
     assert out.shape == batch.shape and out.dtype == np.uint8
     expected = colorbench.load(trained["cell"], device="cpu").colorize_many(list(batch))
     np.testing.assert_array_equal(out, np.stack(expected))
 
 
-def test_served_model_answers_an_http_request_on_localhost(trained: dict[str, str]) -> None:
+def test_served_model_answers_an_http_request_on_localhost(trained: dict[str, str], tmp_path: Path) -> None:
     port = free_port()
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"runs:/{trained['cell']}/model"]
     command += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": trained["uri"]}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": trained["uri"], "TMPDIR": str(tmp_path)}  # the server's copy of the model lands there
     server = subprocess.Popen(command, env=env, cwd=trained["folder"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_until_answering(f"http://127.0.0.1:{port}/ping", server, 120, "mlflow models serve")
@@ -150,7 +150,7 @@ def test_served_model_answers_an_http_request_on_localhost(trained: dict[str, st
         with urllib.request.urlopen(request, timeout=60) as reply:
             predictions = np.asarray(json.loads(reply.read())["predictions"])
         assert predictions.shape == images.shape
-        expected = mlflow.pyfunc.load_model(f"runs:/{trained['cell']}/model").predict(images)
+        expected = mlflow.pyfunc.load_model(f"runs:/{trained['cell']}/model", dst_path=str(tmp_path)).predict(images)
         assert np.abs(predictions.astype(int) - expected.astype(int)).max() <= 1
     finally:
         server.terminate()
@@ -258,6 +258,7 @@ with mlflow.start_run() as run:
 print(run.info.run_id)
 """
 PREDICT = """
+import os
 import sys
 import mlflow
 import numpy as np
@@ -266,7 +267,7 @@ import colorbench
 uri, run_id, checkpoint, images, out = sys.argv[1:]
 mlflow.set_tracking_uri(uri)
 batch = np.load(images)
-predicted = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict(batch)
+predicted = mlflow.pyfunc.load_model(f"runs:/{run_id}/model", dst_path=os.path.dirname(out)).predict(batch)
 expected = np.stack(colorbench.load(checkpoint, device="cpu").colorize_many(list(batch)))
 np.savez(out, predicted=predicted, expected=expected)
 """

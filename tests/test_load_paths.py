@@ -64,7 +64,7 @@ def test_fold_run_pyfunc_uri_and_checkpoint_give_the_checkpoints_outputs(
 
     by_run = colorbench.load(fold_run.info.run_id, device="cpu")
     by_file = colorbench.load(path, device="cpu")
-    pyfunc = mlflow.pyfunc.load_model(f"runs:/{outcome.run_id}/model")
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{outcome.run_id}/model", dst_path=str(tmp_path))
     reference = fresh_colorizer(ckpt, ckpt["state_dict"])
     expected = np.stack(reference.colorize_many(list(photos)))
 
@@ -114,7 +114,7 @@ def test_decoding_chosen_on_validation_reaches_every_load_path_and_the_test_scor
         assert not np.array_equal(untuned, expected), "the chosen decoding must change the output"
         np.testing.assert_array_equal(np.stack(colorbench.load(fold_run.info.run_id, device="cpu").colorize_many(list(photos))), expected)
         np.testing.assert_array_equal(np.stack(colorbench.load(path, device="cpu").colorize_many(list(photos))), expected)
-        np.testing.assert_array_equal(mlflow.pyfunc.load_model(f"runs:/{outcome.run_id}/model").predict(photos), expected)
+        np.testing.assert_array_equal(mlflow.pyfunc.load_model(f"runs:/{outcome.run_id}/model", dst_path=str(tmp_path / name)).predict(photos), expected)
         meter = ColorizationMetrics()
         L, ab = lab_batch(torch.from_numpy(np.asarray(test.images[0 : len(test.images)])))
         with torch.no_grad():

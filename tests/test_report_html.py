@@ -206,7 +206,8 @@ def test_photos_that_cannot_be_made_are_named_and_the_rest_is_written(store: str
     assert "changed since it was trained" in text and 'id="photo-rows"' not in text and 'id="ranking-table"' in text
 
 
-def test_a_read_only_store_gets_the_report_on_disk_and_says_it_was_not_logged(store: str, tmp_path: Path) -> None:
+def test_a_read_only_store_gets_the_report_on_disk_and_says_it_was_not_logged(store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # MLflow makes the "file:..." URI's folder as a relative path: keep it out of the checkout
     read_only = f"sqlite:///file:{store.removeprefix('sqlite:///')}?mode=ro&uri=true"
     report = build_report(EXPERIMENT, tmp_path / "out", tracking_uri=read_only)
     assert report.published == "" and [n for n in report.notices if "not logged to MLflow" in n and "readonly database" in n]

@@ -3,6 +3,8 @@ chosen by validation score, never by a test metric."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -75,7 +77,7 @@ def test_each_split_trains_once_per_repeat_with_its_own_seed(repeated: tuple[str
     assert counts == {"holdout": 2, "kfold": 6}
 
 
-def test_cell_runs_carry_the_variance_components(repeated: tuple[str, list], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cell_runs_carry_the_variance_components(repeated: tuple[str, list], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     uri, outcomes = repeated
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     for outcome in outcomes:
@@ -92,7 +94,7 @@ def test_cell_runs_carry_the_variance_components(repeated: tuple[str, list], mon
             else:
                 assert np.isnan(cell[f"test_{metric}_sd_split"])
             assert cell[f"test_{metric}_sd_seed"] == pytest.approx(np.sqrt(within.mean()))
-            per_image = [pd.read_csv(tracking.download(r, "test_per_image.csv")).set_index("image")[metric] for r in kids["run_id"]]
+            per_image = [pd.read_csv(tracking.download(r, "test_per_image.csv", tmp_path / r)).set_index("image")[metric] for r in kids["run_id"]]
             images = pd.concat(per_image, axis=1).mean(axis=1).to_numpy()
             sem = stats.sem(images)  # the bootstrap SE of a mean is close to its analytic standard error
             assert cell[f"test_{metric}_se_images"] == pytest.approx(sem, rel=0.15)
