@@ -47,6 +47,7 @@ import numpy as np
 from scipy import stats
 from statsmodels.stats.proportion import proportion_confint
 
+from colorbench.report.text import markdown_rows
 from colorbench.stats import ALPHA, EQUIVALENCE, MIN_SPLITS, compare_splits, corrected_ttest, verdict
 
 N_POOL, N_TEST = 300, 200  # photos for training and validation; test photos (a BSDS500-sized data set)
@@ -181,18 +182,15 @@ def run_scenario(scenario: Scenario, reps: int, effect: float, rope: float, seed
         for name, value in [*((t, fpr[t]) for t in VERDICT_TESTS), ("equivalent at the ROPE's edge", false_equivalent)]:
             if not over_pools and not math.isnan(value[0]) and value[1] > ALPHA:
                 failures.append(f"FAIL {scenario.name} / {design.name}: {name} {cell(value, '')}")
-        null_rows.append(f"| {design.name} | {j} | {design.repeats} | {vot:.2f} | " + " | ".join(cell(fpr[t], missing[t]) for t in TESTS) + " |")
+        null_rows.append([design.name, str(j), str(design.repeats), f"{vot:.2f}", *(cell(fpr[t], missing[t]) for t in TESTS)])
         if over_pools:
             continue
         children, images, splits, vot = simulate(design, scenario, -effect, reps, rng, over_pools)
         better = claims(children, images, splits, vot, rope)[0]
         power = {t: rate(np.where(np.isnan(better[t]), np.nan, better[t] == -1)) for t in TESTS}
         mdd = np.median([compare_splits(c.ravel(), np.zeros(c.size), splits, vot, rope).min_detectable for c in children[:MDD_REPS]])
-        power_rows.append(
-            f"| {design.name} | " + " | ".join(cell(power[t], missing[t]) for t in TESTS)
-            + f" | {'-' if math.isnan(mdd) else f'{mdd:.2f}'} | {cell(at_zero, '-')} | {cell(false_equivalent, '-')} |"
-        )  # fmt: skip
-    header = "| design | J splits | R repeats | n_val/n_train | " + " | ".join(TESTS) + " |"
+        mdd_cell = "-" if math.isnan(mdd) else f"{mdd:.2f}"
+        power_rows.append([design.name, *(cell(power[t], missing[t]) for t in TESTS), mdd_cell, cell(at_zero, "-"), cell(false_equivalent, "-")])
     question = "over data sets (a new pool per experiment)" if over_pools else "on this data set"
     sds = f"split {scenario.sd_split} (additive share {scenario.additive}), seed {scenario.sd_seed}, image {scenario.sd_image} dB"
     lines = [
@@ -200,9 +198,7 @@ def run_scenario(scenario: Scenario, reps: int, effect: float, rope: float, seed
         "",
         f"Rate of claimed differences under the null (true difference 0), {reps} experiments per design, 95 % Monte-Carlo interval:",
         "",
-        header,
-        "|" + "---|" * (4 + len(TESTS)),
-        *null_rows,
+        *markdown_rows(["design", "J splits", "R repeats", "n_val/n_train", *TESTS], null_rows),
         "",
     ]
     if not over_pools:
@@ -210,9 +206,7 @@ def run_scenario(scenario: Scenario, reps: int, effect: float, rope: float, seed
             f"Power (cell better by {effect} dB: the share that says so), median minimum detectable difference (dB, 80 % power) and the",
             f"verdict `equivalent` (ROPE {rope} dB): its rate at a true difference of 0, and at the ROPE's edge ({rope} dB, a false claim):",
             "",
-            "| design | " + " | ".join(TESTS) + " | min. detectable | equivalent at 0 | equivalent at the edge |",
-            "|" + "---|" * (4 + len(TESTS)),
-            *power_rows,
+            *markdown_rows(["design", *TESTS, "min. detectable", "equivalent at 0", "equivalent at the edge"], power_rows),
             "",
         ]
     return lines + failures
