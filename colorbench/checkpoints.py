@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import pickle
 import re
-import tempfile
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -107,8 +106,8 @@ def load_run(run_id: str, device: str | torch.device = "cpu") -> TrainedModel:
     plugin modules the run recorded (its components may come from them)."""
     child = tracking.deployed_run(run_id)
     load_plugins(tracking.plugins_of(tracking.run_tags(child)))
-    with tempfile.TemporaryDirectory(prefix="colorbench-") as tmp:
-        return load_checkpoint(tracking.download(child, "checkpoint.pt", Path(tmp)), device)
+    with tracking.downloaded(child, "checkpoint.pt") as path:
+        return load_checkpoint(path, device)
 
 
 IMAGES = TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))
@@ -134,5 +133,5 @@ def log_pyfunc(checkpoint_path: str | Path) -> None:
 
 def log_cell_model(cell_run_id: str) -> None:
     """Log the deployed child's checkpoint of the (active) cell run as its pyfunc model."""
-    with tempfile.TemporaryDirectory(prefix="colorbench-") as tmp:
-        log_pyfunc(str(tracking.download(tracking.deployed_run(cell_run_id), "checkpoint.pt", Path(tmp))))
+    with tracking.downloaded(tracking.deployed_run(cell_run_id), "checkpoint.pt") as path:
+        log_pyfunc(str(path))

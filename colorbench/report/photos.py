@@ -189,8 +189,8 @@ def test_set(run_id: str) -> tuple[ImageSet, str]:
 
     child = tracking.deployed_run(run_id)
     load_plugins(tracking.plugins_of(tracking.run_tags(child)))
-    with tempfile.TemporaryDirectory(prefix="colorbench-report-") as tmp:
-        config = yaml.safe_load(tracking.download(child, "config.yaml", Path(tmp)).read_text())
+    with tracking.downloaded(child, "config.yaml") as path:
+        config = yaml.safe_load(path.read_text())
     data = prepare_data(Cell.model_validate(config))
     return data.test, data.fingerprint
 

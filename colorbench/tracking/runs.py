@@ -390,6 +390,13 @@ def download(run_id: str, path: str, dst: Path) -> Path:
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst)))
 
 
+@contextmanager
+def downloaded(run_id: str, path: str) -> Iterator[Path]:
+    """One artifact of a run, in a temporary folder removed when the block ends."""
+    with tempfile.TemporaryDirectory(prefix="colorbench-") as tmp:
+        yield download(run_id, path, Path(tmp))
+
+
 def per_image_mean(run_ids: Sequence[str], folder: Path) -> pd.DataFrame:
     """The fold runs' `test_per_image.csv` (downloaded into `folder`) averaged image by image: one row per test image (the index),
     one column per per-image metric."""
